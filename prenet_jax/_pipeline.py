@@ -1,0 +1,433 @@
+"""The preprocessing pipeline: denoise -> heatmap -> centre -> one composed warp.
+
+The per-batch step is ONE ``jax.jit`` program, compiled once per (batch, frame)
+shape, data-parallel over the local devices with ``NamedSharding``. Stages are
+switched by the (static) configuration, inside the same function.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Callable, Iterator, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ._centers import com_center, friedel_center, heatmap_center
+from ._config import PipelineConfig
+from ._ellipse import Ellipse, ellipse_matrix
+from ._ellipse_fit import fit_ellipse_edge
+from ._filters import gaussian_filter
+from ._models import ResNet, UNet
+from ._validate import check_frames, check_values_of, host_dtype
+from ._warp import frame_center, recenter_and_correct, resize, resize_coordinates
+
+__all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY"]
+
+#: Per-frame quality flags (bit mask) returned by :meth:`Pipeline.preprocess`.
+FLAG_NONFINITE = 1  # the frame had NaN/Inf pixels (set to 0 before processing)
+FLAG_EMPTY = 2  # the frame has no counts: its centre is the frame centre
+
+
+@dataclasses.dataclass
+class PreprocessResult:
+    """Output of :meth:`Pipeline.preprocess`.
+
+    Attributes
+    ----------
+    data : (Rx, Ry, H, W) float32, corrected frames in the input's intensity units
+    centers : (Rx, Ry, 2) float64, beam centre ``(row, col)`` found in each input frame
+    ellipse : the distortion that was undone
+    flags : (Rx, Ry) uint8 bit mask (``FLAG_NONFINITE``, ``FLAG_EMPTY``)
+    mean_pattern : (H, W) float32 recentred mean of the calibration frames (pass 0),
+        or None when the ellipse was given
+    """
+
+    data: np.ndarray
+    centers: np.ndarray
+    ellipse: Ellipse
+    flags: np.ndarray
+    mean_pattern: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- stages
+# Pure functions of (config, params, batch); composed into the jitted steps below.
+
+
+def _as_float(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cast on the device, zero non-finite and negative pixels, and flag the frame."""
+    x = frames.astype(jnp.float32)
+    ok = jnp.isfinite(x)
+    x = jnp.maximum(jnp.where(ok, x, 0.0), 0.0)
+    flags = jnp.where(ok.all(axis=(-2, -1)), 0, FLAG_NONFINITE)
+    flags = flags | jnp.where(x.sum(axis=(-2, -1)) > 0, 0, FLAG_EMPTY)
+    return x, flags.astype(jnp.uint8)
+
+
+def normalize(x: jax.Array, transform: str) -> tuple[jax.Array, jax.Array]:
+    """``(B, H, W)`` counts -> values in [0, 1] and the per-frame scale (the maximum)."""
+    scale = jnp.max(x, axis=(-2, -1), keepdims=True)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    t = x / scale
+    return (jnp.sqrt(t) if transform == "sqrt" else t), scale
+
+
+def denormalize(y: jax.Array, scale: jax.Array, transform: str) -> jax.Array:
+    """Inverse of :func:`normalize`: back to the input's intensity units."""
+    return (jnp.square(y) if transform == "sqrt" else y) * scale
+
+
+def _dtype(cfg: PipelineConfig):
+    return jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+
+
+def _pad_to_multiple(x: jax.Array, m: int) -> jax.Array:
+    h, w = x.shape[-2:]
+    ph, pw = -h % m, -w % m
+    return jnp.pad(x, ((0, 0), (0, ph), (0, pw))) if (ph or pw) else x
+
+
+def denoise_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` counts -> denoised counts. The U-Net is fully convolutional and runs
+    at the native resolution (padded to a multiple of ``2**depth``), so no detail is
+    lost to resampling."""
+    if cfg.denoise_method == "none":
+        return x
+    if cfg.denoise_method == "gaussian":
+        return gaussian_filter(x, cfg.gaussian_sigma)
+    h, w = x.shape[-2:]
+    xn, scale = normalize(x, cfg.transform)
+    net = UNet(cfg.denoiser, sigmoid=True, dtype=_dtype(cfg))
+    y = net.apply(params["denoiser"], _pad_to_multiple(xn, 2**cfg.denoiser.depth))[:, :h, :w]
+    return denormalize(y.astype(jnp.float32), scale, cfg.transform)
+
+
+def center_heatmap(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` counts -> ``(B, S, S)`` heatmap at the network resolution ``S``."""
+    xn, _ = normalize(x, cfg.transform)
+    xs = resize(xn, (cfg.image_size, cfg.image_size))
+    return UNet(cfg.center_net, sigmoid=True, dtype=_dtype(cfg)).apply(params["center_net"], xs).astype(jnp.float32)
+
+
+def center_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` counts -> ``(B, 2)`` centres ``(row, col)`` in native pixels."""
+    shape = x.shape[-2:]
+    if cfg.center_method == "none":
+        return jnp.broadcast_to(jnp.asarray(frame_center(shape), jnp.float32), (x.shape[0], 2))
+    if cfg.center_method == "com":
+        return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold))(x)
+    if cfg.center_method == "friedel":
+        return jax.vmap(friedel_center)(x)
+    heat = center_heatmap(cfg, params, x)
+    s = cfg.image_size
+    c = jax.vmap(functools.partial(heatmap_center, threshold=cfg.heatmap_threshold, radius=cfg.heatmap_radius))(heat)
+    return resize_coordinates(c, (s, s), shape)
+
+
+def warp_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, matrix: jax.Array) -> jax.Array:
+    """One resampling per frame: recentre and undo the ellipse."""
+    fn = functools.partial(recenter_and_correct, method=cfg.interpolation)
+    return jax.vmap(fn, in_axes=(0, 0, None))(x, centers, matrix)
+
+
+def ellipse_network_input(cfg: PipelineConfig, mean_pattern: jax.Array) -> jax.Array:
+    """``(H, W)`` recentred mean -> ``(S, S)`` network input.
+
+    Non-square frames are centre-cropped to a square first: an anisotropic resize
+    would itself distort the ellipse.
+    """
+    h, w = mean_pattern.shape
+    n = min(h, w)
+    r0, c0 = (h - n) // 2, (w - n) // 2
+    sq = mean_pattern[r0 : r0 + n, c0 : c0 + n]
+    xn, _ = normalize(sq[None], cfg.transform)
+    return resize(xn, (cfg.image_size, cfg.image_size))[0]
+
+
+def ellipse_stage(cfg: PipelineConfig, params, mean_pattern: jax.Array) -> jax.Array:
+    """``(H, W)`` recentred mean pattern -> ``(3,)`` = ``(ratio, angle, ok)``."""
+    if cfg.ellipse_method == "fit":
+        fit = fit_ellipse_edge(mean_pattern)
+        ok = jnp.isfinite(fit["a"]) & jnp.isfinite(fit["b"]) & (fit["b"] > 0)
+        return jnp.stack([fit["a"] / fit["b"], fit["angle"], ok.astype(jnp.float32)])
+    out = ResNet(cfg.ellipse_net, dtype=_dtype(cfg)).apply(params["ellipse_net"], ellipse_network_input(cfg, mean_pattern)[None], train=False)[0]
+    angle = jnp.mod(0.5 * jnp.arctan2(out[1], out[0]), jnp.pi)
+    return jnp.stack([out[2], angle, jnp.float32(1.0)])
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _init_params(key: jax.Array, cfg: PipelineConfig) -> dict:
+    s = cfg.image_size
+    x = jnp.zeros((1, s, s), jnp.float32)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {}
+    if cfg.denoise_method == "network":
+        params["denoiser"] = UNet(cfg.denoiser, sigmoid=True).init(k1, x)
+    if cfg.center_method == "network":
+        params["center_net"] = UNet(cfg.center_net, sigmoid=True).init(k2, x)
+    if cfg.ellipse_method == "network":
+        params["ellipse_net"] = ResNet(cfg.ellipse_net).init(k3, x, train=False)
+    return params
+
+
+class Pipeline:
+    """4D-PreNet preprocessing: denoise, recentre and undo the elliptical distortion.
+
+    Parameters
+    ----------
+    config : what to compute (:class:`PipelineConfig`)
+    params : ``{"denoiser": ..., "center_net": ..., "ellipse_net": ...}`` Flax variables
+        (only those the configured methods use)
+    devices : devices to shard batches over; default every local device
+    max_traces : if set, the batch step raises when traced more often
+        (``chex.assert_max_traces``; chex counts per definition site, so call
+        ``chex.clear_trace_counter()`` between pipelines)
+
+    Examples
+    --------
+    >>> pipe = Pipeline.init(jax.random.key(0), PipelineConfig.classical())
+    >>> res = pipe.preprocess(cube)          # (Rx, Ry, H, W) -> res.data, res.centers, res.ellipse
+    """
+
+    def __init__(self, config: PipelineConfig, params: dict | None = None, *, devices: Sequence[jax.Device] | None = None, max_traces: int | None = None):
+        self.config = config
+        params = {} if params is None else params
+        needed = {"denoiser": config.denoise_method, "center_net": config.center_method, "ellipse_net": config.ellipse_method}
+        missing = [k for k, m in needed.items() if m == "network" and k not in params]
+        if missing:
+            raise ValueError(f"config asks for the network method but params lack {missing}; use Pipeline.init or from_pretrained, or pick classical methods")
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self._data = NamedSharding(self.mesh, P("data"))
+        self._repl = NamedSharding(self.mesh, P())
+        self.params = jax.device_put(params, self._repl)
+        n = len(self.devices)
+        self.batch_size = -(-config.batch_size // n) * n  # a multiple of the device count
+        step = self._step_fn
+        if max_traces is not None:
+            step = chex.assert_max_traces(step, n=max_traces)
+        cfg = config
+        self._step = jax.jit(step, in_shardings=(self._repl, self._data, self._repl), out_shardings=(self._data, self._data, self._data))
+        self._centers = jax.jit(lambda p, f: self._centers_fn(p, f), in_shardings=(self._repl, self._data), out_shardings=(self._data, self._data))
+        self._denoise = jax.jit(lambda p, f: self._denoise_fn(p, f), in_shardings=(self._repl, self._data), out_shardings=(self._data, self._data))
+        self._calib = jax.jit(lambda p, f, w: self._calib_fn(p, f, w), in_shardings=(self._repl, self._data, self._data), out_shardings=self._repl)
+        self._ellipse = jax.jit(lambda p, m: ellipse_stage(cfg, p, m))
+
+    # ---- constructors
+    @classmethod
+    def init(cls, key: jax.Array, config: PipelineConfig | None = None, **kwargs) -> "Pipeline":
+        """An untrained pipeline: random network weights (classical stages need none)."""
+        config = PipelineConfig() if config is None else config
+        return cls(config, _init_params(key, config), **kwargs)
+
+    @classmethod
+    def classical(cls, **overrides) -> "Pipeline":
+        """Classical methods at every stage (no weights): Gaussian filter, thresholded CoM, edge fit."""
+        return cls(PipelineConfig.classical(**overrides))
+
+    @classmethod
+    def from_pretrained(cls, path=None, **kwargs) -> "Pipeline":
+        """The bundled trained weights (or those exported to ``path``)."""
+        from ._weights import load_pretrained
+
+        config, params = load_pretrained(path)
+        return cls(config, params, **kwargs)
+
+    # ---- pure per-batch functions (traced inside jit)
+    def _step_fn(self, params, frames, matrix):
+        cfg = self.config
+        x, flags = _as_float(frames)
+        x = denoise_stage(cfg, params, x)
+        centers = center_stage(cfg, params, x)
+        if cfg.center_method == "none" and cfg.ellipse_method == "none":
+            out = x
+        else:
+            out = warp_stage(cfg, x, centers, matrix)
+        return out, centers, flags
+
+    def _centers_fn(self, params, frames):
+        x, flags = _as_float(frames)
+        return center_stage(self.config, params, denoise_stage(self.config, params, x)), flags
+
+    def _denoise_fn(self, params, frames):
+        x, flags = _as_float(frames)
+        return denoise_stage(self.config, params, x), flags
+
+    def _calib_fn(self, params, frames, weights):
+        cfg = self.config
+        x, flags = _as_float(frames)
+        x = denoise_stage(cfg, params, x)
+        centers = center_stage(cfg, params, x)
+        out = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32))
+        w = weights * (flags == 0)
+        return jnp.einsum("b,bhw->hw", w, out, precision=jax.lax.Precision.HIGHEST), w.sum()
+
+    # ---- batching
+    def _batches(self, frames, check: bool, index: np.ndarray | None = None) -> Iterator[tuple[int, int, jax.Array]]:
+        """Yield ``(start, count, device batch)``, the last batch zero-padded to full size.
+
+        ``index`` (sorted) selects frames; only one batch is ever read into host memory.
+        """
+        b = self.batch_size
+        dt = host_dtype(frames.dtype)
+        total = frames.shape[0] if index is None else index.size
+        for start in range(0, total, b):
+            host = np.asarray(frames[start : start + b] if index is None else frames[index[start : start + b]])
+            if check:
+                check_values_of(host, "frames", self.config.negative)
+            host = host.astype(dt, copy=False)
+            n = host.shape[0]
+            if n < b:
+                host = np.concatenate([host, np.zeros((b - n,) + host.shape[1:], host.dtype)])
+            yield start, n, jax.device_put(host, self._data)
+
+    def _map(self, fn: Callable, frames: np.ndarray, outs: Sequence[np.ndarray], *args, check: bool = True, progress=None) -> None:
+        """Run ``fn(params, batch, *args)`` over ``frames``, writing results into ``outs``.
+
+        Two batches are in flight: the next one is dispatched before the previous
+        one's results are copied back, so transfers overlap compute.
+        """
+        pending: collections.deque = collections.deque()
+
+        def drain():
+            start, n, res = pending.popleft()
+            for o, r in zip(outs, res):
+                o[start : start + n] = np.asarray(r)[:n]
+            if progress is not None:
+                progress(n)
+
+        for start, n, batch in self._batches(frames, check):
+            pending.append((start, n, fn(self.params, batch, *args)))
+            if len(pending) > 1:
+                drain()
+        while pending:
+            drain()
+
+    # ---- public API
+    def denoise(self, frames) -> np.ndarray:
+        """Denoise frames.
+
+        Parameters
+        ----------
+        frames : (N, H, W) any real dtype, counts >= 0
+
+        Returns
+        -------
+        (N, H, W) float32 in the same intensity units as the input
+        """
+        frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
+        out = np.empty(frames.shape, np.float32)
+        flags = np.empty(frames.shape[0], np.uint8)
+        self._map(self._denoise, frames, (out, flags))
+        return out
+
+    def find_centers(self, frames) -> np.ndarray:
+        """Beam centre of every frame.
+
+        Parameters
+        ----------
+        frames : (N, H, W) raw frames, any real dtype
+
+        Returns
+        -------
+        (N, 2) float64 ``(row, col)`` in the input frames' pixel coordinates
+        """
+        frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
+        centers = np.empty((frames.shape[0], 2), np.float32)
+        flags = np.empty(frames.shape[0], np.uint8)
+        self._map(self._centers, frames, (centers, flags))
+        return centers.astype(np.float64)
+
+    def estimate_ellipse(self, mean_dp) -> Ellipse:
+        """Elliptical distortion of a recentred mean pattern.
+
+        Parameters
+        ----------
+        mean_dp : (H, W) mean diffraction pattern with the beam centre at ((H-1)/2, (W-1)/2)
+
+        Returns
+        -------
+        Ellipse with ``ratio >= 1`` and ``angle`` in ``[0, pi)``; the identity when the
+        ellipse method is ``"none"``
+        """
+        mean_dp = check_frames(mean_dp, 2, "mean_dp", negative=self.config.negative)
+        if self.config.ellipse_method == "none":
+            return Ellipse.identity()
+        ratio, angle, ok = (float(v) for v in self._ellipse(self.params, jnp.asarray(np.asarray(mean_dp), jnp.float32)))
+        if not ok or not np.isfinite(ratio) or ratio <= 0:
+            raise ValueError("could not fit an ellipse to mean_dp: no clear ring or disk edge was found; pass a fixed ellipse instead")
+        return Ellipse(ratio, angle)
+
+    def calibrate(self, frames, n: int | None = None) -> tuple[Ellipse, np.ndarray]:
+        """Pass 0: recentre ``n`` frames sampled evenly across ``frames``, average them,
+        and estimate the ellipse. Returns ``(ellipse, mean_pattern)``."""
+        frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
+        n = min(frames.shape[0], n or self.config.calibration_frames)
+        idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
+        total = jnp.zeros(frames.shape[-2:], jnp.float32)
+        count = jnp.zeros((), jnp.float32)
+        b = self.batch_size
+        for _, nb, batch in self._batches(frames, True, idx):
+            w = jax.device_put((np.arange(b) < nb).astype(np.float32), self._data)
+            s, c = self._calib(self.params, batch, w)
+            total, count = total + s, count + c
+        if float(count) == 0:
+            raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
+        mean = np.asarray(total / count)
+        return self.estimate_ellipse(mean), mean
+
+    def preprocess(self, cube, ellipse: Ellipse | None = None, progress: bool = False) -> PreprocessResult:
+        """Denoise, recentre and undo the ellipse of a whole 4D-STEM cube.
+
+        Parameters
+        ----------
+        cube : (Rx, Ry, H, W) any real dtype
+        ellipse : a known distortion; default: estimated in pass 0 from
+            ``config.calibration_frames`` frames sampled across the scan
+        progress : show a progress bar
+
+        Returns
+        -------
+        :class:`PreprocessResult` with ``data`` (Rx, Ry, H, W) float32,
+        ``centers`` (Rx, Ry, 2) float64, ``ellipse``, ``flags`` (Rx, Ry)
+        """
+        cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
+        rx, ry, h, w = cube.shape
+        frames = cube.reshape(rx * ry, h, w)
+        mean = None
+        if ellipse is None:
+            ellipse, mean = (Ellipse.identity(), None) if self.config.ellipse_method == "none" else self.calibrate(frames)
+        matrix = jax.device_put(jnp.asarray(ellipse.matrix(), jnp.float32), self._repl)
+        data = np.empty((rx * ry, h, w), np.float32)
+        centers = np.empty((rx * ry, 2), np.float32)
+        flags = np.empty(rx * ry, np.uint8)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=rx * ry, unit="frame", desc="preprocess")
+        try:
+            self._map(self._step, frames, (data, centers, flags), matrix, progress=bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        return PreprocessResult(
+            data=data.reshape(rx, ry, h, w),
+            centers=centers.astype(np.float64).reshape(rx, ry, 2),
+            ellipse=ellipse,
+            flags=flags.reshape(rx, ry),
+            mean_pattern=mean,
+        )
+
+    def step(self, frames: jax.Array, ellipse: Ellipse | None = None):
+        """The compiled batch step on one ``(B, H, W)`` device or host batch
+        (``B`` = ``self.batch_size``): returns ``(corrected, centers, flags)`` as jax arrays."""
+        m = jnp.asarray((ellipse or Ellipse.identity()).matrix(), jnp.float32)
+        return self._step(self.params, jax.device_put(frames, self._data), jax.device_put(m, self._repl))

@@ -1,0 +1,45 @@
+"""Geometry ops of the pipeline, public: per-frame, jit-able, vmap-able, differentiable.
+
+Conventions: frames are ``(H, W)``; coordinates ``(row, col)``; pixel centres at
+integers; the frame centre is ``((H-1)/2, (W-1)/2)``; samples outside the frame
+read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
+"""
+
+from ._centers import com_center, friedel_center, heatmap_center
+from ._ellipse import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
+from ._ellipse_fit import fit_ellipse_edge, polar_transform
+from ._filters import gaussian_filter
+from ._warp import (
+    affine_warp,
+    correct_ellipse,
+    frame_center,
+    recenter,
+    recenter_and_correct,
+    resize,
+    resize_coordinates,
+    sample,
+    translate,
+)
+
+__all__ = [
+    "affine_warp",
+    "axes_to_ratio_angle",
+    "com_center",
+    "correct_ellipse",
+    "ellipse_from_matrix",
+    "ellipse_matrix",
+    "fit_ellipse_edge",
+    "frame_center",
+    "friedel_center",
+    "gaussian_filter",
+    "heatmap_center",
+    "normalize_angle",
+    "polar_transform",
+    "ratio_angle_to_axes",
+    "recenter",
+    "recenter_and_correct",
+    "resize",
+    "resize_coordinates",
+    "sample",
+    "translate",
+]
