@@ -1,0 +1,55 @@
+"""The ``prenet-jax`` command line: one subcommand per job.
+
+Each subcommand lives with its library code and registers itself through an
+``add_*_parser(subparsers)`` function; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, devices and bundled weights")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    import jax
+
+    import prenet_jax as pj
+    from ._weights import WEIGHTS_DIR
+
+    print(f"prenet-jax {pj.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
+    for d in jax.local_devices():
+        print(f"  device {d.id}: {d.device_kind}")
+    have = (WEIGHTS_DIR / "release" / "weights.npz").is_file()
+    print(f"  bundled weights: {'yes' if have else 'none (classical methods only)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prenet-jax", description="4D-PreNet preprocessing of 4D-STEM data in JAX")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from ._demo import add_demo_parser
+
+    add_demo_parser(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
