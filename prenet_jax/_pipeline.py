@@ -246,11 +246,9 @@ class Pipeline:
         x, flags = _as_float(frames)
         x = denoise_stage(cfg, params, x)
         centers = center_stage(cfg, params, x)
-        if cfg.center_method == "none" and cfg.ellipse_method == "none":
-            out = x
-        else:
-            out = warp_stage(cfg, x, centers, matrix)
-        return out, centers, flags
+        # Always warp: with no centre method and an identity ellipse the map samples
+        # integer positions, which both interpolations reproduce exactly.
+        return warp_stage(cfg, x, centers, matrix), centers, flags
 
     def _centers_fn(self, params, frames):
         x, flags = _as_float(frames)
