@@ -134,7 +134,9 @@ class _Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         norm = lambda name, **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name, **kw)
-        conv = lambda f, k, s, name: nn.Conv(f, k, (s, s), padding="SAME", use_bias=False, dtype=self.dtype, name=name)
+        # Symmetric padding k // 2, as in the reference ResNet (XLA's "SAME" pads
+        # strided convolutions asymmetrically), so PyTorch ports match exactly.
+        conv = lambda f, k, s, name: nn.Conv(f, k, (s, s), padding=[(k[0] // 2,) * 2, (k[1] // 2,) * 2], use_bias=False, dtype=self.dtype, name=name)
         y = nn.relu(norm("bn1")(conv(self.features, (1, 1), 1, "conv1")(x)))
         y = nn.relu(norm("bn2")(conv(self.features, (3, 3), self.strides, "conv2")(y)))
         # Zero-initialised last scale: each block starts as the identity (stable training).
@@ -156,9 +158,9 @@ class ResNet(nn.Module):
         if x.ndim == 3:
             x = x[..., None]
         x = x.astype(self.dtype)
-        x = nn.Conv(cfg.width, (7, 7), (2, 2), padding="SAME", use_bias=False, dtype=self.dtype, name="stem")(x)
+        x = nn.Conv(cfg.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype, name="stem")(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name="stem_bn")(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
         for i, n in enumerate(cfg.stages):
             for j in range(n):
                 x = _Bottleneck(cfg.width * 2**i, 2 if (j == 0 and i > 0) else 1, self.dtype, name=f"stage{i}_block{j}")(x, train)
