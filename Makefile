@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: no Python >= 3.12 found; install one or set PYTHON=/path/to/python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,simulate]"
+	$(PY) -m pip install -q -e ".[dev,simulate,io]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prenet-jax", description="4D-PreNet preprocessing of 4D-STEM data in JAX")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from ._demo import add_demo_parser
+    from ._preprocess import add_preprocess_parser
 
     add_demo_parser(sub)
+    add_preprocess_parser(sub)
     _add_info(sub)
     return parser
 

@@ -1,0 +1,186 @@
+"""Diagnostic figures of a preprocessing run: what changed, in the paper's measures.
+
+Four PNGs next to the output (``<stem>_mean.png``, ``<stem>_centers.png``,
+``<stem>_polar.png``, ``<stem>_radial.png``):
+
+- the mean pattern before and after;
+- the beam-centre maps (row, col) before (as found in the input frames) and after
+  (centre of mass of the corrected frames), relative to the frame centre;
+- the polar transform of the mean pattern before (about the mean measured centre)
+  and after (about the frame centre): a recentred, circular pattern has straight
+  rings;
+- the radial profile (azimuthal mean) and the radial standard deviation
+  (azimuthal standard deviation at each radius) of the mean pattern, before and
+  after (4D-PreNet, Figures 4 and 5): misalignment and ellipticity raise the
+  standard deviation at the disk and ring edges.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["diagnostic_paths", "radial_measures", "write_diagnostics"]
+
+_NAMES = ("mean", "centers", "polar", "radial")
+
+
+def diagnostic_paths(output: str | os.PathLike) -> list[Path]:
+    """The PNG files written for ``output``: ``<stem>_<kind>.png`` in its folder."""
+    output = Path(output)
+    return [output.with_name(f"{output.stem}_{n}.png") for n in _NAMES]
+
+
+def radial_measures(mean: np.ndarray, center: tuple[float, float], n_angles: int = 360) -> dict[str, np.ndarray]:
+    """Polar transform of ``mean`` (H, W) about ``center`` ``(row, col)``.
+
+    Returns
+    -------
+    dict with ``polar`` (n_angles, n_radii), ``radius`` (n_radii,) px, ``profile``
+    (azimuthal mean), ``std`` (azimuthal standard deviation) and ``anisotropy``
+    (sum of ``std`` over sum of ``profile``: 0 for a perfectly round, centred pattern).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from .ops import polar_transform
+
+    h, w = mean.shape
+    cr, cc = float(center[0]), float(center[1])
+    # the largest circle about the centre that stays inside the frame
+    r_max = max(2.0, min(cr, cc, h - 1 - cr, w - 1 - cc) - 1.0)
+    n_radii = 2 * int(round(r_max)) + 1  # half-pixel radial steps
+    fn = jax.jit(polar_transform, static_argnums=(2, 3, 4, 5))  # one compile, not one per op
+    polar = np.asarray(fn(jnp.asarray(mean, jnp.float32), jnp.asarray([cr, cc], jnp.float32), n_angles, n_radii, float(r_max), "cubic"), np.float64)
+    profile = polar.mean(axis=0)
+    std = polar.std(axis=0)
+    aniso = float(std.sum() / max(abs(profile).sum(), 1e-30))
+    return {"polar": polar, "radius": np.linspace(0.0, r_max, n_radii), "profile": profile, "std": std, "anisotropy": aniso}
+
+
+def _save(fig, path: Path) -> None:
+    # written under a temporary name first: a figure appears whole or not at all
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_diagnostics(
+    output: str | os.PathLike,
+    mean_before: np.ndarray,
+    mean_after: np.ndarray,
+    centers: np.ndarray,
+    centers_after: np.ndarray,
+    good: np.ndarray,
+    title: str = "",
+) -> tuple[list[Path], dict]:
+    """Write the four PNGs for ``output``.
+
+    Parameters
+    ----------
+    output : the preprocessed file; figures go next to it
+    mean_before, mean_after : (H, W) mean input and corrected patterns
+    centers : (Rx, Ry, 2) beam centres ``(row, col)`` found in the input frames
+    centers_after : (Rx, Ry, 2) centres of mass of the corrected frames
+    good : (Rx, Ry) bool, frames that entered the means (others are greyed out)
+    title : first line of every figure (e.g. the input file)
+
+    Returns
+    -------
+    (paths, measures) with ``measures["before"]`` and ``measures["after"]`` from
+    :func:`radial_measures`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    paths = diagnostic_paths(output)
+    h, w = mean_before.shape
+    c0 = ((h - 1) / 2.0, (w - 1) / 2.0)
+    sel = good & np.isfinite(centers).all(-1)
+    c_in = tuple(np.nanmean(centers[sel], axis=0)) if sel.any() else c0
+    before = radial_measures(mean_before, c_in)
+    after = radial_measures(mean_after, c0)
+
+    def show(ax, img, name):
+        im = ax.imshow(np.sqrt(np.maximum(img, 0)), cmap="magma", interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("col (px)")
+        ax.set_ylabel("row (px)")
+        return im
+
+    suptitle = (title + "\n") if title else ""
+    # 1. mean pattern
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4.8))
+    show(ax[0], mean_before, "mean pattern before (sqrt scale)")
+    ax[0].plot([c_in[1]], [c_in[0]], "c+", ms=12, mew=1.5, label="mean measured centre")
+    show(ax[1], mean_after, "mean pattern after (sqrt scale)")
+    ax[1].plot([c0[1]], [c0[0]], "c+", ms=12, mew=1.5, label="frame centre ((H-1)/2, (W-1)/2)")
+    for a in ax:
+        a.legend(loc="lower right", fontsize=8)
+    fig.suptitle(suptitle + "mean diffraction pattern", fontsize=11)
+    fig.tight_layout()
+    _save(fig, paths[0])
+    plt.close(fig)
+
+    # 2. centre maps, relative to the frame centre
+    fig, ax = plt.subplots(2, 2, figsize=(10, 8.4))
+    for col, (cen, label) in enumerate(((centers, "before: found in the input"), (centers_after, "after: centre of mass of the output"))):
+        for row, (k, axis) in enumerate(((0, "row"), (1, "col"))):
+            d = np.where(good, cen[..., k] - c0[k], np.nan)
+            lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
+            lim = max(lim, 1e-3)
+            a = ax[row, col]
+            cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
+            im = a.imshow(d, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+            sd = float(np.nanstd(d)) if np.isfinite(d).any() else float("nan")
+            a.set_title(f"{label}\n{axis} - {c0[k]:g} px (std {sd:.3g} px)", fontsize=9)
+            a.set_xlabel("scan Ry")
+            a.set_ylabel("scan Rx")
+            fig.colorbar(im, ax=a, label="px")
+    fig.suptitle(suptitle + "beam centre relative to the frame centre (grey: flagged frames)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, paths[1])
+    plt.close(fig)
+
+    # 3. polar transforms
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
+    for a, m, name in ((ax[0], before, f"before, about ({c_in[0]:.2f}, {c_in[1]:.2f})"), (ax[1], after, f"after, about ({c0[0]:g}, {c0[1]:g})")):
+        a.imshow(np.sqrt(np.maximum(m["polar"], 0)), aspect="auto", cmap="magma", extent=(0, m["radius"][-1], 360, 0), interpolation="nearest")
+        a.set_title(f"polar transform of the mean, {name}", fontsize=9)
+        a.set_xlabel("radius (px)")
+        a.set_ylabel("azimuth (deg from +col toward +row)")
+    fig.suptitle(suptitle + "straight edges = centred and circular", fontsize=11)
+    fig.tight_layout()
+    _save(fig, paths[2])
+    plt.close(fig)
+
+    # 4. radial profile and radial standard deviation
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.4))
+    for m, name, style in ((before, "before", "C0-"), (after, "after", "C3-")):
+        ax[0].semilogy(m["radius"], np.maximum(m["profile"], 1e-12), style, label=name)
+        ax[1].plot(m["radius"], m["std"], style, label=f"{name} (anisotropy {m['anisotropy']:.3g})")
+    ax[0].set_title("radial profile (azimuthal mean)", fontsize=10)
+    ax[1].set_title("radial standard deviation (over azimuth)", fontsize=10)
+    for a in ax:
+        a.set_xlabel("radius (px)")
+        a.legend(fontsize=8)
+    ax[0].set_ylabel("intensity (input units)")
+    ax[1].set_ylabel("std (input units)")
+    fig.suptitle(suptitle + "radial measures of the mean pattern (4D-PreNet Fig. 4/5)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, paths[3])
+    plt.close(fig)
+    return paths, {"before": before, "after": after}
