@@ -10,6 +10,8 @@ with one round of outlier rejection.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -19,6 +21,8 @@ from ._warp import Interpolation, frame_center, sample
 __all__ = ["polar_transform", "fit_ellipse_edge"]
 
 
+# Jitted so that eager callers compile once rather than op by op.
+@functools.partial(jax.jit, static_argnames=("n_angles", "n_radii", "r_max", "method"))
 def polar_transform(
     image: jax.Array,
     center: jax.Array | None = None,
@@ -71,6 +75,7 @@ def _conic_to_ellipse(p: jax.Array, scale: jax.Array):
     return a, b, angle, x0 * scale
 
 
+@functools.partial(jax.jit, static_argnames=("r_min", "r_max", "n_angles", "smooth"))
 def fit_ellipse_edge(
     mean_pattern: jax.Array,
     center: jax.Array | None = None,

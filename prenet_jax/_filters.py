@@ -24,6 +24,7 @@ def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     return (m / m.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("sigma",))
 def gaussian_filter(frames: jax.Array, sigma: float) -> jax.Array:
     """Gaussian blur of ``(..., H, W)`` frames with standard deviation ``sigma`` pixels.
 
