@@ -34,11 +34,16 @@ def _run_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prenet-jax", description="4D-PreNet preprocessing of 4D-STEM data in JAX")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
     from ._demo import add_demo_parser
+    from ._figures_sim import add_figure_parser
     from ._preprocess import add_preprocess_parser
+    from ._simulate import add_simulate_parser
 
     add_demo_parser(sub)
     add_preprocess_parser(sub)
+    add_simulate_parser(sub)
+    add_figure_parser(sub)
     _add_info(sub)
     return parser
 
