@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
     from ._demo import add_demo_parser
+    from ._evaluate import add_evaluate_parser
     from ._figures_sim import add_figure_parser
     from ._preprocess import add_preprocess_parser
     from ._simulate import add_simulate_parser
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_parser(sub)
     add_simulate_parser(sub)
     add_figure_parser(sub)
+    add_evaluate_parser(sub)
     _add_info(sub)
     return parser
 
