@@ -69,12 +69,26 @@ def _as_float(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x, flags.astype(jnp.uint8)
 
 
+@jax.custom_jvp
+def _sqrt(t: jax.Array) -> jax.Array:
+    """``sqrt`` whose derivative is capped below ``t = 1e-6`` (a millionth of the frame
+    maximum): the exact one is infinite at the empty pixels every pattern has, which
+    turns end-to-end gradients into NaN. The value is ``jnp.sqrt`` exactly."""
+    return jnp.sqrt(t)
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals, tangents):
+    (t,), (dt,) = primals, tangents
+    return jnp.sqrt(t), dt * 0.5 * jax.lax.rsqrt(jnp.maximum(t, 1e-6))
+
+
 def normalize(x: jax.Array, transform: str) -> tuple[jax.Array, jax.Array]:
     """``(B, H, W)`` counts -> values in [0, 1] and the per-frame scale (the maximum)."""
     scale = jnp.max(x, axis=(-2, -1), keepdims=True)
     scale = jnp.where(scale > 0, scale, 1.0)
     t = x / scale
-    return (jnp.sqrt(t) if transform == "sqrt" else t), scale
+    return (_sqrt(t) if transform == "sqrt" else t), scale
 
 
 def denormalize(y: jax.Array, scale: jax.Array, transform: str) -> jax.Array:

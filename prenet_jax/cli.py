@@ -40,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     from ._figures_sim import add_figure_parser
     from ._preprocess import add_preprocess_parser
     from ._simulate import add_simulate_parser
+    from ._train import add_train_parser
 
     add_demo_parser(sub)
     add_preprocess_parser(sub)
     add_simulate_parser(sub)
     add_figure_parser(sub)
+    add_train_parser(sub)
     add_evaluate_parser(sub)
     _add_info(sub)
     return parser

@@ -1,0 +1,32 @@
+"""CI: the heatmap U-Net centre network on 32 px synthetic disk patterns (CPU, about a minute).
+
+    prenet-jax train run --config train/configs/center_tiny.py
+"""
+
+from prenet_jax._augment import AugmentConfig
+from prenet_jax._config import PipelineConfig
+from prenet_jax._data import DataConfig
+from prenet_jax._losses import LossConfig
+from prenet_jax._train import TrainConfig
+
+
+def get_config() -> TrainConfig:
+    return TrainConfig(
+        name="center_tiny",
+        task="center",
+        pipeline=PipelineConfig.tiny(),
+        data=DataConfig(source="synthetic", size=32, n_structures=64, patterns_per_structure=4),
+        augment=AugmentConfig(max_shift=6.0, ratio_range=(1.0, 1.15), dose_range=(1e2, 1e5), read_noise_range=(0.0, 0.5)),
+        loss=LossConfig(heatmap_sigma=1.5),
+        batch_size=16,
+        steps=400,
+        lr=3e-3,
+        warmup_steps=40,
+        log_every=20,
+        eval_every=100,
+        eval_batches=4,
+        checkpoint_every=200,
+        patience=4,
+        center_input="noisy",
+        seed=0,
+    )
