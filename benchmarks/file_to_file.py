@@ -51,7 +51,7 @@ def make_cube(path: Path, scan, frame, dtype, dose: float, seed: int = 0) -> Non
             ds[i] = rng.poisson(row).astype(dtype)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scan", type=int, nargs=2, default=(32, 32))
     ap.add_argument("--frame", type=int, nargs=2, default=(256, 256))
@@ -62,7 +62,7 @@ def main() -> int:
     ap.add_argument("--output-dtype", default="float32")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one; use the machine's local disk)")
     ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import h5py
     import jax
