@@ -28,6 +28,8 @@ from _common import append_result, environment
 
 def _config(name: str, dtype: str, batch: int) -> pj.PipelineConfig:
     if name == "release":
+        return pj.PipelineConfig.release(compute_dtype=dtype, batch_size=batch)
+    if name == "default":
         return pj.PipelineConfig(compute_dtype=dtype, batch_size=batch)
     if name == "tiny":
         return pj.PipelineConfig.tiny(compute_dtype=dtype, batch_size=batch)
@@ -48,7 +50,7 @@ def _time(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="release", choices=["release", "tiny", "classical"])
+    ap.add_argument("--config", default="release", choices=["release", "default", "tiny", "classical"])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=256, help="frame side in px")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")

@@ -70,7 +70,7 @@ def _peak_mem() -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="release", choices=["release", "tiny"])
+    ap.add_argument("--config", default="release", choices=["release", "default", "tiny"])
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128, 512])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=10)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     gpu = jax.default_backend() != "cpu"
     dtype = "bfloat16" if gpu else "float32"
-    mk = pj.PipelineConfig if args.config == "release" else pj.PipelineConfig.tiny
+    mk = {"release": pj.PipelineConfig.release, "default": pj.PipelineConfig, "tiny": pj.PipelineConfig.tiny}[args.config]
     ceiling = matmul_ceiling(args.repeats)
     lines = [
         f"config `{args.config}`: denoiser width {mk().denoiser.width} depth {mk().denoiser.depth} (CBAM), centre net width {mk().center_net.width} depth {mk().center_net.depth}; "

@@ -93,6 +93,24 @@ class PipelineConfig:
         return cls(**base)
 
     @classmethod
+    def release(cls, **overrides: Any) -> "PipelineConfig":
+        """The architecture of the release weights (``train/configs/*_release.py``).
+
+        Widths 16 (U-Nets depth 4, ResNet-50 blocks): a whole training state of one
+        network fits what one GPU session can carry to the next (docs/training.md).
+        """
+        base = dict(
+            image_size=256,
+            denoiser=UNetConfig(width=16, depth=4, cbam=True, groups=8),
+            center_net=UNetConfig(width=16, depth=4, cbam=False, groups=8),
+            ellipse_net=ResNetConfig(width=16, stages=(3, 4, 6, 3)),
+            transform="sqrt",
+            interpolation="linear",
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
     def classical(cls, **overrides: Any) -> "PipelineConfig":
         """Classical methods at every stage: Gaussian filter, thresholded CoM, edge fit."""
         base = dict(denoise_method="gaussian", center_method="com", ellipse_method="fit")

@@ -198,3 +198,15 @@ def test_sharded_step_on_four_cpu_devices_matches_one_device():
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["shards"] == 4
     assert r["data"] < 1e-4 and r["centers"] < 1e-4, r
+
+
+def test_release_training_configs_share_the_release_architecture():
+    from pathlib import Path
+
+    from prenet_jax._train import load_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*_release.py"))
+    assert len(files) == 4
+    for f in files:  # the e2e fine-tune combines the three: one architecture for all
+        assert load_config(f).pipeline == pj.PipelineConfig.release()
+    assert pj.PipelineConfig.release().denoiser.width == 16

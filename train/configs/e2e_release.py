@@ -13,17 +13,9 @@ from prenet_jax._augment import AugmentConfig
 from prenet_jax._config import PipelineConfig
 from prenet_jax._data import DataConfig
 from prenet_jax._losses import LossConfig
-from prenet_jax._models import ResNetConfig, UNetConfig
 from prenet_jax._train import TrainConfig
 
-PIPELINE = PipelineConfig(
-    image_size=256,
-    denoiser=UNetConfig(width=16, depth=4, cbam=True, groups=8),
-    center_net=UNetConfig(width=16, depth=4, cbam=False, groups=8),
-    ellipse_net=ResNetConfig(width=16, stages=(3, 4, 6, 3)),
-    transform="sqrt",
-    interpolation="linear",
-)
+PIPELINE = PipelineConfig.release()
 
 
 def get_config() -> TrainConfig:
