@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     import prenet_jax as pj
-    from prenet_jax._io import EMDWriter, open_input, plan_blocks
-    from prenet_jax._preprocess import preprocess_file
-    from prenet_jax._stream import _make_post, output_dtype_for
+    from prenet_jax.io._readers import EMDWriter, open_input, plan_blocks
+    from prenet_jax.preprocess._run import preprocess_file
+    from prenet_jax.preprocess._stream import _make_post, output_dtype_for
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="prenet_bench_"))
     src, dst = scratch / "cube.h5", scratch / "cube_pre.h5"

@@ -1,6 +1,6 @@
 """Entry point: ``python infer/preprocess.py INPUT -o OUTPUT [options]``.
 
-The same as ``prenet-jax preprocess``; the logic lives in ``prenet_jax._preprocess``.
+The same as ``prenet-jax preprocess``; the logic lives in ``prenet_jax.preprocess._run``.
 """
 
 import sys

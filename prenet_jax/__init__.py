@@ -6,11 +6,11 @@ program over batches of frames. See the README for the conventions.
 """
 
 from . import ops
-from ._config import PipelineConfig
-from ._ellipse import Ellipse
-from ._models import ResNet, ResNetConfig, UNet, UNetConfig
-from ._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult
-from ._synthetic import disk_pattern, synthetic_cube
+from .config import PipelineConfig
+from .conventions import Ellipse
+from .models import ResNet, ResNetConfig, UNet, UNetConfig
+from .pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult
+from .data import disk_pattern, synthetic_cube
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from prenet_jax._io import read_result
+from prenet_jax.io._readers import read_result
 from prenet_jax.cli import main
 
 
@@ -12,7 +12,7 @@ def test_info(capsys):
 
 
 def test_demo_runs_end_to_end_and_recovers_the_truth(tmp_path, capsys):
-    from prenet_jax._demo import DEMO_ELLIPSE
+    from prenet_jax.cli._demo import DEMO_ELLIPSE
 
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out

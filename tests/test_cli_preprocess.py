@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax._io import EMDWriter, read_result
-from prenet_jax._preprocess import ellipse_from_py4dstem, ellipse_to_py4dstem
-from prenet_jax._stream import FLAG_NEGATIVE, FLAG_SATURATED
+from prenet_jax.io._readers import EMDWriter, read_result
+from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
+from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
 from prenet_jax.cli import main
 from prenet_jax.ops import com_center, fit_ellipse_edge
 
@@ -287,8 +287,8 @@ _MEMORY_CHILD = """
 import sys
 import numpy as np
 from prenet_jax import Pipeline
-from prenet_jax._io import EMDWriter, open_input
-from prenet_jax._stream import stream
+from prenet_jax.io._readers import EMDWriter, open_input
+from prenet_jax.preprocess._stream import stream
 
 def rss_mib():
     with open("/proc/self/status") as f:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax import _metrics as M
-from prenet_jax._evaluate import (
+from prenet_jax.evaluation import _metrics as M
+from prenet_jax.evaluation._evaluate import (
     EvalConfig,
     Methods,
     _load_network,
@@ -21,7 +21,7 @@ from prenet_jax._evaluate import (
     run_evaluation,
     write_report,
 )
-from prenet_jax._evalset import make_synthetic, held_out_structures
+from prenet_jax.evaluation._evalset import make_synthetic, held_out_structures
 from prenet_jax.cli import build_parser
 
 # ----------------------------------------------------------------------------- metrics
@@ -113,7 +113,7 @@ def test_corruption_labels_are_the_shifted_zero_angle():
 
 
 def test_held_out_structures_are_test_split_and_mixed(monkeypatch):
-    from prenet_jax import _structures as st
+    from prenet_jax.data import _structures as st
 
     # Fake catalogues (building the real one takes seconds): the split is a hash of the id.
     crystals = [f"fake:crystal:{i}" for i in range(300)]
@@ -169,7 +169,7 @@ def test_cli_is_registered(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("PRENET_PY4DSTEM_PYTHON"), reason="py4DSTEM interpreter not configured")
 def test_py4dstem_conventions_on_a_known_disk():
-    from prenet_jax._evaluate_peers import run_peer
+    from prenet_jax.evaluation._peers import run_peer
 
     cs = np.array([[30.3, 33.7], [29.9, 34.2]])
     frames = np.stack([pj.disk_pattern((64, 64), tuple(c), 8.0, None, None) for c in cs])
@@ -179,7 +179,7 @@ def test_py4dstem_conventions_on_a_known_disk():
 
 @pytest.mark.skipif(not os.environ.get("PRENET_PYXEM_PYTHON"), reason="pyxem interpreter not configured")
 def test_pyxem_conventions_on_a_known_disk():
-    from prenet_jax._evaluate_peers import run_peer
+    from prenet_jax.evaluation._peers import run_peer
 
     cs = np.array([[30.3, 33.7], [29.9, 34.2]])
     frames = np.stack([pj.disk_pattern((64, 64), tuple(c), 8.0, None, None) for c in cs])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax._io import EMDWriter, InputError, open_input, plan_blocks, read_result
-from prenet_jax._preprocess import ellipse_from_py4dstem, ellipse_to_py4dstem
+from prenet_jax.io._readers import EMDWriter, InputError, open_input, plan_blocks, read_result
+from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
 
 
 def _cube(shape=(3, 4, 16, 20), dtype=np.float32, seed=0):

@@ -160,7 +160,7 @@ def test_bad_input_to_every_public_function():
 def test_weights_round_trip(tmp_path):
     cfg = pj.PipelineConfig.tiny()
     pipe = pj.Pipeline.init(jax.random.key(2), cfg)
-    from prenet_jax._weights import save_weights
+    from prenet_jax.pipeline._weights import save_weights
 
     save_weights(tmp_path / "w", cfg, jax.device_get(pipe.params), {"note": "test"})
     back = pj.Pipeline.from_pretrained(tmp_path / "w")
@@ -203,7 +203,7 @@ def test_sharded_step_on_four_cpu_devices_matches_one_device():
 def test_release_training_configs_share_the_release_architecture():
     from pathlib import Path
 
-    from prenet_jax._train import load_config
+    from prenet_jax.training._train import load_config
 
     files = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*_release.py"))
     assert len(files) == 4

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("abtem")
 pytest.importorskip("ase")
 
-from prenet_jax import _simulate as sim  # noqa: E402
-from prenet_jax import _structures as st  # noqa: E402
+from prenet_jax.data import _simulate as sim  # noqa: E402
+from prenet_jax.data import _structures as st  # noqa: E402
 
 # 32 x 32 patterns from a 48-point grid: the same geometry as 256 from 384, ~100x cheaper.
 TINY = dict(pattern_size=32, gpts=48, extent_a=(12.0, 20.0), thickness_a=(4.0, 10.0), disk_radius_px=(2.0, 6.0),
@@ -171,7 +171,7 @@ def test_manifest_splits_by_structure_and_metadata(tmp_path):
     np.testing.assert_array_equal(x2[0], x2[2])
     store.close()
     # the figure command draws from a finished run
-    from prenet_jax._figures_sim import figure_from_dataset
+    from prenet_jax.data._figures import figure_from_dataset
 
     png = figure_from_dataset(tmp_path, tmp_path / "fig.png", augmented=2)
     assert png.stat().st_size > 10_000

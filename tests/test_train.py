@@ -73,7 +73,7 @@ def _free_port() -> int:
 
 
 def test_data_order_is_a_function_of_seed_and_step():
-    from prenet_jax._data import batch_indices
+    from prenet_jax.training._batches import batch_indices
 
     n, b = 37, 8
     first = np.concatenate([batch_indices(3, s, n, b) for s in range(10)])
@@ -85,7 +85,7 @@ def test_data_order_is_a_function_of_seed_and_step():
 
 
 def test_synthetic_splits_are_disjoint_by_structure():
-    from prenet_jax._data import DataConfig, load_split
+    from prenet_jax.training._batches import DataConfig, load_split
 
     cfg = DataConfig(size=32, n_structures=24, patterns_per_structure=2)
     splits = {s: load_split(cfg, s) for s in ("train", "val", "test")}
@@ -98,8 +98,8 @@ def test_synthetic_splits_are_disjoint_by_structure():
 
 
 def test_simulated_source_reads_the_pattern_store(tmp_path):
-    from prenet_jax._data import DataConfig, load_split
-    from prenet_jax._simulate import write_shard
+    from prenet_jax.training._batches import DataConfig, load_split
+    from prenet_jax.data._simulate import write_shard
 
     rng = np.random.default_rng(0)
     pats = rng.random((5, 16, 16)).astype(np.float32)
@@ -115,8 +115,8 @@ def test_simulated_source_reads_the_pattern_store(tmp_path):
 
 
 def test_configs_load_and_release_checkpoints_can_be_carried():
-    from prenet_jax._models import count_params
-    from prenet_jax._train import TrainConfig, _fresh_variables, load_config, override
+    from prenet_jax.models._networks import count_params
+    from prenet_jax.training._train import TrainConfig, _fresh_variables, load_config, override
 
     import jax
 
@@ -146,8 +146,8 @@ def test_configs_load_and_release_checkpoints_can_be_carried():
 def test_matrix_from_output_is_the_ellipse_matrix():
     import jax.numpy as jnp
 
-    from prenet_jax._ellipse import ellipse_matrix
-    from prenet_jax._losses import ellipse_targets, matrix_from_output, residual_ratio
+    from prenet_jax.conventions import ellipse_matrix
+    from prenet_jax.training._losses import ellipse_targets, matrix_from_output, residual_ratio
 
     ratio = jnp.array([1.0, 1.05, 1.2, 1.1])
     angle = jnp.array([0.3, 0.0, 2.0, 3.1])
@@ -184,9 +184,9 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
         import json, numpy as np, jax
         from pathlib import Path
         import prenet_jax as pj
-        from prenet_jax._train import *
-        from prenet_jax._train import _Data
-        from prenet_jax._augment import augment
+        from prenet_jax.training._train import *
+        from prenet_jax.training._train import _Data
+        from prenet_jax.training._augment import augment
         wd = Path({str(wd)!r})
         cfg = load_config({str(CONFIGS / 'center_tiny.py')!r})
         for s in {CENTER_SETS!r}:
@@ -228,8 +228,8 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
 
     # Export -> Pipeline.from_pretrained: the run's best parameters, a manifest, and the
     # exported network finds centres through the inference pipeline.
-    from prenet_jax._train import load_run_variables
-    from prenet_jax._weights import load_weights
+    from prenet_jax.training._train import load_run_variables
+    from prenet_jax.pipeline._weights import load_weights
 
     cfg, params, manifest = load_weights(wd / "weights")
     assert out["methods"] == ["none", "network", "fit"]
@@ -266,8 +266,8 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
     out = _python(f"""
         import json, numpy as np, jax
         from pathlib import Path
-        from prenet_jax._train import *
-        from prenet_jax._train import _Data, _fresh_variables, _put_replicated
+        from prenet_jax.training._train import *
+        from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
         assert jax.device_count() == 4
         cfg = load_config({str(CONFIGS / 'ellipse_tiny.py')!r})
         for s in ('batch_size=8', 'steps=2', 'eval_batches=0', 'pipeline.ellipse_net.stages=(1, 1)'):
@@ -296,7 +296,7 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
 
     import jax
 
-    from prenet_jax._train import _Checkpoints, _abstract, _run_config, init_state, load_run_variables, make_mesh, make_optimizer
+    from prenet_jax.training._train import _Checkpoints, _abstract, _run_config, init_state, load_run_variables, make_mesh, make_optimizer
 
     _, variables, _ = load_run_variables(tmp_path / "ck", which="last")  # as numpy: any machine
     assert set(variables) == {"ellipse_net"} and "batch_stats" in variables["ellipse_net"]
@@ -319,8 +319,8 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
     steps on one fixed batch (the step counter, hence the key, held at 0) lower its error."""
     out = _python(f"""
         import json, numpy as np, jax, jax.numpy as jnp
-        from prenet_jax._train import *
-        from prenet_jax._train import _Data, _fresh_variables, _put_replicated
+        from prenet_jax.training._train import *
+        from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
         cfg = load_config({str(CONFIGS / 'e2e_tiny.py')!r})
         for s in ('init_from={{}}', 'warmup_steps=0', 'lr=1e-2', 'pipeline.denoiser.depth=1', 'pipeline.center_net.depth=1',
                   'pipeline.ellipse_net.stages=(1,)'):

@@ -45,7 +45,7 @@ if [ "$(du -sm runs/$NAME | cut -f1)" -lt 56 ]; then
 else  # the e2e state is too big to come back: logs only (the run finishes inside one session)
   cp runs/$NAME/*.json runs/$NAME/*.jsonl runs/$NAME/*.png "$OUT/runs/$NAME/" 2>/dev/null || true
 fi
-if $PY -c "import sys; from prenet_jax._train import is_finished; sys.exit(not is_finished('runs/$NAME'))"; then
+if $PY -c "import sys; from prenet_jax.training import is_finished; sys.exit(not is_finished('runs/$NAME'))"; then
   TASK=$($PY -c "import json; print(json.load(open('runs/$NAME/config.json'))['task'])")
   cli train export -o "$OUT/weights/$NAME" --$TASK runs/$NAME --storage-dtype $([ "$TASK" = e2e ] && echo float16 || echo float32)
 fi

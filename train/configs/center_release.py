@@ -7,11 +7,11 @@ frames (the pipeline also runs it after the denoiser; end-to-end fine-tuning ada
     prenet-jax train run --config train/configs/center_release.py --time-limit 540
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._losses import LossConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import LossConfig
+from prenet_jax.training import TrainConfig
 
 PIPELINE = PipelineConfig.release()
 

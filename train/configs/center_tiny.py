@@ -3,11 +3,11 @@
     prenet-jax train run --config train/configs/center_tiny.py
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._losses import LossConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import LossConfig
+from prenet_jax.training import TrainConfig
 
 
 def get_config() -> TrainConfig:

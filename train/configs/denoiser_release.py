@@ -9,10 +9,10 @@ each command resumes from ``runs/denoiser_release`` (docs/training.md has the re
     prenet-jax train run --config train/configs/denoiser_release.py --time-limit 540
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import TrainConfig
 
 PIPELINE = PipelineConfig.release()
 

@@ -9,11 +9,11 @@ commands on a warm machine) and only its float16 export (10.8 MB) comes back.
     prenet-jax train run --config train/configs/e2e_release.py --time-limit 540
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._losses import LossConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import LossConfig
+from prenet_jax.training import TrainConfig
 
 PIPELINE = PipelineConfig.release()
 

@@ -10,11 +10,11 @@ simulated ``ellipse`` data set can replace the rotation average: set
     prenet-jax train run --config train/configs/ellipse_release.py --time-limit 540
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._losses import LossConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import LossConfig
+from prenet_jax.training import TrainConfig
 
 PIPELINE = PipelineConfig.release()
 

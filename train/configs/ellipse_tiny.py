@@ -6,10 +6,10 @@ recentred with 0.3 px of centre error, normalised and resized by the pipeline's 
     prenet-jax train run --config train/configs/ellipse_tiny.py
 """
 
-from prenet_jax._augment import AugmentConfig
-from prenet_jax._config import PipelineConfig
-from prenet_jax._data import DataConfig
-from prenet_jax._train import TrainConfig
+from prenet_jax.training import AugmentConfig
+from prenet_jax.config import PipelineConfig
+from prenet_jax.training import DataConfig
+from prenet_jax.training import TrainConfig
 
 
 def get_config() -> TrainConfig:

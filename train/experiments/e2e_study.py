@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prenet_jax._train import evaluate_e2e, load_config, load_run_variables, override, train
+from prenet_jax.training import evaluate_e2e, load_config, load_run_variables, override, train
 
 HERE = Path(__file__).resolve().parent
 NETS = {"denoiser": "denoiser", "center": "center_net", "ellipse": "ellipse_net"}

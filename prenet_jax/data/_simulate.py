@@ -161,7 +161,7 @@ class SimulationConfig:
     position_jitter_a : float
         Probe positions lie within this half-width of the cell centre.
     split_fractions : (train, val, test)
-        Split by structure id hash (:func:`prenet_jax._structures.split_of`).
+        Split by structure id hash (:func:`prenet_jax.data._structures.split_of`).
     tasks_per_shard : int
     ellipse_samples : int
         Averaged patterns in the ellipse data set (0: none).
@@ -1111,7 +1111,7 @@ def run_simulate_cli(args) -> int:
         f"{result['total']}/{result['expected']} in {result['output']}" + ("" if result["complete"] else " (incomplete: rerun to resume)")
     )
     if args.figure:
-        from ._figures_sim import figure_from_dataset
+        from ._figures import figure_from_dataset
 
         figure_from_dataset(args.output, args.figure)
         print(f"figure: {args.figure}")

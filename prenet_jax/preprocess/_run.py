@@ -3,7 +3,7 @@ py4DSTEM-compatible HDF5 file and diagnostic figures out.
 
 Pass 0 estimates the dataset's ellipse from frames sampled across the scan
 (:meth:`prenet_jax.Pipeline.calibrate`), unless one is given; pass 1 streams every
-frame through the compiled step (:func:`prenet_jax._stream.stream`). See
+frame through the compiled step (:func:`prenet_jax.preprocess._stream.stream`). See
 ``docs/preprocess.md``.
 """
 
@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._config import PipelineConfig
-from ._ellipse import Ellipse
-from ._io import EMDWriter, InputError, check_output_path, open_input, sha256_file
+from ..config import PipelineConfig
+from ..conventions import Ellipse
+from ..io._readers import EMDWriter, InputError, check_output_path, open_input, sha256_file
 from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, output_dtype_for, stream
-from ._validate import MIN_FRAME_SIDE
+from ..pipeline._validate import MIN_FRAME_SIDE
 
 __all__ = ["preprocess_file", "FileResult", "add_preprocess_parser", "run_preprocess", "ellipse_to_py4dstem", "ellipse_from_py4dstem"]
 
@@ -70,7 +70,7 @@ class FileResult:
     ellipse : the distortion undone (our convention)
     ellipse_py4dstem : ``(a, b, theta)`` of it in py4DSTEM's convention
     residual_ratio : a/b of the ellipse fitted to the corrected mean pattern
-    centers, centers_after, flags, mean_before, mean_after : see :class:`prenet_jax._stream.StreamStats`
+    centers, centers_after, flags, mean_before, mean_after : see :class:`prenet_jax.preprocess._stream.StreamStats`
     seconds : wall, pass0, read, compute, write
     frames : frames processed
     lines : the summary printed
@@ -105,7 +105,7 @@ def _fit_mean(mean: np.ndarray) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
 
-    from ._ellipse_fit import fit_ellipse_edge
+    from ..ops._ellipse_fit import fit_ellipse_edge
 
     try:
         fit = jax.jit(fit_ellipse_edge)(jnp.asarray(mean, jnp.float32))  # one compile, not one per op
@@ -159,7 +159,7 @@ def preprocess_file(
     input : HDF5 / py4DSTEM EMD 1.0 / ``.npy`` / a RosettaSciIO detector format
     output : the ``.h5`` file to write (atomically; refused if it exists unless ``overwrite``)
     pipeline : a :class:`prenet_jax.Pipeline`; default the classical methods
-    dataset, scan : see :func:`prenet_jax._io.open_input`
+    dataset, scan : see :func:`prenet_jax.io._readers.open_input`
     ellipse : a known distortion; default estimated in pass 0 (or none when the
         pipeline's ellipse method is ``"none"``)
     output_dtype : ``"float32"``, ``"input"`` or an integer dtype name (rounded, clipped)
@@ -181,8 +181,8 @@ def preprocess_file(
     import jax
 
     from ._diagnostics import diagnostic_paths, write_diagnostics
-    from ._pipeline import Pipeline
-    from . import __version__
+    from ..pipeline._pipeline import Pipeline
+    from .. import __version__
 
     t_all = time.perf_counter()
     input, output = Path(input), Path(output)
@@ -239,7 +239,7 @@ def preprocess_file(
             if cfg.ellipse_method == "none":
                 ellipse, source_of_ellipse = Ellipse.identity(), "none"
             else:
-                from ._io import FrameView
+                from ..io._readers import FrameView
 
                 n0 = min(source.n_frames, cfg.calibration_frames)
                 bar = _bar(progress, n0, "pass 0 (ellipse)")
@@ -455,8 +455,8 @@ def _select_devices(args):
 
 def _build_pipeline(args, log):
     """The pipeline the options ask for, and the id of its weights."""
-    from ._pipeline import Pipeline
-    from ._weights import WEIGHTS_DIR, load_weights
+    from ..pipeline._pipeline import Pipeline
+    from ..pipeline._weights import WEIGHTS_DIR, load_weights
 
     devices = _select_devices(args)
     chosen = {"denoise_method": args.denoise_method, "center_method": args.center_method, "ellipse_method": args.ellipse_method}

@@ -6,7 +6,7 @@ read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
 """
 
 from ._centers import com_center, friedel_center, heatmap_center
-from ._ellipse import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
+from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter
 from ._warp import (

@@ -15,9 +15,9 @@ incident electrons per pixel with a known zero angle (the label):
 Sources
 -------
 ``abtem``
-    :func:`prenet_jax._simulate.run_simulation` into ``<root>/single`` and
+    :func:`prenet_jax.data._simulate.run_simulation` into ``<root>/single`` and
     ``<root>/scans``, restricted to structures whose split
-    (:func:`prenet_jax._structures.split_of`) is ``"test"``, so no structure seen in
+    (:func:`prenet_jax.data._structures.split_of`) is ``"test"``, so no structure seen in
     training is evaluated. The crystals are the test-split members of the training set's
     structure list (``select_structures(1024, 0)``), the amorphous boxes come from the
     catalogue's test split (more of them than the training list holds, so the amorphous
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._synthetic import disk_pattern
+from ..data._synthetic import disk_pattern
 
 __all__ = ["EvalSetConfig", "EvalSet", "held_out_structures", "generate_abtem", "load_abtem", "make_synthetic", "load_or_make"]
 
@@ -118,7 +118,7 @@ def held_out_structures(n: int, amorphous_fraction: float, train_structures: int
     ``offset`` starts each list further along (the scan set uses other structures than
     the single set where there are enough).
     """
-    from . import _structures as st
+    from ..data import _structures as st
 
     crystals = [s for s in st.select_structures(train_structures, train_seed, 0.1)
                 if st.split_of(s) == "test" and not s.startswith("amorphous:")]
@@ -145,7 +145,7 @@ def held_out_structures(n: int, amorphous_fraction: float, train_structures: int
 
 
 def _sim_configs(cfg: EvalSetConfig):
-    from ._simulate import SimulationConfig
+    from ..data._simulate import SimulationConfig
 
     per = cfg.thicknesses_per_task * cfg.positions_per_task
     n_tasks = -(-cfg.n_patterns // per)
@@ -170,7 +170,7 @@ def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1,
     Writes ``<root>/single`` and ``<root>/scans`` (each a ``prenet-jax simulate`` run)
     and ``<root>/evalset.json``.
     """
-    from ._simulate import run_simulation
+    from ..data._simulate import run_simulation
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1,
 
 
 def _read_run(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    from ._simulate import PatternStore
+    from ..data._simulate import PatternStore
 
     store = PatternStore(path, dataset="patterns", split=None)
     try:
@@ -199,7 +199,7 @@ def _read_run(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
 
 def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = None) -> EvalSet:
     """Read a set written by :func:`generate_abtem` (only its test-split patterns)."""
-    from ._structures import split_of
+    from ..data._structures import split_of
 
     root = Path(root)
     clean, zero, rows = _read_run(root / "single")

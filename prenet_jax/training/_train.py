@@ -3,7 +3,7 @@
 Tasks
 -----
 ``"denoiser"``, ``"center"``, ``"ellipse"``: each network alone on its own loss
-(:mod:`prenet_jax._losses`); ``"e2e"``: the whole chain, gradients from the corrected
+(:mod:`prenet_jax.training._losses`); ``"e2e"``: the whole chain, gradients from the corrected
 frames and the centres through the composed warp into all three networks.
 
 The step
@@ -14,7 +14,7 @@ BatchNorm statistics and frozen networks). One ``jax.jit`` per task with explici
 shardings: the clean batch is split over a 1-D ``"data"`` mesh of every device of every
 process, the state is replicated, and the state is donated. The augmentation runs inside
 the step from the key ``fold_in(fold_in(key(seed), 0), step)``, and the host picks the
-clean patterns by :func:`prenet_jax._data.batch_indices` of ``(seed, step)``: a resumed
+clean patterns by :func:`prenet_jax.training._batches.batch_indices` of ``(seed, step)``: a resumed
 run repeats an uninterrupted one exactly.
 
 Files of a run (``workdir``)
@@ -46,11 +46,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._augment import AugmentConfig
-from ._config import PipelineConfig
-from ._data import DataConfig, batch_indices, center_batch, denoiser_batch, e2e_batch, ellipse_batch, load_split, rotation_average
+from ..config import PipelineConfig
+from ._batches import DataConfig, batch_indices, center_batch, denoiser_batch, e2e_batch, ellipse_batch, load_split, rotation_average
 from ._losses import LossConfig, center_loss, denoiser_loss, e2e_loss, ellipse_loss
-from ._models import count_params
-from ._pipeline import _init_params
+from ..models._networks import count_params
+from ..pipeline._pipeline import _init_params
 
 __all__ = [
     "TASKS",
@@ -519,7 +519,7 @@ def _load_init(path: str, network: str) -> dict:
     """The variables of ``network`` from a run directory or a weights directory."""
     p = Path(path)
     if (p / "weights.npz").is_file():
-        from ._weights import load_weights
+        from ..pipeline._weights import load_weights
 
         _, params, _ = load_weights(p)
     elif (p / "config.json").is_file():
@@ -568,7 +568,7 @@ def _mean_metrics(ms: list[dict]) -> dict:
 
 
 def _git_commit() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
@@ -583,7 +583,7 @@ def _versions() -> dict:
     import flax
     import orbax.checkpoint as ocp
 
-    from . import __version__
+    from .. import __version__
 
     return {"prenet_jax": __version__, "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "orbax_checkpoint": ocp.__version__, "backend": jax.default_backend(),
@@ -814,7 +814,7 @@ def _widths(pcfg: PipelineConfig, net: str) -> dict:
 
 def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storage_dtype: str = "float32",
            compute_dtype: Literal["float32", "bfloat16"] = "float32") -> Path:
-    """Write the inference weights (:func:`prenet_jax._weights.save_weights`) from runs.
+    """Write the inference weights (:func:`prenet_jax.pipeline._weights.save_weights`) from runs.
 
     Parameters
     ----------
@@ -869,7 +869,7 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
     )
     manifest = {"format": "prenet-jax-weights", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **_git_commit(), "versions": _versions(), "networks": info}
-    from ._weights import save_weights
+    from ..pipeline._weights import save_weights
 
     return save_weights(out, pcfg, params, manifest, dtype=storage_dtype)
 
@@ -941,7 +941,7 @@ def _plot_cli(args) -> int:
 
 
 def _evaluate_cli(args) -> int:
-    from ._weights import load_weights
+    from ..pipeline._weights import load_weights
 
     try:
         pcfg, variables, _ = load_weights(args.weights)

@@ -8,7 +8,7 @@ Host side
 
 - ``"synthetic"``: analytic disk patterns (:func:`prenet_jax.disk_pattern`), one random
   reciprocal lattice per "structure"; for CPU tests and the tiny configurations.
-- ``"simulated"``: the abTEM data set of :mod:`prenet_jax._simulate`. Only
+- ``"simulated"``: the abTEM data set of :mod:`prenet_jax.data._simulate`. Only
   :func:`_read_simulated` touches that module's reader, so a change there is one edit here.
 
 Splits are by structure (``_structures.split_of`` of the structure id), never by
@@ -21,7 +21,7 @@ run would have seen.
 Device side
 -----------
 The clean patterns travel to the device; everything random (shift, ellipse, rotation,
-dose, noise) is drawn there by :mod:`prenet_jax._augment` from a key derived from
+dose, noise) is drawn there by :mod:`prenet_jax.training._augment` from a key derived from
 ``(seed, step)``, inside the jitted training step.
 """
 
@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._augment import AugmentConfig, add_noise, augment, distort, sample_parameters
-from ._config import PipelineConfig
-from ._pipeline import _as_float, ellipse_network_input, warp_stage
-from ._synthetic import disk_pattern
-from ._warp import frame_center
+from ..config import PipelineConfig
+from ..pipeline._pipeline import _as_float, ellipse_network_input, warp_stage
+from ..data._synthetic import disk_pattern
+from ..ops._warp import frame_center
 
 __all__ = [
     "DataConfig",
@@ -120,7 +120,7 @@ class Split(NamedTuple):
 
 
 def _split_of(structure_id: str, fractions) -> str:
-    from ._structures import split_of
+    from ..data._structures import split_of
 
     return split_of(structure_id, tuple(fractions))
 
@@ -159,7 +159,7 @@ def _load_synthetic(cfg: DataConfig, split: str) -> Split:
 
 def _read_simulated(root: str, dataset: str, split: str, max_patterns: int | None) -> Split:
     """The one function that reads the abTEM data set (``_simulate.PatternStore``)."""
-    from ._simulate import PatternStore
+    from ..data._simulate import PatternStore
 
     store = PatternStore(root, dataset=dataset, split=split)
     try:
@@ -277,7 +277,7 @@ class E2EBatch(NamedTuple):
 def e2e_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, group_size: int) -> E2EBatch:
     """Frames for end-to-end fine-tuning from ``G`` clean patterns, ``K = group_size`` each.
 
-    Built from the pieces of :mod:`prenet_jax._augment` (so the geometry and noise are the
+    Built from the pieces of :mod:`prenet_jax.training._augment` (so the geometry and noise are the
     same as in :func:`augment`), with the ellipse, gain and dose drawn once per group (they
     belong to the microscope and the data set) and shift, in-plane rotation and noise
     per frame (descan and grain orientation vary across a scan).

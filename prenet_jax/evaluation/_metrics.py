@@ -100,7 +100,7 @@ def radial_profile(image: np.ndarray, center=None, n_angles: int = 360, r_max: f
     Returns ``(radii (R,), mean (R,), std (R,))`` with one-pixel radial steps, from the
     polar resampling of :func:`prenet_jax.ops.polar_transform` (cubic).
     """
-    from ._ellipse_fit import polar_transform
+    from ..ops._ellipse_fit import polar_transform
 
     h, w = image.shape
     if r_max is None:

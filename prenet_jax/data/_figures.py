@@ -1,7 +1,7 @@
 """Figure: a grid of simulated crystal and amorphous patterns with their labels.
 
 ``prenet-jax simulate-figure --output docs/figures/simulated_patterns.png`` (or
-``python -m prenet_jax._figures_sim``) simulates a small, fixed set of patterns (about a
+``python -m prenet_jax.data._figures``) simulates a small, fixed set of patterns (about a
 minute on two CPU cores) and draws them; ``--data DIR`` draws from an existing
 simulation instead. Each panel shows log10 of the intensity (fraction of the incident
 electrons per pixel), the zero angle (the label, ``+``) and the direct disk's centre of
@@ -105,7 +105,7 @@ def figure_from_dataset(root: str | os.PathLike, output: str | os.PathLike, max_
         import jax
         import jax.numpy as jnp
 
-        from ._augment import AugmentConfig, augment
+        from ..training._augment import AugmentConfig, augment
 
         clean = np.stack([img for img, _ in panels[:augmented]])
         zero = np.asarray([[float(v) for v in r["zero_angle"].split()] for _, r in panels[:augmented]], np.float32)
@@ -183,8 +183,8 @@ def run_figure_cli(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m prenet_jax._figures_sim [--output PNG] [--data DIR]
-    parser = argparse.ArgumentParser(prog="python -m prenet_jax._figures_sim")
+if __name__ == "__main__":  # python -m prenet_jax.data._figures [--output PNG] [--data DIR]
+    parser = argparse.ArgumentParser(prog="python -m prenet_jax.data._figures")
     sub = parser.add_subparsers(dest="cmd")
     add_figure_parser(sub)
     argv = sys.argv[1:]

@@ -15,11 +15,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._config import PipelineConfig
+from ..config import PipelineConfig
 
 __all__ = ["save_weights", "load_weights", "load_pretrained", "WEIGHTS_DIR"]
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 _SEP = "/"
 
 

@@ -46,7 +46,7 @@ def radial_measures(mean: np.ndarray, center: tuple[float, float], n_angles: int
     import jax
     import jax.numpy as jnp
 
-    from .ops import polar_transform
+    from ..ops import polar_transform
 
     h, w = mean.shape
     cr, cc = float(center[0]), float(center[1])

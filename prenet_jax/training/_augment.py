@@ -1,7 +1,7 @@
 """On-device augmentation of clean simulated patterns into realistic training pairs.
 
 One jit-compiled function, :func:`augment`, turns clean, centred, undistorted patterns
-(as :mod:`prenet_jax._simulate` writes them: fractions of the incident electrons per
+(as :mod:`prenet_jax.data._simulate` writes them: fractions of the incident electrons per
 pixel, zero angle at a known pixel) into
 
 - ``noisy``: what a detector records: the pattern rotated in-plane, distorted by an
@@ -19,9 +19,9 @@ Geometry, in one resampling
 ---------------------------
 With ``z`` the zero angle of the clean pattern, ``c = z + shift`` the label, ``R`` the
 in-plane rotation by ``phi`` (from +x towards +y) and ``D`` the distortion matrix of
-:func:`prenet_jax._ellipse.ellipse_matrix`, a clean point ``q`` lands at
+:func:`prenet_jax.conventions.ellipse_matrix`, a clean point ``q`` lands at
 ``p = c + D R (q - z)``. The output is read with the pipeline's own
-:func:`prenet_jax._warp.affine_warp`: ``out(p) = clean(z + R^T D^-1 (p - c))``. Hence the
+:func:`prenet_jax.ops._warp.affine_warp`: ``out(p) = clean(z + R^T D^-1 (p - c))``. Hence the
 pipeline's ``recenter_and_correct(noisy, center, D)`` returns the rotated clean pattern
 with its zero angle on the geometric centre ``((H-1)/2, (W-1)/2)``.
 
@@ -38,8 +38,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._ellipse import ellipse_matrix
-from ._warp import affine_warp
+from ..conventions import ellipse_matrix
+from ..ops._warp import affine_warp
 
 __all__ = ["AugmentConfig", "Augmented", "augment", "sample_parameters", "distort", "add_noise", "poisson"]
 
@@ -264,7 +264,7 @@ def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: Aug
     key : PRNG key
     clean : (B, H, W) -- clean patterns, fractions of the incident electrons per pixel
     zero_angle : (B, 2) or (2,) -- their zero-angle positions, (row, col)
-        (``(128, 128)`` for 256 x 256 abTEM patterns: see :mod:`prenet_jax._simulate`)
+        (``(128, 128)`` for 256 x 256 abTEM patterns: see :mod:`prenet_jax.data._simulate`)
     config : AugmentConfig (static)
     return_info : bool (static)
         Also return the drawn parameters (shift, rotation, scale, dose, read noise).
@@ -310,7 +310,7 @@ def benchmark(batch: int = 32, size: int = 256, repeats: int = 10, config: Augme
     return batch / float(np.median(times))
 
 
-if __name__ == "__main__":  # python -m prenet_jax._augment [batch] [size]
+if __name__ == "__main__":  # python -m prenet_jax.training._augment [batch] [size]
     import sys
 
     b = int(sys.argv[1]) if len(sys.argv) > 1 else 32

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ._ellipse import Ellipse
+from ..conventions import Ellipse
 
 __all__ = ["disk_pattern", "synthetic_cube"]
 

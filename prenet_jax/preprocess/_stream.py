@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._centers import com_center
-from ._io import InputError, Source, plan_blocks
-from ._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline
-from ._validate import host_dtype
+from ..ops._centers import com_center
+from ..io._readers import InputError, Source, plan_blocks
+from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline
+from ..pipeline._validate import host_dtype
 
 __all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamStats", "stream", "output_dtype_for"]
 
@@ -173,7 +173,7 @@ def stream(
     source : the input cube (Rx, Ry, H, W)
     pipe : the pipeline (its ``_step`` is the one compiled program per batch)
     matrix : (2, 2) ellipse distortion to undo (identity for none)
-    writer : an :class:`prenet_jax._io.EMDWriter` (or anything with ``chunk_cols``
+    writer : an :class:`prenet_jax.io._readers.EMDWriter` (or anything with ``chunk_cols``
         and ``write_block(i0, j0, block)``)
     out_dtype : dtype of the stored cube (integers: rounded and clipped to range)
     saturation : pixel value at or above which a frame is flagged saturated; None: never

@@ -46,7 +46,7 @@ def run_demo(args) -> int:
     import jax
 
     import prenet_jax as pj
-    from ._preprocess import preprocess_file
+    from ..preprocess._run import preprocess_file
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

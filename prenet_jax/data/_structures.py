@@ -417,7 +417,7 @@ def _build_deterministic(structure_id: str):
     if source == "compound":
         spec = _compound_table().get(name)
         if spec is None:
-            raise ValueError(f"unknown compound {name!r}: see prenet_jax._structures._compound_table()")
+            raise ValueError(f"unknown compound {name!r}: see prenet_jax.data._structures._compound_table()")
         if spec[0] == "bulk":
             _, formula, proto, kw = spec
             return ase.build.bulk(formula, proto, **kw)

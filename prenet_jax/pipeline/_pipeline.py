@@ -18,14 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ._centers import com_center, friedel_center, heatmap_center
-from ._config import PipelineConfig
-from ._ellipse import Ellipse, ellipse_matrix
-from ._ellipse_fit import fit_ellipse_edge
-from ._filters import gaussian_filter
-from ._models import ResNet, UNet
+from ..ops._centers import com_center, friedel_center, heatmap_center
+from ..config import PipelineConfig
+from ..conventions import Ellipse, ellipse_matrix
+from ..ops._ellipse_fit import fit_ellipse_edge
+from ..ops._filters import gaussian_filter
+from ..models._networks import ResNet, UNet
 from ._validate import check_frames, check_values_of, host_dtype
-from ._warp import frame_center, recenter_and_correct, resize, resize_coordinates
+from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coordinates
 
 __all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ._models import ResNetConfig, UNetConfig
+from .models._networks import ResNetConfig, UNetConfig
 
 __all__ = ["PipelineConfig", "DENOISE_METHODS", "CENTER_METHODS", "ELLIPSE_METHODS"]
 

@@ -1,18 +1,18 @@
 """Losses of the three networks and of the end-to-end chain (pure functions, float32).
 
 Every loss runs the networks exactly as the pipeline does (the same normalisation,
-padding, resizing and coordinate maps of :mod:`prenet_jax._pipeline`), so what is
+padding, resizing and coordinate maps of :mod:`prenet_jax.pipeline._pipeline`), so what is
 trained is what is deployed. Each returns ``(loss, metrics)`` with ``metrics`` a dict
 of scalars (batch means).
 
 - Denoiser: mean squared error in the network's own output space, the transform
-  ``t(I / max(noisy))`` of :func:`prenet_jax._pipeline.normalize` (``sqrt`` by default).
+  ``t(I / max(noisy))`` of :func:`prenet_jax.pipeline._pipeline.normalize` (``sqrt`` by default).
   The square root is variance-stabilising for Poisson counts, so every pixel's error
   counts about equally whatever its intensity; the linear space lets the direct disk
   (up to 10^3 x the Bragg disks) dominate. docs/training.md gives the measured numbers.
 - Centre: binary cross-entropy of the heatmap logits against a Gaussian of
   ``heatmap_sigma`` px at the true centre (at network resolution), plus a Huber loss
-  on the coordinate :func:`prenet_jax._centers.heatmap_center` extracts, in px: the
+  on the coordinate :func:`prenet_jax.ops._centers.heatmap_center` extracts, in px: the
   heatmap teaches where, the coordinate term removes the sub-pixel bias the
   thresholded centroid would otherwise keep.
 - Ellipse: squared error of ``(cos 2 theta, sin 2 theta)`` plus ``ratio_weight`` x
@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._centers import heatmap_center
-from ._config import PipelineConfig
-from ._models import ResNet, UNet
-from ._pipeline import _as_float, _dtype, _pad_to_multiple, center_stage, denoise_stage, ellipse_network_input, normalize, warp_stage
-from ._warp import resize, resize_coordinates
+from ..ops._centers import heatmap_center
+from ..config import PipelineConfig
+from ..models._networks import ResNet, UNet
+from ..pipeline._pipeline import _as_float, _dtype, _pad_to_multiple, center_stage, denoise_stage, ellipse_network_input, normalize, warp_stage
+from ..ops._warp import resize, resize_coordinates
 
 __all__ = [
     "LossConfig",
@@ -151,7 +151,7 @@ def center_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, frames: jax.Ar
     """``frames (B, H, W)`` counts, true ``centers (B, 2)`` -> ``(loss, metrics)``.
 
     Metrics: ``center_err`` mean Euclidean error (native px) of the centre the
-    pipeline would return (:func:`prenet_jax._pipeline.center_stage`), ``center_rmse``.
+    pipeline would return (:func:`prenet_jax.pipeline._pipeline.center_stage`), ``center_rmse``.
     """
     s = cfg.image_size
     shape = frames.shape[-2:]
@@ -181,7 +181,7 @@ def ellipse_targets(ratio: jax.Array, angle: jax.Array) -> jax.Array:
 def matrix_from_output(out: jax.Array, eps: float = 1e-6) -> jax.Array:
     """``(..., 3)`` network output (cos 2t, sin 2t, ratio) -> ``(..., 2, 2)`` distortion ``D``.
 
-    The same matrix as :func:`prenet_jax._ellipse.ellipse_matrix` of
+    The same matrix as :func:`prenet_jax.conventions.ellipse_matrix` of
     ``(ratio, atan2(sin 2t, cos 2t) / 2)``, written without the arctangent:
     ``u u^T = (I + [[-c, s], [s, c]]) / 2`` in (row, col) order for the unit vector
     ``(c, s)``, so the gradient is finite everywhere (also at the untrained output (0, 0)).
@@ -207,7 +207,7 @@ def residual_ratio(d_pred: jax.Array, d_true: jax.Array) -> jax.Array:
 
 
 def _ellipse_metrics(out: jax.Array, ratio: jax.Array, angle: jax.Array) -> dict:
-    from ._ellipse import ellipse_matrix
+    from ..conventions import ellipse_matrix
 
     pred_angle = 0.5 * jnp.arctan2(out[:, 1], out[:, 0])
     dtheta = jnp.abs(jnp.angle(jnp.exp(2j * (pred_angle - angle)))) / 2
@@ -280,7 +280,7 @@ def e2e_image_error(corrected: jax.Array, ideal: jax.Array, eps: float) -> jax.A
 
 
 def e2e_loss(cfg: PipelineConfig, lcfg: LossConfig, variables: dict, batch):
-    """:class:`prenet_jax._data.E2EBatch` -> ``(loss, metrics)``.
+    """:class:`prenet_jax.training._batches.E2EBatch` -> ``(loss, metrics)``.
 
     Metrics: ``image_rmse`` (the end-to-end error: RMS difference of the corrected and
     ideal frames in the normalised sqrt space), ``image_rel_l2`` (relative L2 error in

@@ -738,7 +738,7 @@ class EMDWriter:
             f.attrs["version_major"] = 1
             f.attrs["version_minor"] = 0
             f.attrs["UUID"] = str(uuid.uuid4())
-            from . import __version__
+            from .. import __version__
 
             f.attrs["authoring_program"] = f"prenet-jax {__version__}"
             f.attrs["authoring_user"] = ""

@@ -21,7 +21,7 @@ def _run_info(args) -> int:
     import jax
 
     import prenet_jax as pj
-    from ._weights import WEIGHTS_DIR
+    from ..pipeline._weights import WEIGHTS_DIR
 
     print(f"prenet-jax {pj.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
     for d in jax.local_devices():
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
     from ._demo import add_demo_parser
-    from ._evaluate import add_evaluate_parser
-    from ._figures_sim import add_figure_parser
-    from ._preprocess import add_preprocess_parser
-    from ._simulate import add_simulate_parser
-    from ._train import add_train_parser
+    from ..evaluation._evaluate import add_evaluate_parser
+    from ..data._figures import add_figure_parser
+    from ..preprocess._run import add_preprocess_parser
+    from ..data._simulate import add_simulate_parser
+    from ..training._train import add_train_parser
 
     add_demo_parser(sub)
     add_preprocess_parser(sub)
@@ -61,6 +61,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

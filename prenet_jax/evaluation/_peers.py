@@ -10,7 +10,7 @@ Conventions are converted here, once:
 
 - py4DSTEM's ``(qx0, qy0)`` index the first and second detector axes: ``(row, col)``.
   Its ellipse ``theta`` is the a-axis angle from qx (row) toward qy (col):
-  :func:`prenet_jax._preprocess.ellipse_from_py4dstem` converts it.
+  :func:`prenet_jax.preprocess._run.ellipse_from_py4dstem` converts it.
 - pyxem's ``get_direct_beam_position`` returns the shift that centres each pattern,
   ``(x, y) = (col, row)``, relative to ``signal_shape / 2``: the centre is
   ``signal_shape / 2 - shift``. (The tests check both on a disk at a known centre.)

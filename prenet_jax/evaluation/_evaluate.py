@@ -1,7 +1,7 @@
 """``prenet-jax evaluate``: the paper's tables on held-out data, ours beside the baselines.
 
 Every method is scored against a known truth on test-split structures
-(:mod:`prenet_jax._evalset`); every table row gives its spread and its N.
+(:mod:`prenet_jax.evaluation._evalset`); every table row gives its spread and its N.
 
 Tables
 ------
@@ -24,7 +24,7 @@ Tables
    :meth:`prenet_jax.Pipeline.preprocess`, against the ideal corrected cube.
 
 The label of a centre is the zero angle plus the applied shift (never a centre of mass:
-dynamical scattering makes the direct disk asymmetric), see :mod:`prenet_jax._augment`.
+dynamical scattering makes the direct disk asymmetric), see :mod:`prenet_jax.training._augment`.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _metrics as M
-from ._augment import AugmentConfig, augment, distort as _distort_eager, poisson as _poisson_eager
-from ._config import PipelineConfig
-from ._ellipse import Ellipse
+from ..training._augment import AugmentConfig, augment, distort as _distort_eager, poisson as _poisson_eager
+from ..config import PipelineConfig
+from ..conventions import Ellipse
 from ._evalset import EvalSet, EvalSetConfig, load_or_make
-from ._filters import gaussian_filter
-from ._pipeline import Pipeline
-from ._warp import correct_ellipse, frame_center
+from ..ops._filters import gaussian_filter
+from ..pipeline._pipeline import Pipeline
+from ..ops._warp import correct_ellipse, frame_center
 
 __all__ = [
     "EvalConfig",
@@ -385,7 +385,7 @@ def _cap(n: int, cap: int | None) -> np.ndarray:
 
 def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print) -> dict:
     """Table 2. Returns ``{"rows": [...], "errors": {dose: {method: (N,) er}}}``."""
-    from ._evaluate_peers import run_peer
+    from ._peers import run_peer
 
     rows, errors, notes = [], {}, {}
     pipes: dict[str, Pipeline] = {}
@@ -510,8 +510,8 @@ def _fitradii(mean: np.ndarray, r_disk: float) -> tuple[float, float]:
 
 def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print) -> dict:
     """Table 3 (and the radial-profile figure's data)."""
-    from ._evaluate_peers import run_peer
-    from ._preprocess import ellipse_from_py4dstem
+    from ._peers import run_peer
+    from ..preprocess._run import ellipse_from_py4dstem
 
     t0 = time.perf_counter()
     smp = _ellipse_samples(es, cfg)
@@ -665,7 +665,7 @@ def _e2e_pipelines(methods: Methods, sigma: float, batch: int) -> dict[str, Pipe
 def evaluate_end_to_end(es: EvalSet, methods: Methods, cfg: EvalConfig, sigmas: dict | None = None, log: Callable = print) -> dict:
     """Table 4: one crystal and one amorphous patch as small cubes, plus the analytic
     :func:`prenet_jax.synthetic_cube`, through ``preprocess`` at every dose."""
-    from ._synthetic import synthetic_cube
+    from ..data._synthetic import synthetic_cube
 
     rows, examples = [], {}
     cubes = []
@@ -954,7 +954,7 @@ def _jsonable(res: dict) -> dict:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -1166,7 +1166,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_evaluate_cli(args) -> int:
     """``prenet-jax evaluate``: returns the exit code."""
-    from ._evaluate_peers import available_peers
+    from ._peers import available_peers
 
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,24 @@
+"""The in-memory pipeline: normalise -> denoise -> centre -> one composed warp.
+
+:class:`Pipeline` compiles the stages into one ``jax.jit`` step per batch of frames;
+the weights it runs are read by :func:`load_pretrained` (bundled) or
+:func:`load_weights` (exported by training).
+"""
+
+from ._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult
+from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
+from ._weights import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
+
+__all__ = [
+    "FLAG_EMPTY",
+    "FLAG_NONFINITE",
+    "MIN_FRAME_SIDE",
+    "Pipeline",
+    "PreprocessResult",
+    "WEIGHTS_DIR",
+    "check_frames",
+    "host_dtype",
+    "load_pretrained",
+    "load_weights",
+    "save_weights",
+]
