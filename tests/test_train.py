@@ -114,29 +114,32 @@ def test_simulated_source_reads_the_pattern_store(tmp_path):
     assert list(s.structure) == ["s0", "s2", "s4"]
 
 
-def test_configs_load_and_release_checkpoints_can_be_carried():
+def test_configs_load_in_every_size_and_the_release_weights_fit_the_package():
     from prenet_jax.models._networks import count_params
     from prenet_jax.training._train import TrainConfig, _fresh_variables, load_config, override
 
     import jax
 
+    import prenet_jax as pj
+
     files = sorted(CONFIGS.glob("*.py"))
-    names = {f.stem for f in files}
-    for task in ("denoiser", "center", "ellipse", "e2e"):
-        assert {f"{task}_tiny", f"{task}_release"} <= names
+    assert {f.stem for f in files} == {"denoiser", "center", "ellipse", "e2e"}  # one file per network
+    release_params = {}
     for f in files:
-        cfg = load_config(f)
-        assert isinstance(cfg, TrainConfig) and cfg.name == f.stem
-        assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-        if f.stem.endswith("_release"):
-            shapes = jax.eval_shape(lambda: _fresh_variables(cfg, jax.random.key(0)))
-            n = sum(count_params(shapes[k]["params"]) for k in cfg.trained)
-            if cfg.task == "e2e":  # finishes in one session; its float16 export must come back (16 MiB a file)
-                assert 2 * n < 16 * 2**20, (f.stem, n)
-            else:  # the state travels between GPU sessions: params + 2 Adam moments under 64 MiB
-                assert 12 * n < 60 * 2**20, (f.stem, n)
-            assert cfg.compute_dtype == "auto" and cfg.pipeline.image_size == 256
-    cfg = override(load_config(CONFIGS / "denoiser_tiny.py"), "pipeline.denoiser.width", "8")
+        for size in ("tiny", "release", "paper"):
+            cfg = load_config(f"{f}:{size}")
+            assert isinstance(cfg, TrainConfig) and cfg.name == f"{f.stem}_{size}"
+            assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+            if size == "release":
+                # The e2e fine-tune combines the three: one architecture for all.
+                assert cfg.pipeline == pj.PipelineConfig.release()
+                shapes = jax.eval_shape(lambda: _fresh_variables(cfg, jax.random.key(0)))
+                release_params.update({k: count_params(shapes[k]["params"]) for k in cfg.trained})
+        with pytest.raises(ValueError, match="unknown size"):
+            load_config(f"{f}:huge")
+    assert set(release_params) == {"denoiser", "center_net", "center_fine", "ellipse_net"}
+    assert 4 * sum(release_params.values()) < 60e6  # the shipped float32 weights: at most 60 MB
+    cfg = override(load_config(f"{CONFIGS / 'denoiser.py'}:tiny"), "pipeline.denoiser.width", "8")
     assert cfg.pipeline.denoiser.width == 8
     assert override(cfg, "augment.dose_range", "(1e2, 1e3)").augment.dose_range == (100.0, 1000.0)
     with pytest.raises(ValueError, match="unknown setting"):
@@ -163,7 +166,7 @@ def test_matrix_from_output_is_the_ellipse_matrix():
 
 
 def _center_cmd(workdir: Path, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "prenet_jax.cli", "train", "run", "--config", str(CONFIGS / "center_tiny.py"), "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "prenet_jax.cli", "train", "run", "--config", str(CONFIGS / "center.py") + ":tiny", "--workdir", str(workdir)]
     for s in CENTER_SETS:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -188,7 +191,7 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
         from prenet_jax.training._train import _Data
         from prenet_jax.training._augment import augment
         wd = Path({str(wd)!r})
-        cfg = load_config({str(CONFIGS / 'center_tiny.py')!r})
+        cfg = load_config({str(CONFIGS / 'center.py') + ':tiny'!r})
         for s in {CENTER_SETS!r}:
             cfg = override(cfg, *s.split('='))
         mesh = make_mesh()
@@ -269,7 +272,7 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
         from prenet_jax.training._train import *
         from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
         assert jax.device_count() == 4
-        cfg = load_config({str(CONFIGS / 'ellipse_tiny.py')!r})
+        cfg = load_config({str(CONFIGS / 'ellipse.py') + ':tiny'!r})
         for s in ('batch_size=8', 'steps=2', 'eval_batches=0', 'pipeline.ellipse_net.stages=(1, 1)'):
             cfg = override(cfg, *s.split('='))
         tx, sched = make_optimizer(cfg)
@@ -321,7 +324,7 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
         import json, numpy as np, jax, jax.numpy as jnp
         from prenet_jax.training._train import *
         from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
-        cfg = load_config({str(CONFIGS / 'e2e_tiny.py')!r})
+        cfg = load_config({str(CONFIGS / 'e2e.py') + ':tiny'!r})
         for s in ('init_from={{}}', 'warmup_steps=0', 'lr=1e-2', 'pipeline.denoiser.depth=1', 'pipeline.center_net.depth=1',
                   'pipeline.ellipse_net.stages=(1,)'):
             cfg = override(cfg, *s.split('=', 1))

@@ -6,6 +6,6 @@
 """
 
 from ._evalset import EvalSet, EvalSetConfig, load_or_make
-from ._evaluate import EvalConfig, Methods, run_evaluation, write_report
+from ._evaluate import EvalConfig, Methods, evaluate_weights, run_evaluation, write_report
 
-__all__ = ["EvalConfig", "EvalSet", "EvalSetConfig", "Methods", "load_or_make", "run_evaluation", "write_report"]
+__all__ = ["EvalConfig", "EvalSet", "EvalSetConfig", "Methods", "evaluate_weights", "load_or_make", "run_evaluation", "write_report"]

@@ -164,12 +164,15 @@ def _sim_configs(cfg: EvalSetConfig):
     return single, scans
 
 
-def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1, progress: bool = True) -> Path:
+def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1, progress: bool = True,
+                   time_limit: float | None = None) -> Path:
     """Simulate the held-out set with abTEM into ``root`` (resumable: rerun to continue).
 
     Writes ``<root>/single`` and ``<root>/scans`` (each a ``prenet-jax simulate`` run)
-    and ``<root>/evalset.json``.
+    and ``<root>/evalset.json``. With ``time_limit`` (seconds) it stops in time and
+    raises ``TimeoutError`` when the set is not complete yet.
     """
+    import time
     from ..data._simulate import run_simulation
 
     root = Path(root)
@@ -178,9 +181,15 @@ def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1,
     (root / "evalset.json").write_text(json.dumps({"format": "prenet-jax-evalset", "config": cfg.to_dict()}, indent=1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
+        t0 = time.perf_counter()
         for name, sc in (("single", single), ("scans", scans)):
-            res = run_simulation(sc, root / name, workers=workers, progress=progress)
+            left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
+            if left is not None and left <= 0:
+                raise TimeoutError(f"out of time before simulating {root / name}: rerun to resume")
+            res = run_simulation(sc, root / name, workers=workers, progress=progress, time_limit=left)
             if not res["complete"]:
+                if left is not None:
+                    raise TimeoutError(f"simulation of {root / name} stopped at the time limit: rerun to resume")
                 raise RuntimeError(f"simulation of {root / name} is incomplete: rerun to resume")
     return root
 

@@ -68,6 +68,7 @@ __all__ = [
     "evaluate_ellipse",
     "evaluate_end_to_end",
     "run_evaluation",
+    "evaluate_weights",
     "write_report",
     "add_evaluate_parser",
     "run_evaluate_cli",
@@ -375,7 +376,7 @@ def _network_center_pipe(methods: Methods) -> Pipeline | None:
         return None
     den = "network" if "denoiser" in net.params else "none"
     cfg = net.config.replace(denoise_method=den, center_method="network", ellipse_method="none")
-    params = {k: v for k, v in net.params.items() if k in ("denoiser", "center_net")}
+    params = {k: v for k, v in net.params.items() if k in ("denoiser", "center_net", "center_fine")}
     return Pipeline(cfg, params)
 
 
@@ -1162,6 +1163,24 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true")
     p.set_defaults(func=run_evaluate_cli)
     return p
+
+
+def evaluate_weights(weights, data, out_dir, *, cfg: EvalConfig = EvalConfig(), tables: Sequence[str] = TABLES,
+                     peers: Sequence[str] = ("py4dstem", "pyxem"), log: Callable = print) -> Path:
+    """Evaluate exported weights on the held-out set in ``data`` (written by
+    :func:`prenet_jax.evaluation.load_or_make`) beside the classical methods and the
+    peers found; write the report into ``out_dir``. Returns the path of ``report.md``."""
+    from ._peers import available_peers
+
+    es = load_or_make(data)
+    net, note = _load_network(str(weights), es.single.shape[-1])
+    found = available_peers(tuple(peers)) if peers else {}
+    log(f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames; networks: {note}; peers: {found or 'none'}")
+    methods = Methods(network=net, network_note=note, peers=found)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        res = run_evaluation(es, methods, cfg, tables, log=log)
+    return write_report(res, out_dir, f"prenet-jax evaluate --data {data} --weights {weights} -o {out_dir}")
 
 
 def run_evaluate_cli(args) -> int:

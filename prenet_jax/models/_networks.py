@@ -95,11 +95,15 @@ class _ConvBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net mapping ``(B, H, W[, 1])`` to ``(B, H, W)`` logits or sigmoid values."""
+    """U-Net mapping ``(B, H, W[, C])`` to ``(B, H, W)`` logits or sigmoid values."""
 
     config: UNetConfig
     sigmoid: bool = True
     dtype: Dtype = jnp.float32
+    #: Zero-initialised head: the untrained network outputs 0 (logits) or 0.5
+    #: (sigmoid). A residual denoiser adds this output to its input, so it starts as
+    #: the identity and can only learn to move away from it where that helps.
+    zero_head: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -122,7 +126,8 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, skips[i]], axis=-1)
             x = _ConvBlock(feats[i], cfg.groups, cfg.cbam, self.dtype, name=f"dec{i}")(x)
         # The head runs in float32: the output feeds losses, centroids and warps.
-        y = nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(x.astype(jnp.float32))[..., 0]
+        head_init = nn.initializers.zeros if self.zero_head else nn.initializers.lecun_normal()
+        y = nn.Conv(1, (1, 1), dtype=jnp.float32, kernel_init=head_init, name="head")(x.astype(jnp.float32))[..., 0]
         return nn.sigmoid(y) if self.sigmoid else y
 
 
@@ -147,7 +152,7 @@ class _Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet regressor: ``(B, H, W[, 1])`` -> ``(B, outputs)`` float32."""
+    """ResNet regressor: ``(B, H, W[, C])`` -> ``(B, outputs)`` float32."""
 
     config: ResNetConfig
     dtype: Dtype = jnp.float32

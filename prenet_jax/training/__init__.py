@@ -8,9 +8,11 @@ runs or resumes it, :func:`export` writes the inference weights.
 from ._augment import AugmentConfig, augment
 from ._batches import DataConfig, load_split
 from ._losses import LossConfig
+from ._recipe import Recipe, load_recipe, run_recipe
 from ._train import (
     TASKS,
     TrainConfig,
+    cache_dir,
     evaluate_e2e,
     export,
     is_finished,
@@ -27,16 +29,20 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "LossConfig",
+    "Recipe",
     "TrainConfig",
     "augment",
+    "cache_dir",
     "evaluate_e2e",
     "export",
     "is_finished",
     "load_config",
+    "load_recipe",
     "load_run_variables",
     "load_split",
     "override",
     "plot_curves",
     "resolve_pipeline",
+    "run_recipe",
     "train",
 ]

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import jax
@@ -47,6 +49,7 @@ __all__ = [
     "load_split",
     "batch_indices",
     "rotation_average",
+    "cached_rotation_average",
     "denoiser_batch",
     "center_batch",
     "ellipse_batch",
@@ -78,6 +81,8 @@ class DataConfig:
         in-plane rotations about its zero angle (rings, like the mean of a
         polycrystalline scan); 0 uses the patterns as they are (the simulated
         ``"ellipse"`` data set is already averaged).
+    crop : keep only this many px around each pattern's zero angle (whole pixels, so
+        the zero angle keeps its sub-pixel position); None keeps whole patterns.
     """
 
     source: Literal["synthetic", "simulated"] = "synthetic"
@@ -91,6 +96,7 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0
     rotation_average: int = 16
+    crop: int | None = None
 
     def __post_init__(self):
         if self.source not in ("synthetic", "simulated"):
@@ -101,6 +107,8 @@ class DataConfig:
             raise ValueError(f"dataset {self.dataset!r}: use 'patterns' or 'ellipse'")
         if self.rotation_average < 0:
             raise ValueError("rotation_average must be >= 0")
+        if self.crop is not None and self.crop < 8:
+            raise ValueError(f"crop={self.crop}: give at least 8 px, or None for whole patterns")
 
 
 class Split(NamedTuple):
@@ -171,6 +179,15 @@ def _read_simulated(root: str, dataset: str, split: str, max_patterns: int | Non
     return Split(clean.astype(np.float32), zero.astype(np.float32), ids)
 
 
+def crop_about_zero(s: Split, size: int) -> Split:
+    """``size`` x ``size`` crops of every pattern around its zero angle (zero-padded)."""
+    n, h, w = s.clean.shape
+    origin = np.round(s.zero_angle - size / 2.0).astype(np.int64)
+    padded = np.pad(s.clean, ((0, 0), (size, size), (size, size)))
+    clean = np.stack([padded[i, o[0] + size : o[0] + 2 * size, o[1] + size : o[1] + 2 * size] for i, o in enumerate(origin)])
+    return Split(clean, (s.zero_angle - origin).astype(np.float32), s.structure)
+
+
 def load_split(cfg: DataConfig, split: str) -> Split:
     """The clean patterns of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
     if split not in SPLITS:
@@ -179,8 +196,9 @@ def load_split(cfg: DataConfig, split: str) -> Split:
         out = _load_synthetic(cfg, split)
         if cfg.max_patterns is not None:
             out = Split(*(a[: cfg.max_patterns] for a in out))
-        return out
-    return _read_simulated(cfg.root, cfg.dataset, split, cfg.max_patterns)
+    else:
+        out = _read_simulated(cfg.root, cfg.dataset, split, cfg.max_patterns)
+    return crop_about_zero(out, cfg.crop) if cfg.crop is not None else out
 
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> np.ndarray:
@@ -223,6 +241,27 @@ def rotation_average(clean: np.ndarray, zero_angle: np.ndarray, n: int, seed: in
     return np.concatenate(outs).astype(np.float32)
 
 
+def cached_rotation_average(cfg: DataConfig, split: str, clean: np.ndarray, zero_angle: np.ndarray) -> np.ndarray:
+    """:func:`rotation_average` of a split, computed once per data set and kept in
+    ``<root>/derived/`` for simulated data (a resumed run does not redo it)."""
+    seed = cfg.seed + {"train": 0, "val": 1, "test": 2}[split]
+    if cfg.source != "simulated":
+        return rotation_average(clean, zero_angle, cfg.rotation_average, seed=seed)
+    name = f"rotation_average-{cfg.dataset}-{split}-n{cfg.rotation_average}-seed{seed}-crop{cfg.crop}-max{cfg.max_patterns}-count{len(clean)}.npy"
+    path = Path(cfg.root) / "derived" / name
+    if path.exists():
+        out = np.load(path, mmap_mode="r")
+        if out.shape == clean.shape:
+            return np.asarray(out)
+    out = rotation_average(clean, zero_angle, cfg.rotation_average, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
+        np.save(f, out)
+    os.replace(tmp, path)
+    return out
+
+
 # ----------------------------------------------------------------------------- device side
 # Pure functions of (key, clean batch): traced inside the jitted steps.
 
@@ -233,10 +272,20 @@ def denoiser_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: Augme
     return a.noisy, a.target
 
 
-def center_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, use_clean: bool = False):
-    """``(frames (B, H, W), centres (B, 2))``: the centre network's input and label."""
+def center_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, use_clean: bool | str = False):
+    """``(frames (B, H, W), centres (B, 2))``: the centre network's input and label.
+
+    ``use_clean``: ``"noisy"`` (or False) the detector frames, ``"clean"`` (or True)
+    their noise-free expectation, ``"mixed"`` each one or the other by a coin flip.
+    """
     a = augment(key, clean, zero, aug)
-    return (a.target if use_clean else a.noisy), a.center
+    mode = {False: "noisy", True: "clean"}.get(use_clean, use_clean)
+    if mode == "noisy":
+        return a.noisy, a.center
+    if mode == "clean":
+        return a.target, a.center
+    coin = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (a.noisy.shape[0], 1, 1))
+    return jnp.where(coin, a.target, a.noisy), a.center
 
 
 def ellipse_batch(key: jax.Array, rings: jax.Array, zero: jax.Array, aug: AugmentConfig, pcfg: PipelineConfig,

@@ -33,12 +33,25 @@ import optax
 from ..ops._centers import heatmap_center
 from ..config import PipelineConfig
 from ..models._networks import ResNet, UNet
-from ..pipeline._pipeline import _as_float, _dtype, _pad_to_multiple, center_stage, denoise_stage, ellipse_network_input, normalize, warp_stage
+from ..pipeline._pipeline import (
+    _as_float,
+    _dtype,
+    center_fine_stage,
+    center_stage,
+    crop_frames,
+    crop_origin,
+    denoise_normalized,
+    denoise_stage,
+    ellipse_network_input,
+    normalize,
+    warp_stage,
+)
 from ..ops._warp import resize, resize_coordinates
 
 __all__ = [
     "LossConfig",
     "transform",
+    "sample_crops",
     "denoiser_loss",
     "denoise_metrics",
     "gaussian_heatmap",
@@ -69,6 +82,15 @@ class LossConfig:
         taught by the corrected frames alone.
     sqrt_eps : added inside the square root of the end-to-end image loss (a finite
         gradient at zero intensity).
+    denoise_loss : ``"mse"``: the squared error in the network's space; ``"relative"``:
+        each frame's squared error divided by that of its noisy input in the same
+        space, so every dose counts alike (a plain MSE is dominated by the noisiest,
+        lowest-dose frames and teaches the network to smooth the clean ones).
+    fine_offset : centre task with a fine network: the fine crop is centred on the
+        true centre plus a Gaussian error of this many px per axis (what the coarse
+        pass leaves), so the fine network learns to find the centre anywhere near
+        the middle of its crop.
+    fine_weight : weight of the fine pass's loss against the coarse pass's.
     """
 
     heatmap_sigma: float = 2.0
@@ -80,6 +102,13 @@ class LossConfig:
     e2e_center_weight: float = 0.03
     e2e_ellipse_weight: float = 0.0
     sqrt_eps: float = 1e-4
+    denoise_loss: str = "mse"
+    fine_offset: float = 2.0
+    fine_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.denoise_loss not in ("mse", "relative"):
+            raise ValueError(f"denoise_loss={self.denoise_loss!r}: use 'mse' or 'relative'")
 
 
 def transform(t: jax.Array, kind: str) -> jax.Array:
@@ -98,23 +127,65 @@ def _psnr(err_sq_mean: jax.Array, peak: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- denoiser
 
 
-def denoiser_loss(cfg: PipelineConfig, variables, noisy: jax.Array, target: jax.Array):
+def sample_crops(key: jax.Array, weights: jax.Array, size: int, per_frame: int) -> jax.Array:
+    """``(B, per_frame, 2)`` integer origins of ``size`` crops inside ``(B, H, W)`` frames.
+
+    Half the crops are centred on a pixel drawn with probability proportional to
+    ``weights`` (where the signal is: disks and rings), half uniformly (the dark
+    background, where a denoiser must not invent structure).
+    """
+    b, h, w = weights.shape
+    k_sig, k_uni, k_pick = jax.random.split(key, 3)
+    logits = jnp.log(jnp.maximum(weights.reshape(b, h * w), 0.0) + 1e-12)
+    at_signal = jax.random.categorical(k_sig, logits[:, None, :], axis=-1, shape=(b, per_frame))
+    anywhere = jax.random.randint(k_uni, (b, per_frame), 0, h * w)
+    idx = jnp.where(jax.random.bernoulli(k_pick, 0.5, (b, per_frame)), at_signal, anywhere)
+    center = jnp.stack([idx // w, idx % w], -1)
+    return jnp.clip(center - size // 2, 0, jnp.asarray([h - size, w - size]))
+
+
+def _take_crops(frames: jax.Array, origins: jax.Array, size: int) -> jax.Array:
+    """``(B, H, W)`` frames, ``(B, K, 2)`` origins -> ``(B, K, size, size)``."""
+    one = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1]), (size, size))  # noqa: E731
+    return jax.vmap(lambda im, os: jax.vmap(lambda o: one(im, o))(os))(frames, origins)
+
+
+def denoiser_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, noisy: jax.Array, target: jax.Array,
+                  key: jax.Array | None = None, crop: int | None = None, crops_per_frame: int = 1):
     """``noisy, target (B, H, W)`` counts -> ``(loss, metrics)``.
 
-    The target is put into the network's space with the scale of the *noisy* frame (the
-    only scale known at inference); it is clipped to [0, 1], the range of the sigmoid.
-    Metrics: ``psnr`` in dB of the de-normalised output against the target, in counts,
-    peak = the target's maximum (per frame, averaged).
+    The frames are normalised whole, as the pipeline does (the scale is the *noisy*
+    frame's maximum, the only one known at inference); with ``crop`` the network then
+    sees ``crops_per_frame`` crops of each (:func:`sample_crops`, from ``key``): it is
+    fully convolutional, so it trains on crops and runs on whole frames. The target
+    in the network's space is ``t(target / scale)``, clipped to [0, 1] for a sigmoid
+    output. Metrics (on what the network saw): ``psnr`` in dB of the de-normalised
+    output against the target in counts, peak = the target's maximum; ``psnr_gain``
+    over the noisy input; ``psnr_sqrt``; ``weak_rel_err``.
     """
-    h, w = noisy.shape[-2:]
     noisy = _as_float(noisy)[0]  # the pipeline's input conditioning: read noise can go negative
     xn, scale = normalize(noisy, cfg.transform)
-    net = UNet(cfg.denoiser, sigmoid=True, dtype=_dtype(cfg))
-    y = net.apply(variables, _pad_to_multiple(xn, 2**cfg.denoiser.depth))[:, :h, :w].astype(jnp.float32)
-    t = transform(jnp.clip(target / scale, 0.0, 1.0), cfg.transform)
-    loss = jnp.mean(jnp.square(y - t))
+    t = target / scale
+    t = transform(jnp.clip(t, 0.0, None if cfg.denoise_residual else 1.0), cfg.transform)
+    # The noise power of each whole frame in the network's space: the yardstick of "relative".
+    noise = jnp.mean(jnp.square(xn - t), axis=(-2, -1))
+    if crop is not None:
+        origins = sample_crops(key, t, crop, crops_per_frame)
+        xn_c, t_c = (_take_crops(a, origins, crop) for a in (xn, t))
+        tgt_c, noisy_c = (_take_crops(a, origins, crop) for a in (target, noisy))
+        b = xn.shape[0] * crops_per_frame
+        xn, t, target, noisy = (a.reshape(b, crop, crop) for a in (xn_c, t_c, tgt_c, noisy_c))
+        scale = jnp.repeat(scale, crops_per_frame, axis=0)
+        noise = jnp.repeat(noise, crops_per_frame, axis=0)
+    y = denoise_normalized(cfg, {"denoiser": variables}, xn)
+    err = jnp.mean(jnp.square(y - t), axis=(-2, -1))
+    if lcfg.denoise_loss == "relative":
+        loss = jnp.mean(err / jnp.maximum(noise, 1e-12))
+    else:
+        loss = jnp.mean(err)
+    y = jnp.maximum(y, 0.0)
     out = (jnp.square(y) if cfg.transform == "sqrt" else y) * scale
-    return loss, {"loss": loss, **denoise_metrics(out, noisy, target)}
+    return loss, {"loss": loss, "mse": jnp.mean(err), **denoise_metrics(out, noisy, target)}
 
 
 def denoise_metrics(out: jax.Array, noisy: jax.Array, target: jax.Array) -> dict:
@@ -147,27 +218,59 @@ def gaussian_heatmap(centers: jax.Array, shape: tuple[int, int], sigma: float) -
     return jnp.exp(-d2 / (2.0 * sigma**2))
 
 
-def center_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, frames: jax.Array, centers: jax.Array):
-    """``frames (B, H, W)`` counts, true ``centers (B, 2)`` -> ``(loss, metrics)``.
-
-    Metrics: ``center_err`` mean Euclidean error (native px) of the centre the
-    pipeline would return (:func:`prenet_jax.pipeline._pipeline.center_stage`), ``center_rmse``.
-    """
-    s = cfg.image_size
-    shape = frames.shape[-2:]
-    xn, _ = normalize(_as_float(frames)[0], cfg.transform)
-    xs = resize(xn, (s, s))
-    logits = UNet(cfg.center_net, sigmoid=False, dtype=_dtype(cfg)).apply(variables, xs).astype(jnp.float32)
-    c_net = resize_coordinates(centers, shape, (s, s))
-    target = gaussian_heatmap(c_net, (s, s), lcfg.heatmap_sigma)
+def _heatmap_loss(lcfg: LossConfig, cfg: PipelineConfig, logits: jax.Array, centers: jax.Array):
+    """BCE of heatmap ``logits (B, S, S)`` against Gaussians at ``centers (B, 2)`` (in the
+    heatmap's pixels), plus the Huber loss of the extracted coordinate. Returns
+    ``(loss, bce, coord, found)``."""
+    s = logits.shape[-2:]
+    target = gaussian_heatmap(centers, s, lcfg.heatmap_sigma)
     # Per frame: summed over pixels (the positives are a few dozen pixels of S^2).
     bce = jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, target), axis=(-2, -1)) / (2 * jnp.pi * lcfg.heatmap_sigma**2))
     extract = functools.partial(heatmap_center, threshold=cfg.heatmap_threshold, radius=cfg.heatmap_radius)
     found = jax.vmap(extract)(jax.nn.sigmoid(logits))
-    coord = jnp.mean(jnp.sum(_huber(found - c_net, lcfg.huber_delta), -1))
-    loss = lcfg.heatmap_weight * bce + lcfg.coord_weight * coord
-    err = jnp.linalg.norm(resize_coordinates(found, (s, s), shape) - centers, axis=-1)
-    return loss, {"loss": loss, "bce": bce, "coord": coord, "center_err": jnp.mean(err), "center_rmse": jnp.sqrt(jnp.mean(err**2))}
+    coord = jnp.mean(jnp.sum(_huber(found - centers, lcfg.huber_delta), -1))
+    return lcfg.heatmap_weight * bce + lcfg.coord_weight * coord, bce, coord, found
+
+
+def center_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, frames: jax.Array, centers: jax.Array,
+                key: jax.Array | None = None, full: bool = False):
+    """``frames (B, H, W)`` counts, true ``centers (B, 2)`` -> ``(loss, metrics)``.
+
+    ``variables``: ``{"center_net": ..., "center_fine": ...}`` (the fine network only
+    with ``cfg.center_fine``). The coarse network sees the frame resampled to
+    ``image_size``; the fine one a ``fine_size`` native crop centred on the true centre
+    plus a Gaussian error of ``lcfg.fine_offset`` px (from ``key``), as the coarse pass
+    would leave it.
+
+    Metrics: ``coarse_err`` (px, native) of the coarse pass; with a fine network
+    ``fine_err`` on those crops; ``center_err``, ``center_rmse`` of the centre the
+    pipeline would return (with ``full``, the fine pass on the crop the coarse pass
+    chooses, i.e. exactly :func:`prenet_jax.pipeline.center_stage`; otherwise the fine
+    pass's result on the training crops, or the coarse one).
+    """
+    s = cfg.image_size
+    shape = frames.shape[-2:]
+    xn, _ = normalize(_as_float(frames)[0], cfg.transform)
+    logits = UNet(cfg.center_net, sigmoid=False, dtype=_dtype(cfg)).apply(variables["center_net"], resize(xn, (s, s))).astype(jnp.float32)
+    c_net = resize_coordinates(centers, shape, (s, s))
+    loss, bce, coord, found = _heatmap_loss(lcfg, cfg, logits, c_net)
+    coarse = resize_coordinates(found, (s, s), shape)
+    coarse_err = jnp.linalg.norm(coarse - centers, axis=-1)
+    m = {"bce": bce, "coord": coord, "coarse_err": jnp.mean(coarse_err)}
+    err = coarse_err
+    if cfg.center_fine is not None:
+        f = cfg.fine_size
+        guess = centers + lcfg.fine_offset * jax.random.normal(key, centers.shape, jnp.float32)
+        origin = crop_origin(guess, f)
+        crops = crop_frames(xn, origin, f)
+        fine_logits = UNet(cfg.center_fine, sigmoid=False, dtype=_dtype(cfg)).apply(variables["center_fine"], crops).astype(jnp.float32)
+        f_loss, f_bce, f_coord, f_found = _heatmap_loss(lcfg, cfg, fine_logits, centers - origin)
+        loss = loss + lcfg.fine_weight * f_loss
+        err = jnp.linalg.norm(origin + f_found - centers, axis=-1)
+        m.update(fine_bce=f_bce, fine_coord=f_coord, fine_err=jnp.mean(err))
+        if full:
+            err = jnp.linalg.norm(center_fine_stage(cfg, variables, xn, jax.lax.stop_gradient(coarse)) - centers, axis=-1)
+    return loss, {"loss": loss, **m, "center_err": jnp.mean(err), "center_rmse": jnp.sqrt(jnp.mean(err**2))}
 
 
 # ----------------------------------------------------------------------------- ellipse

@@ -47,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ._augment import AugmentConfig
 from ..config import PipelineConfig
-from ._batches import DataConfig, batch_indices, center_batch, denoiser_batch, e2e_batch, ellipse_batch, load_split, rotation_average
+from ._batches import DataConfig, batch_indices, cached_rotation_average, center_batch, denoiser_batch, e2e_batch, ellipse_batch, load_split
 from ._losses import LossConfig, center_loss, denoiser_loss, e2e_loss, ellipse_loss
 from ..models._networks import count_params
 from ..pipeline._pipeline import _init_params
@@ -55,6 +55,8 @@ from ..pipeline._pipeline import _init_params
 __all__ = [
     "TASKS",
     "TrainConfig",
+    "cache_dir",
+    "task_networks",
     "load_config",
     "override",
     "resolve_pipeline",
@@ -75,8 +77,17 @@ __all__ = [
 ]
 
 TASKS = ("denoiser", "center", "ellipse", "e2e")
-NETWORKS = {"denoiser": ("denoiser",), "center": ("center_net",), "ellipse": ("ellipse_net",),
-            "e2e": ("denoiser", "center_net", "ellipse_net")}
+ALL_NETWORKS = ("denoiser", "center_net", "center_fine", "ellipse_net")
+
+
+def task_networks(task: str, pipeline: PipelineConfig) -> tuple[str, ...]:
+    """The networks a task trains: its own, plus the fine centre network where the
+    pipeline finds centres coarse to fine."""
+    nets = {"denoiser": ("denoiser",), "center": ("center_net", "center_fine"), "ellipse": ("ellipse_net",),
+            "e2e": ("denoiser", "center_net", "center_fine", "ellipse_net")}[task]
+    return tuple(n for n in nets if n != "center_fine" or pipeline.center_fine is not None)
+
+
 # Fields that may change when a run is resumed (they change no number of the run).
 _RESUMABLE_CHANGES = {"name", "log_every", "eval_every", "eval_batches", "checkpoint_every", "patience", "min_delta",
                       "checkpoint_file_size", "init_from"}
@@ -117,7 +128,12 @@ class TrainConfig:
     init_from : ``{network: path}`` start networks from a run directory or a weights
         directory (e2e: the three separately trained networks).
     trainable : e2e only: networks updated (the others stay fixed); None = all.
-    center_input : center task: train on the ``"noisy"`` frames or the ``"clean"`` ones.
+    center_input : center task: train on the ``"noisy"`` frames, the ``"clean"`` ones, or
+        ``"mixed"`` (each frame noisy or clean by a coin flip: at inference the centre
+        network sees the denoiser's output, which lies between the two).
+    crop_size, crops_per_frame : denoiser task: the network trains on
+        ``crops_per_frame`` crops of ``crop_size`` px of each augmented whole frame
+        (None: whole frames). The global batch is ``batch_size`` frames.
     ellipse_center_error : ellipse task: px of Gaussian error of the centre used to
         recentre the averaged pattern (what the centre network leaves in pass 0).
     checkpoint_file_size : bytes per orbax data file (carrying checkpoints between
@@ -149,7 +165,9 @@ class TrainConfig:
     min_delta: float = 0.0
     init_from: dict = dataclasses.field(default_factory=dict)
     trainable: tuple[str, ...] | None = None
-    center_input: Literal["noisy", "clean"] = "noisy"
+    center_input: Literal["noisy", "clean", "mixed"] = "noisy"
+    crop_size: int | None = None
+    crops_per_frame: int = 1
     ellipse_center_error: float = 0.3
     checkpoint_file_size: int = 4 * 2**20
 
@@ -162,20 +180,24 @@ class TrainConfig:
             raise ValueError("batch_size, steps and group_size must be positive")
         if self.task == "e2e" and self.batch_size % self.group_size:
             raise ValueError(f"e2e: batch_size {self.batch_size} must be a multiple of group_size {self.group_size}")
-        if self.center_input not in ("noisy", "clean"):
-            raise ValueError("center_input must be 'noisy' or 'clean'")
-        bad = set(self.init_from) - set(NETWORKS["e2e"])
+        if self.center_input not in ("noisy", "clean", "mixed"):
+            raise ValueError("center_input must be 'noisy', 'clean' or 'mixed'")
+        if self.crop_size is not None and (self.crop_size < 8 or self.crop_size % 2**self.pipeline.denoiser.depth):
+            raise ValueError(f"crop_size={self.crop_size} must be at least 8 and a multiple of 2**denoiser.depth")
+        if self.crops_per_frame < 1:
+            raise ValueError("crops_per_frame must be at least 1")
+        bad = set(self.init_from) - set(ALL_NETWORKS)
         if bad:
-            raise ValueError(f"init_from names unknown networks {sorted(bad)}; use {NETWORKS['e2e']}")
+            raise ValueError(f"init_from names unknown networks {sorted(bad)}; use {ALL_NETWORKS}")
         if self.trainable is not None:
             object.__setattr__(self, "trainable", tuple(self.trainable))
-            if not set(self.trainable) <= set(NETWORKS[self.task]) or not self.trainable:
-                raise ValueError(f"trainable {self.trainable} must be a non-empty subset of {NETWORKS[self.task]}")
+            if not set(self.trainable) <= set(self.networks) or not self.trainable:
+                raise ValueError(f"trainable {self.trainable} must be a non-empty subset of {self.networks}")
 
     @property
     def networks(self) -> tuple[str, ...]:
-        """The networks this task runs."""
-        return NETWORKS[self.task]
+        """The networks this task runs (the fine centre network where the pipeline has one)."""
+        return task_networks(self.task, self.pipeline)
 
     @property
     def trained(self) -> tuple[str, ...]:
@@ -201,9 +223,26 @@ class TrainConfig:
         return cls(**d)
 
 
+def cache_dir() -> Path:
+    """Where data and checkpoints of long jobs live by default, outside any repository:
+    ``$PRENET_JAX_CACHE``, else ``$XDG_CACHE_HOME/prenet-jax``, else ``~/.cache/prenet-jax``."""
+    if os.environ.get("PRENET_JAX_CACHE"):
+        return Path(os.environ["PRENET_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "prenet-jax"
+
+
 def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Run ``get_config()`` of a Python config file (``train/configs/*.py``)."""
-    path = Path(path)
+    """Run ``get_config()`` of a Python config file (``train/configs/*.py``).
+
+    ``path`` may end in ``:ARG`` (``train/configs/denoiser.py:release``): ``get_config(ARG)``
+    is called, which picks one of the file's sizes (big_vision's config strings).
+    """
+    text = str(path)
+    arg = None
+    if ":" in Path(text).name:
+        text, _, arg = text.rpartition(":")
+    path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"no config file {path}")
     spec = importlib.util.spec_from_file_location(f"_prenet_train_config_{path.stem}", path)
@@ -211,7 +250,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
         raise ValueError(f"{path} defines no get_config()")
-    cfg = mod.get_config()
+    cfg = mod.get_config(arg) if arg is not None else mod.get_config()
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"{path}: get_config() must return a TrainConfig, got {type(cfg).__name__}")
     return cfg
@@ -312,13 +351,15 @@ def init_state(cfg: TrainConfig, key: jax.Array, tx: optax.GradientTransformatio
 def _task_loss(cfg: TrainConfig, pcfg: PipelineConfig, params, extra, clean, zero, key, train: bool):
     """``(loss, (metrics, new_extra))`` of one batch of clean patterns."""
     variables = _merge(params, extra)
+    k_extra = jax.random.fold_in(key, 1)  # crops, fine-crop offsets: apart from the augmentation's key
     if cfg.task == "denoiser":
         noisy, target = denoiser_batch(key, clean, zero, cfg.augment)
-        loss, m = denoiser_loss(pcfg, variables["denoiser"], noisy, target)
+        loss, m = denoiser_loss(pcfg, cfg.loss, variables["denoiser"], noisy, target, k_extra, cfg.crop_size, cfg.crops_per_frame)
         return loss, (m, extra)
     if cfg.task == "center":
-        frames, centers = center_batch(key, clean, zero, cfg.augment, use_clean=cfg.center_input == "clean")
-        loss, m = center_loss(pcfg, cfg.loss, variables["center_net"], frames, centers)
+        frames, centers = center_batch(key, clean, zero, cfg.augment, use_clean=cfg.center_input)
+        nets = {k: variables[k] for k in cfg.networks}
+        loss, m = center_loss(pcfg, cfg.loss, nets, frames, centers, k_extra, full=not train)
         return loss, (m, extra)
     if cfg.task == "ellipse":
         inputs, ratio, angle = ellipse_batch(key, clean, zero, cfg.augment, pcfg, cfg.ellipse_center_error)
@@ -395,7 +436,7 @@ class _Data:
         s = load_split(cfg.data, split)
         clean, zero = s.clean, s.zero_angle
         if cfg.task == "ellipse" and cfg.data.rotation_average > 1:
-            clean = rotation_average(clean, zero, cfg.data.rotation_average, seed=cfg.data.seed + {"train": 0, "val": 1, "test": 2}[split])
+            clean = cached_rotation_average(cfg.data, split, clean, zero)
         self.clean, self.zero, self.structures = clean, zero, s.structure
         self.n = clean.shape[0]
         self.sharding = NamedSharding(mesh, P("data"))
@@ -808,12 +849,21 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
 # ----------------------------------------------------------------------------- export and evaluation
 
 
+# The pipeline settings that belong to each network (its size and how it is fed).
+_NETWORK_FIELDS = {
+    "denoiser": ("denoiser", "denoise_residual"),
+    "center_net": ("center_net", "heatmap_threshold", "heatmap_radius"),
+    "center_fine": ("center_fine", "fine_size"),
+    "ellipse_net": ("ellipse_net", "ellipse_input", "polar_angles", "polar_radii"),
+}
+
+
 def _widths(pcfg: PipelineConfig, net: str) -> dict:
-    return dataclasses.asdict({"denoiser": pcfg.denoiser, "center_net": pcfg.center_net, "ellipse_net": pcfg.ellipse_net}[net])
+    return dataclasses.asdict(getattr(pcfg, net))
 
 
 def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storage_dtype: str = "float32",
-           compute_dtype: Literal["float32", "bfloat16"] = "float32") -> Path:
+           compute_dtype: Literal["float32", "bfloat16"] = "float32", manifest_extra: dict | None = None) -> Path:
     """Write the inference weights (:func:`prenet_jax.pipeline._weights.save_weights`) from runs.
 
     Parameters
@@ -825,11 +875,11 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
         uses no denoising, the thresholded centre of mass, or the edge fit.
     storage_dtype : ``"float16"`` halves the file
     compute_dtype : stored in the pipeline config (bfloat16 for GPU inference)
+    manifest_extra : more provenance for the manifest (e.g. the data recipe)
     """
-    task_net = {"denoiser": ("denoiser",), "center": ("center_net",), "ellipse": ("ellipse_net",), "e2e": NETWORKS["e2e"]}
-    unknown = set(runs) - set(task_net)
+    unknown = set(runs) - set(TASKS)
     if unknown or not runs:
-        raise ValueError(f"runs must name some of {sorted(task_net)}, got {sorted(runs)}")
+        raise ValueError(f"runs must name some of {sorted(TASKS)}, got {sorted(runs)}")
     params: dict = {}
     info: dict = {}
     sizes: dict = {}
@@ -847,9 +897,9 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
             if getattr(pc, field) != getattr(base, field):
                 raise ValueError(f"runs disagree on pipeline.{field} ({getattr(pc, field)} vs {getattr(base, field)}): "
                                  "the networks were trained for different inputs")
-        for net in task_net[kind]:
+        for net in task_networks(kind, pc):
             params[net] = variables[net]
-            sizes[net] = getattr(pc, net)
+            sizes.update({f: getattr(pc, f) for f in _NETWORK_FIELDS[net]})
             info[net] = {
                 "run": str(runs[kind]), "task": cfg.task, "widths": _widths(pc, net),
                 "parameters": count_params(variables[net].get("params", {})),
@@ -867,8 +917,10 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
         ellipse_method="network" if "ellipse_net" in params else "fit",
         **{k: v for k, v in sizes.items()},
     )
+    if "center_fine" not in params:  # a one-pass centre network
+        pcfg = pcfg.replace(center_fine=None)
     manifest = {"format": "prenet-jax-weights", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                **_git_commit(), "versions": _versions(), "networks": info}
+                **_git_commit(), "versions": _versions(), "networks": info, **(manifest_extra or {})}
     from ..pipeline._weights import save_weights
 
     return save_weights(out, pcfg, params, manifest, dtype=storage_dtype)
@@ -957,8 +1009,21 @@ def _evaluate_cli(args) -> int:
     return 0
 
 
+def _release_cli(args) -> int:
+    from ._recipe import load_recipe, run_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        res = run_recipe(recipe, args.workdir, time_limit=args.time_limit, workers=args.workers, stop_after=args.stop_after)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"prenet-jax train release: error: {err}", file=sys.stderr)
+        return 2
+    print(f"recipe {res['status']} ({res['stage']}, {res['seconds']:.0f} s)" + ("" if res["status"] == "finished" else ": run the same command again to continue"))
+    return 0
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``prenet-jax train {run, export, plot, evaluate}``."""
+    """Register ``prenet-jax train {run, release, export, plot, evaluate}``."""
     p = subparsers.add_parser("train", help="train the networks (optax + orbax) and export inference weights",
                               description="Train the denoiser, centre and ellipse networks and fine-tune them end to end.")
     sub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
@@ -975,6 +1040,16 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--process-id", type=int, default=None)
     r.add_argument("--cpu-collectives", default=None, choices=("gloo", "mpi"), help="multi-process CPU runs (tests): gloo")
     r.set_defaults(func=_run_cli)
+
+    rl = sub.add_parser("release", help="the release recipe: simulate, train the three networks, fine-tune end to end, ship, evaluate (resumable)",
+                        description="Run or continue a release recipe (default train/release.py): every stage resumes where the last call "
+                                    "stopped, and the shipped weights are refreshed whenever a network's validation improves.")
+    rl.add_argument("--recipe", default="train/release.py", help="recipe file (default %(default)s, in a checkout)")
+    rl.add_argument("--workdir", default=str(cache_dir() / "release"), help="data, runs and reports (default %(default)s)")
+    rl.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (checkpointed) before S seconds; rerun to continue")
+    rl.add_argument("--workers", type=int, default=None, help="simulation worker processes (default: the CPU cores)")
+    rl.add_argument("--stop-after", default=None, metavar="STAGE", help="stop after this stage (simulate, denoiser, center, ellipse, e2e, evalset, evaluate)")
+    rl.set_defaults(func=_release_cli)
 
     e = sub.add_parser("export", help="write inference weights (weights.npz + manifest.json) from run directories")
     e.add_argument("-o", "--output", required=True, help="new weights directory")

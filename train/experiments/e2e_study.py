@@ -31,7 +31,7 @@ SIZES = {"pipeline.denoiser.width": 8, "pipeline.denoiser.depth": 3, "pipeline.c
 
 
 def _cfg(name: str, sets: dict):
-    cfg = load_config(HERE.parent / "configs" / f"{name}_tiny.py")
+    cfg = load_config(f"{HERE.parent / 'configs' / name}.py:tiny")
     for k, v in {**SIZES, **sets}.items():
         cfg = override(cfg, k, v)
     return cfg

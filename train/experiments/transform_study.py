@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = load_config(HERE.parent / "configs" / "denoiser_tiny.py")
+    base = load_config(f"{HERE.parent / 'configs' / 'denoiser.py'}:tiny")
     sets = {"steps": args.steps, "pipeline.denoiser.width": 8, "pipeline.denoiser.depth": 3, "augment.dose_range": (1e2, 1e6),
             "eval_every": 500, "patience": None, "log_every": 50, "warmup_steps": 100}
     for k, v in sets.items():

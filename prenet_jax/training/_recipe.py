@@ -1,0 +1,282 @@
+"""A release recipe: from nothing to shipped, evaluated weights, in resumable chunks.
+
+One command (``prenet-jax train release``) runs the stages in order, each resumable:
+
+1. ``simulate``: the abTEM training set (:func:`prenet_jax.data.run_simulation`, shard by
+   shard);
+2. ``denoiser``, ``center``, ``ellipse``: each network on its own loss
+   (:func:`prenet_jax.training.train`, checkpoint by checkpoint);
+3. ``e2e``: a short end-to-end fine-tune of the three, kept only if it lowers the
+   held-out end-to-end error of the separately trained networks;
+4. ``evalset``: the held-out test set (test-split structures, abTEM);
+5. ``evaluate``: the paper's tables for the shipped weights, beside the classical methods.
+
+After every chunk of training the best networks so far are exported into the
+package's weights directory whenever a network's best validation step changed: the
+shipped weights always hold the best validated networks, and what was learned survives
+the loss of the machine.
+
+Every stage is a pure function of the recipe (its configs and seeds): the data are a
+function of the simulation settings, training resumes bit for bit from its checkpoints,
+so where the chunks fall does not change the result. ``time_limit`` bounds one call; a
+call that runs out of time checkpoints and returns ``"paused"``; the same call again
+continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from ._batches import DataConfig
+from ._train import TrainConfig, evaluate_e2e, export, load_run_variables, train
+
+__all__ = ["Recipe", "run_recipe", "load_recipe", "STAGES"]
+
+STAGES = ("simulate", "denoiser", "center", "ellipse", "e2e", "evalset", "evaluate")
+NETWORK_STAGES = ("denoiser", "center", "ellipse")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything a release run does.
+
+    Attributes
+    ----------
+    simulation : the training set (a :class:`prenet_jax.data.SimulationConfig`)
+    stages : ``{"denoiser"|"center"|"ellipse"|"e2e": TrainConfig}``; their data roots and
+        ``init_from`` paths are replaced by the work directory's
+    evalset : the held-out set (a :class:`prenet_jax.evaluation.EvalSetConfig`)
+    weights : the shipped weights directory (refreshed as training improves)
+    report : where the evaluation's ``report.md`` is copied (e.g. ``benchmarks/EVAL.md``);
+        None: only in the work directory
+    e2e_check_batches : held-out batches (validation split, fixed keys) on which the
+        end-to-end fine-tune must beat the separate networks to be kept
+    storage_dtype : of the shipped weights
+    """
+
+    simulation: object
+    stages: dict
+    evalset: object
+    weights: Path
+    report: Path | None = None
+    e2e_check_batches: int = 8
+    storage_dtype: str = "float32"
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Run ``get_recipe()`` of a Python recipe file (``train/release.py``)."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe file {path} (the release recipe is train/release.py in a checkout of prenet-jax)")
+    spec = importlib.util.spec_from_file_location(f"_prenet_recipe_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_recipe"):
+        raise ValueError(f"{path} defines no get_recipe()")
+    recipe = mod.get_recipe()
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"{path}: get_recipe() must return a Recipe, got {type(recipe).__name__}")
+    return recipe
+
+
+def _in_workdir(cfg: TrainConfig, workdir: Path) -> TrainConfig:
+    """The stage's config with its data and starting points inside ``workdir``."""
+    data = dataclasses.replace(cfg.data, root=str(workdir / "sim")) if cfg.data.source == "simulated" else cfg.data
+    init = {net: str(workdir / "runs" / Path(p).name) for net, p in cfg.init_from.items()}
+    return cfg.replace(data=data, init_from=init)
+
+
+class _State:
+    """``workdir/recipe.json``: what each stage reached, and a log of the chunks."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}, "chunks": []}
+
+    def get(self, stage: str) -> dict:
+        return self.data["stages"].get(stage, {})
+
+    def set(self, stage: str, **info) -> None:
+        self.data["stages"][stage] = {**self.get(stage), **info}
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def _best_steps(runs: dict[str, Path]) -> dict[str, int | None]:
+    out = {}
+    for kind, run in runs.items():
+        p = run / "summary.json"
+        out[kind] = json.loads(p.read_text()).get("best_step") if p.exists() else None
+    return out
+
+
+def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> bool:
+    """Export ``runs`` into ``recipe.weights`` if any network's best step differs from
+    what is shipped. Returns whether it did. The swap is atomic (a rename)."""
+    runs = {k: r for k, r in runs.items() if (r / "best").is_dir() or (r / "checkpoints").is_dir()}
+    if not runs:
+        return False
+    best = _best_steps(runs)
+    if any(b is None for b in best.values()):
+        runs = {k: r for k, r in runs.items() if best[k] is not None}
+        if not runs:
+            return False
+        best = _best_steps(runs)
+    shipped = recipe.weights / "manifest.json"
+    if shipped.exists():
+        old = json.loads(shipped.read_text()).get("recipe", {}).get("best_steps", {})
+        if old == {k: v for k, v in best.items()}:
+            return False
+    recipe.weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = recipe.weights.with_name(f".{recipe.weights.name}.new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    export(tmp, {k: str(r) for k, r in runs.items()}, storage_dtype=recipe.storage_dtype,
+           manifest_extra={"recipe": {**extra, "best_steps": best}})
+    old_dir = recipe.weights.with_name(f".{recipe.weights.name}.old")
+    if old_dir.exists():
+        shutil.rmtree(old_dir)
+    if recipe.weights.exists():
+        os.replace(recipe.weights, old_dir)
+    os.replace(tmp, recipe.weights)
+    shutil.rmtree(old_dir, ignore_errors=True)
+    log(f"[recipe] shipped {recipe.weights} from {', '.join(f'{k} (best step {best[k]})' for k in runs)}")
+    return True
+
+
+def run_recipe(recipe: Recipe, workdir: str | os.PathLike, *, time_limit: float | None = None, workers: int | None = None,
+               stop_after: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run (or continue) ``recipe`` in ``workdir`` for at most ``time_limit`` seconds.
+
+    Parameters
+    ----------
+    recipe : what to do
+    workdir : data, runs, the held-out set and the report (outside any repository)
+    time_limit : seconds for this call; every stage checkpoints and stops in time
+    workers : simulation worker processes (default: the machine's cores)
+    stop_after : stop after this stage (e.g. ``"simulate"``)
+    log : progress lines
+
+    Returns
+    -------
+    ``{"status": "finished" | "paused", "stage": the stage reached, "seconds": ...}``
+    """
+    t0 = time.monotonic()
+    wd = Path(workdir).expanduser()
+    wd.mkdir(parents=True, exist_ok=True)
+    state = _State(wd / "recipe.json")
+    workers = workers or os.cpu_count() or 1
+    left = (lambda: None) if time_limit is None else (lambda: time_limit - (time.monotonic() - t0))
+    chunk = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "time_limit": time_limit, "done": []}
+    state.data["chunks"].append(chunk)
+    state.save()
+    extra = {"simulation": recipe.simulation.to_dict(), "evalset": recipe.evalset.to_dict(), "workdir": str(wd)}
+    runs = {name: wd / "runs" / _in_workdir(cfg, wd).name for name, cfg in recipe.stages.items()}
+
+    def out_of_time(margin: float = 60.0) -> bool:
+        rest = left()
+        return rest is not None and rest < margin
+
+    def paused(stage: str) -> dict:
+        chunk["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        chunk["paused_in"] = stage
+        state.save()
+        log(f"[recipe] paused in {stage} after {time.monotonic() - t0:.0f} s: run the same command again to continue")
+        return {"status": "paused", "stage": stage, "seconds": time.monotonic() - t0}
+
+    def done(stage: str, **info) -> None:
+        state.set(stage, status="done", **info)
+        chunk["done"].append(stage)
+        state.save()
+
+    for stage in STAGES:
+        if state.get(stage).get("status") == "done":
+            continue
+        if out_of_time():
+            return paused(stage)
+        log(f"[recipe] stage {stage}" + ("" if left() is None else f" ({left():.0f} s left in this call)"))
+        if stage == "simulate":
+            from ..data import run_simulation
+
+            res = run_simulation(recipe.simulation, wd / "sim", workers=workers, progress=True, time_limit=left())
+            if not res["complete"]:
+                return paused(stage)
+            done(stage, patterns=res["total"])
+        elif stage in NETWORK_STAGES or stage == "e2e":
+            cfg = _in_workdir(recipe.stages[stage], wd)
+            summary = train(cfg, runs[stage], time_limit=left(), log=log)
+            separate = {k: runs[k] for k in NETWORK_STAGES if k in runs}
+            if stage != "e2e":
+                _ship(recipe, {k: r for k, r in separate.items() if (r / "summary.json").exists()}, extra, log)
+            if summary["status"] == "paused":
+                return paused(stage)
+            if stage == "e2e":
+                verdict = _judge_e2e(cfg, separate, runs["e2e"], recipe.e2e_check_batches, log)
+                state.set(stage, verdict=verdict)
+                chosen = {"e2e": runs["e2e"]} if verdict["keep"] else separate
+                _ship(recipe, chosen, {**extra, "e2e": verdict}, log)
+            done(stage, summary={k: summary[k] for k in ("status", "step", "best_step", "best_val")})
+        elif stage == "evalset":
+            from ..evaluation._evalset import generate_abtem
+
+            try:
+                generate_abtem(wd / "eval" / "data", recipe.evalset, workers=workers, time_limit=left())
+            except TimeoutError:
+                return paused(stage)
+            done(stage)
+        elif stage == "evaluate":
+            from ..evaluation import evaluate_weights
+
+            path = evaluate_weights(recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log)
+            if recipe.report is not None:
+                _copy_report(path, Path(recipe.report))
+            done(stage, report=str(path))
+        if stop_after == stage:
+            break
+    chunk["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    state.save()
+    finished = all(state.get(s).get("status") == "done" for s in STAGES)
+    return {"status": "finished" if finished else "paused", "stage": stage, "seconds": time.monotonic() - t0}
+
+
+def _judge_e2e(cfg: TrainConfig, separate: dict[str, Path], e2e_run: Path, batches: int, log: Callable) -> dict:
+    """End-to-end error of the separate networks and of the fine-tuned ones on the same
+    held-out groups (validation split, fixed keys)."""
+    variables = {}
+    for kind, run in separate.items():
+        _, v, _ = load_run_variables(run)
+        variables.update(v)
+    _, tuned, _ = load_run_variables(e2e_run)
+    pcfg = cfg.pipeline
+    before = evaluate_e2e(pcfg, variables, cfg, split="val", batches=batches)
+    after = evaluate_e2e(pcfg, tuned, cfg, split="val", batches=batches)
+    keep = after["image_rmse"] < before["image_rmse"] and after["center_err"] <= before["center_err"] * 1.05
+    log(f"[recipe] end to end on {batches} held-out batches: image_rmse {before['image_rmse']:.5f} -> {after['image_rmse']:.5f}, "
+        f"center_err {before['center_err']:.4f} -> {after['center_err']:.4f} px: {'kept' if keep else 'not kept (the separate networks ship)'}")
+    return {"keep": bool(keep), "before": before, "after": after, "batches": batches}
+
+
+def _copy_report(report: Path, dest: Path) -> None:
+    """Copy ``report.md`` and its figures next to ``dest`` (figures in ``dest``'s folder
+    ``eval/``, links rewritten)."""
+    figs_src = report.parent
+    figs_dst = dest.parent / "eval"
+    figs_dst.mkdir(parents=True, exist_ok=True)
+    for png in figs_src.glob("*.png"):
+        shutil.copy2(png, figs_dst / png.name)
+    text = report.read_text()
+    for png in figs_src.glob("*.png"):
+        text = text.replace(f"]({png.name})", f"](eval/{png.name})")
+    dest.write_text(text)

@@ -1,0 +1,31 @@
+"""The release recipe: from nothing to the bundled weights, on two CPU cores.
+
+    prenet-jax train release --time-limit 7200      # repeat until it says "finished"
+
+Data and runs go to ``~/.cache/prenet-jax/release`` (``--workdir`` to change it); the
+shipped weights (``prenet_jax/weights/release``) are refreshed after every chunk in
+which a network's validation improved, and the evaluation's report becomes
+``benchmarks/EVAL.md``. Budget on the 2-core machine: docs/training.md.
+"""
+
+from pathlib import Path
+
+from prenet_jax.data import SimulationConfig
+from prenet_jax.evaluation import EvalSetConfig
+from prenet_jax.training import Recipe, load_config
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def get_recipe() -> Recipe:
+    return Recipe(
+        # The first 768 of 1,024 structures (crystals and amorphous boxes interleaved), one multislice run each:
+        # 4 exit thicknesses x 2 probe positions = 6,144 clean 256 px patterns from 768 of them.
+        simulation=SimulationConfig(n_structures=1024, n_patterns=6144, thicknesses_per_task=4, positions_per_task=2, seed=0),
+        stages={name: load_config(f"{HERE / 'configs' / name}.py:release") for name in ("denoiser", "center", "ellipse", "e2e")},
+        # At least 2,000 held-out patterns of test-split structures, and 16 scan patches of 32 frames.
+        evalset=EvalSetConfig(n_patterns=2000),
+        weights=REPO / "prenet_jax" / "weights" / "release",
+        report=REPO / "benchmarks" / "EVAL.md",
+    )
