@@ -5,6 +5,6 @@ RosettaSciIO formats) and the py4DSTEM-compatible EMD 1.0 writer
 (:class:`EMDWriter`, :func:`read_result`).
 """
 
-from ._readers import HDF5_SUFFIXES, EMDWriter, InputError, Source, open_input, read_result, sha256_file
+from ._readers import HDF5_SUFFIXES, EMDWriter, InputError, OutputError, Source, open_input, read_result, sha256_file
 
-__all__ = ["HDF5_SUFFIXES", "EMDWriter", "InputError", "Source", "open_input", "read_result", "sha256_file"]
+__all__ = ["HDF5_SUFFIXES", "EMDWriter", "InputError", "OutputError", "Source", "open_input", "read_result", "sha256_file"]

@@ -38,9 +38,11 @@ when complete, so the output appears whole or not at all.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import math
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -52,6 +54,8 @@ import numpy as np
 
 __all__ = [
     "InputError",
+    "OutputError",
+    "output_error",
     "Source",
     "open_input",
     "sha256_file",
@@ -73,6 +77,48 @@ class InputError(ValueError):
     """
 
 
+class OutputError(OSError):
+    """Writing the output failed (disk full, folder not writable, ...): the message
+    names the file, the reason and the fix. Nothing is left behind.
+
+    The command line prints it without a traceback and exits with status 1.
+    """
+
+
+def _reason(e: BaseException) -> str:
+    """The short reason of an OS error (``No space left on device``), else its text."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _errno(e: BaseException) -> int | None:
+    """The errno of an OS error, also when HDF5 only wrote it into its message."""
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    m = re.search(r"errno = (\d+)", str(e))
+    return int(m.group(1)) if m else None
+
+
+_OUTPUT_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EFBIG: "the file is larger than this file system or process allows: write elsewhere",
+    errno.EACCES: "choose a writable output folder",
+    errno.EROFS: "the file system is read-only: choose another output folder",
+}
+
+
+def output_error(path: Path, what: str, e: BaseException) -> OutputError:
+    """An :class:`OutputError` for a failed write of ``path``: the reason and the fix."""
+    code = _errno(e)
+    reason = os.strerror(code) if code else _reason(e)
+    hint = _OUTPUT_HINTS.get(code, "check the output folder") if code else "check the output folder"
+    err = OutputError(f"{what} {path} failed: {reason}; {hint}. Nothing was written")
+    err.errno = code
+    return err
+
+
 # ----------------------------------------------------------------------------- sources
 
 
@@ -91,6 +137,10 @@ class Source:
     calibration : pixel sizes and units carried over from the input
         (``Q_pixel_size``, ``Q_pixel_units``, ``R_pixel_size``, ``R_pixel_units``)
     notes : remarks for the user (e.g. the input was already preprocessed)
+
+    Every read checks that the file has not changed since it was opened (size,
+    modification time, inode): a file still being written or copied would give a
+    result mixing two versions. Reads that fail raise :class:`InputError`.
     """
 
     kind = "?"
@@ -126,6 +176,27 @@ class Source:
             raise InputError(f"{self._what()} is empty (shape {self.stored_shape})")
         self.shape: tuple[int, int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
         self.scan_chunks: tuple[int, int] = (1, self.shape[1])
+        self._fingerprint = _fingerprint(self.path)
+
+    # -- the file must not change while it is read
+    def check_unchanged(self) -> None:
+        """Raise :class:`InputError` if the file's size, modification time or inode
+        differ from when it was opened."""
+        now = _fingerprint(self.path)
+        if now == self._fingerprint:
+            return
+        (s0, m0, _), (s1, m1, _) = self._fingerprint, now
+        what = []
+        if s1 != s0:
+            what.append(f"size {s0} -> {s1} bytes")
+        if m1 != m0:
+            what.append("modification time changed")
+        if not what:
+            what.append("replaced by another file")
+        raise InputError(
+            f"{self._what()} changed while it was being read ({', '.join(what)}); is it still being written or copied? "
+            "Wait until it is complete, then run again"
+        )
 
     # -- description
     def _what(self) -> str:
@@ -147,6 +218,28 @@ class Source:
     # -- reads
     def read_block(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         """Frames of scan rows ``i0:i1`` and columns ``j0:j1``: ``(i1-i0, j1-j0, H, W)``."""
+        return self._checked(f"scan rows {i0}:{i1}, columns {j0}:{j1}", self._read_block, i0, i1, j0, j1)
+
+    def read_frames(self, index: np.ndarray) -> np.ndarray:
+        """Frames at sorted, unique flat indices (row-major over the scan): ``(n, H, W)``."""
+        index = np.asarray(index, np.int64)
+        where = f"{index.size} frames from index {int(index[0])}" if index.size else "no frames"
+        return self._checked(where, self._read_frames, index)
+
+    def _checked(self, where: str, read, *args) -> np.ndarray:
+        """Run a backend read: its failure becomes an :class:`InputError` naming the
+        place; a file that changed meanwhile is refused."""
+        try:
+            out = read(*args)
+        except Exception as e:
+            self.check_unchanged()  # a file changing under us explains the failure better
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"reading {where} of {self._what()} failed: {_reason(e)}; is the file damaged or truncated?") from e
+        self.check_unchanged()
+        return out
+
+    def _read_block(self, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
         rx, ry, h, w = self.shape
         if self._stack:
             if j0 != 0 or j1 != ry:
@@ -157,9 +250,7 @@ class Source:
             return self._read_flat(i0 * ry, i1 * ry).reshape(i1 - i0, ry, h, w)
         return self._read_4d(i0, i1, j0, j1)
 
-    def read_frames(self, index: np.ndarray) -> np.ndarray:
-        """Frames at sorted, unique flat indices (row-major over the scan): ``(n, H, W)``."""
-        index = np.asarray(index, np.int64)
+    def _read_frames(self, index: np.ndarray) -> np.ndarray:
         out = np.empty((index.size,) + self.shape[2:], self.dtype)
         ry = self.shape[1]
         if self._stack:
@@ -196,6 +287,11 @@ class Source:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _fingerprint(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _squeeze_leading(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -289,25 +385,43 @@ class _HDF5Source(Source):
             pass
 
 
+def _npy_header(path: Path, fh) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from a ``.npy`` header; ``fh`` is left at the data."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            return fmt.read_array_header_1_0(fh)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(fh)
+        # 3.0 (utf-8 field names) has no public header reader: let numpy parse it
+        m = np.load(path, mmap_mode="r", allow_pickle=False)
+        fh.seek(int(m.offset))
+        return m.shape, bool(m.ndim > 1 and m.flags.f_contiguous and not m.flags.c_contiguous), m.dtype
+    except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, ...
+        raise InputError(f"{path} is not a readable .npy file ({type(e).__name__}: {e}); write it with numpy.save") from None
+
+
 class _NpySource(Source):
     kind = "npy"
 
     def __init__(self, path: Path, scan):
-        try:
-            # the header only: the map is dropped at once, data are read with pread
-            m = np.load(path, mmap_mode="r", allow_pickle=False)
-            shape, dtype, self._offset = m.shape, m.dtype, int(m.offset)
-            fortran = m.ndim > 1 and m.flags.f_contiguous and not m.flags.c_contiguous
-            del m
-        except ValueError as e:
-            raise InputError(f"{path} is not a readable .npy file ({e}); write it with numpy.save") from None
         self._fh = open(path, "rb")
         try:
+            shape, fortran, dtype = _npy_header(path, self._fh)
+            self._offset = self._fh.tell()
             if dtype.hasobject:
                 raise InputError(f"{path} holds Python objects, not numbers")
             super().__init__(path, shape, dtype, scan)
-            if fortran:
+            if fortran and len(shape) > 1:
                 raise InputError(f"{path} is stored in Fortran order; re-save it C-ordered: np.save(path, np.ascontiguousarray(a))")
+            need = self._offset + math.prod(self.stored_shape) * self.dtype.itemsize
+            have = os.fstat(self._fh.fileno()).st_size
+            if have < need:
+                raise InputError(
+                    f"{path} is truncated: its header promises {need} bytes ({self.stored_shape} {self.dtype}) but the file holds {have}; "
+                    "was the copy interrupted or is it still being written?"
+                )
         except BaseException:
             self._fh.close()
             raise
@@ -720,15 +834,20 @@ class EMDWriter:
         self.level = int(level)
         check_output_path(self.path, overwrite)
         self.overwrite = overwrite
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent)
+        except OSError as e:
+            raise output_error(self.path, "creating", e) from e
         os.close(fd)
         self.tmp = Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual mode
-        threads = min(8, os.cpu_count() or 1) if threads is None else max(1, threads)
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="prenet-compress") if compression == "gzip" else None
+        self._f = None
+        self._pool = None
         try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual mode
+            threads = min(8, os.cpu_count() or 1) if threads is None else max(1, threads)
+            self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="prenet-compress") if compression == "gzip" else None
             self._f = h5py.File(self.tmp, "w")
             rx, ry, h, w = self.shape
             frame = h * w * self.dtype.itemsize
@@ -754,6 +873,9 @@ class EMDWriter:
             kw = dict(compression="gzip", compression_opts=self.level, shuffle=True) if compression == "gzip" else {}
             self.data = cube.create_dataset("data", shape=self.shape, dtype=self.dtype, chunks=(1, self.chunk_cols, h, w), fillvalue=0, **kw)
             self.data.attrs["units"] = "pixel intensity"
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, "creating", e) from e
         except BaseException:
             self.abort()
             raise
@@ -784,10 +906,13 @@ class EMDWriter:
                 pieces.append(part)
                 offsets.append((i0 + i, j0 + jc, 0, 0))
         encoded = list(self._pool.map(self._encode, pieces)) if self._pool is not None else [self._encode(p) for p in pieces]
-        dsid = self.data.id
         for off, buf in zip(offsets, encoded):
-            dsid.write_direct_chunk(off, buf)
+            self._store(off, buf)
         self.write_seconds += time.perf_counter() - t0
+
+    def _store(self, offset: tuple[int, ...], chunk: bytes) -> None:
+        """One encoded chunk to the file (the one place bytes of the cube are written)."""
+        self.data.id.write_direct_chunk(offset, chunk)
 
     # -- metadata and commit
     def write_metadata(self, calibration: dict, preprocessing: dict, dims: dict | None = None) -> None:
@@ -806,11 +931,20 @@ class EMDWriter:
             d.attrs["name"] = name
             d.attrs["units"] = units
 
-    def commit(self) -> Path:
-        """Close the file and move it to its final name (atomically)."""
-        self._f.flush()
-        self._f.close()
+    def commit(self, before_rename=None) -> Path:
+        """Close the file and move it to its final name (atomically).
+
+        ``before_rename()`` is called between closing and renaming, the last moment
+        a run can still be called off (it raises): the file is then removed.
+        """
+        try:
+            self._f.flush()
+            self._f.close()
+        except OSError as e:  # the last metadata and chunk index go to disk here
+            raise output_error(self.path, "finishing", e) from e
         self._shutdown_pool()
+        if before_rename is not None:
+            before_rename()
         if self.overwrite:
             os.replace(self.tmp, self.path)
         else:
@@ -824,6 +958,11 @@ class EMDWriter:
                 os.rename(self.tmp, self.path)
         self._done = True
         return self.path
+
+    @property
+    def done(self) -> bool:
+        """True once :meth:`commit` has put the file in place."""
+        return self._done
 
     def _shutdown_pool(self):
         if self._pool is not None:
@@ -860,10 +999,20 @@ def check_output_path(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(f"output {path} exists; choose another name or pass --overwrite to replace it")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"output folder {parent} is a file, not a folder; choose another output path")
     if not parent.is_dir():
         raise InputError(f"output folder {parent} does not exist; create it first (mkdir -p {parent})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder {parent} is not writable; choose another output path")
+    # access() says yes to root everywhere and knows nothing of read-only or special
+    # file systems: creating a file is the only reliable test
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as e:
+        raise InputError(f"cannot create files in the output folder {parent} ({_reason(e)}); choose another output path") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # ----------------------------------------------------------------------------- reading results

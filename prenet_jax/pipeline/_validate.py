@@ -13,12 +13,13 @@ def host_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype frames travel to the device in.
 
     Narrow integers and float32 travel as they are (uint16 stays 2 bytes over
-    PCIe and is cast on the device); 64-bit types, which jax would silently
+    PCIe and is cast on the device), in the machine's byte order (a big-endian
+    file is swapped on the host); 64-bit types, which jax would silently
     truncate without x64, are converted to float32 on the host first.
     """
     dtype = np.dtype(dtype)
     if dtype.kind in "iu" and dtype.itemsize <= 4:
-        return dtype
+        return dtype.newbyteorder("=")
     return np.dtype(np.float32)
 
 
