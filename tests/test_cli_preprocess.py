@@ -5,10 +5,8 @@ import hashlib
 import io
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.io._readers import EMDWriter, read_result
+from prenet_jax.io._readers import read_result
 from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
 from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
 from prenet_jax.cli import main
@@ -99,6 +97,9 @@ def test_summary_and_diagnostics(known):
     out = known["stdout"]
     for text in ("beam centre spread", "ellipse (fit): ratio a/b", "py4DSTEM: a", "frames flagged", "running on the CPU", "no trained weights"):
         assert text in out
+    # noise-free intensities: the dose-adaptive Gaussian finds no noise to remove, and says so
+    assert "denoise: gaussian filter, sigma chosen per frame" in out and "no frame needed a filter (sigma 0 for all 36)" in out
+    assert not read_result(known["out"])["preprocessing"]["denoise_sigma"].any()
     for name in ("mean", "centers", "polar", "radial"):
         png = known["dir"] / f"out_{name}.png"
         assert png.stat().st_size > 10_000
@@ -178,7 +179,9 @@ def test_argument_errors_exit_2(small_h5, capsys):
 def test_non_square_odd_frames_are_handled(tmp_path):
     d = pj.synthetic_cube(scan=(3, 4), shape=(45, 61), radius=8.0, ellipse=TRUE_ELLIPSE, jitter=0.6, seed=5)
     np.save(tmp_path / "odd.npy", d["cube"])
-    rc, out, err = run(tmp_path / "odd.npy", "-o", tmp_path / "odd.h5", "--no-diagnostics", "--ellipse", f"{TRUE_ELLIPSE.ratio},{math.degrees(TRUE_ELLIPSE.angle)}")
+    # a 1 px Gaussian smooths the sharp edges, so that bilinear resampling keeps the centre of
+    # mass within 0.05 px (unfiltered: 0.055; the default leaves these noise-free frames unfiltered)
+    rc, out, err = run(tmp_path / "odd.npy", "-o", tmp_path / "odd.h5", "--no-diagnostics", "--gaussian-sigma", "1", "--ellipse", f"{TRUE_ELLIPSE.ratio},{math.degrees(TRUE_ELLIPSE.angle)}")
     assert rc == 0, err
     r = read_result(tmp_path / "odd.h5", data=True)
     found = np.stack([r["preprocessing"]["qx0"], r["preprocessing"]["qy0"]], -1)
@@ -251,36 +254,8 @@ def test_uint16_full_range_without_wrap_around_and_saturation_flags(tmp_path):
     assert "3 saturated" in out and "saturation level 65535" in out
 
 
-def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
-    cube = pj.synthetic_cube(scan=(4, 4), shape=(32, 32), radius=5.0, seed=1)["cube"]
-    np.save(tmp_path / "in.npy", cube)
-    before = sorted(p.name for p in tmp_path.iterdir())
-
-    def interrupted(self, *a, **k):
-        raise KeyboardInterrupt  # Ctrl-C while the cube is being written
-
-    monkeypatch.setattr(EMDWriter, "write_block", interrupted)
-    rc, out, err = run(tmp_path / "in.npy", "-o", tmp_path / "out.h5")
-    assert rc == 130
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output, no figures, no temporary file
-
-
-def test_ctrl_c_in_a_real_run_leaves_nothing(tmp_path):
-    # big enough to be still streaming when interrupted (a few seconds on 2 cores)
-    one = pj.synthetic_cube(scan=(4, 4), shape=(64, 64), radius=9.0, seed=1)["cube"].reshape(16, 64, 64)
-    np.save(tmp_path / "in.npy", np.tile(one, (400, 1, 1)).reshape(80, 80, 64, 64))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "prenet_jax.cli", "preprocess", str(tmp_path / "in.npy"), "-o", str(tmp_path / "out.h5"), "--no-ellipse", "--batch-size", "32"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".out.h5.*.partial")):  # the writer is open: the run is streaming
-        assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+# Interrupts (SIGINT/SIGTERM at every phase): tests/test_interrupts.py; injected faults
+# (disk full, unwritable folder, damaged or changing input, failing workers): tests/test_faults.py.
 
 
 _MEMORY_CHILD = """

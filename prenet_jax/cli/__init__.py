@@ -1,7 +1,8 @@
 """The ``prenet-jax`` command line: one subcommand per job.
 
-Each subcommand lives with its library code and registers itself through an
-``add_*_parser(subparsers)`` function; this module only assembles them.
+Each subcommand registers itself through an ``add_*_parser(subparsers)``
+function (``preprocess`` and ``demo`` here in ``cli/``, the others with their
+library code); this module only assembles them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ._demo import add_demo_parser
     from ..evaluation._evaluate import add_evaluate_parser
     from ..data._figures import add_figure_parser
-    from ..preprocess._run import add_preprocess_parser
+    from ._preprocess import add_preprocess_parser
     from ..data._simulate import add_simulate_parser
     from ..training._train import add_train_parser
 

@@ -3,19 +3,24 @@
 :func:`preprocess_file` validates the input, calibrates the ellipse on a sample of
 frames (pass 0), streams every frame through the compiled step with reader and
 writer threads (pass 1, :func:`stream`) and finishes the output file and its
-diagnostic figures.
+diagnostic figures. SIGINT/SIGTERM stop a run cleanly (:class:`Interrupted`).
 """
 
+from ._cancel import Cancel, Interrupted
 from ._diagnostics import diagnostic_paths, write_diagnostics
-from ._run import FileResult, ellipse_from_py4dstem, ellipse_to_py4dstem, preprocess_file
-from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, StreamStats, stream
+from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem
+from ._run import FileResult, preprocess_file
+from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, StreamError, StreamStats, stream
 
 __all__ = [
     "FLAG_NAMES",
     "FLAG_NEGATIVE",
     "FLAG_SATURATED",
     "FLAGS_EXCLUDED",
+    "Cancel",
     "FileResult",
+    "Interrupted",
+    "StreamError",
     "StreamStats",
     "diagnostic_paths",
     "ellipse_from_py4dstem",

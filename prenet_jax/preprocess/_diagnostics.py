@@ -65,10 +65,10 @@ def _save(fig, path: Path) -> None:
     # written under a temporary name first: a figure appears whole or not at all
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, path)
     except BaseException:
@@ -84,8 +84,10 @@ def write_diagnostics(
     centers_after: np.ndarray,
     good: np.ndarray,
     title: str = "",
+    between=None,
 ) -> tuple[list[Path], dict]:
-    """Write the four PNGs for ``output``.
+    """Write the four PNGs for ``output``: all four, or none (a failure removes those
+    already written).
 
     Parameters
     ----------
@@ -95,6 +97,7 @@ def write_diagnostics(
     centers_after : (Rx, Ry, 2) centres of mass of the corrected frames
     good : (Rx, Ry) bool, frames that entered the means (others are greyed out)
     title : first line of every figure (e.g. the input file)
+    between : called before each figure; it may raise to stop (an interrupt)
 
     Returns
     -------
@@ -107,6 +110,22 @@ def write_diagnostics(
     import matplotlib.pyplot as plt
 
     paths = diagnostic_paths(output)
+    written: list[Path] = []
+    try:
+        measures = _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return paths, measures
+
+
+def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between) -> dict:
+    def save(fig, path):
+        _save(fig, path)
+        written.append(path)
+        plt.close(fig)
+
     h, w = mean_before.shape
     c0 = ((h - 1) / 2.0, (w - 1) / 2.0)
     sel = good & np.isfinite(centers).all(-1)
@@ -123,6 +142,7 @@ def write_diagnostics(
 
     suptitle = (title + "\n") if title else ""
     # 1. mean pattern
+    between()
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.8))
     show(ax[0], mean_before, "mean pattern before (sqrt scale)")
     ax[0].plot([c_in[1]], [c_in[0]], "c+", ms=12, mew=1.5, label="mean measured centre")
@@ -132,10 +152,10 @@ def write_diagnostics(
         a.legend(loc="lower right", fontsize=8)
     fig.suptitle(suptitle + "mean diffraction pattern", fontsize=11)
     fig.tight_layout()
-    _save(fig, paths[0])
-    plt.close(fig)
+    save(fig, paths[0])
 
     # 2. centre maps, relative to the frame centre
+    between()
     fig, ax = plt.subplots(2, 2, figsize=(10, 8.4))
     for col, (cen, label) in enumerate(((centers, "before: found in the input"), (centers_after, "after: centre of mass of the output"))):
         for row, (k, axis) in enumerate(((0, "row"), (1, "col"))):
@@ -152,10 +172,10 @@ def write_diagnostics(
             fig.colorbar(im, ax=a, label="px")
     fig.suptitle(suptitle + "beam centre relative to the frame centre (grey: flagged frames)", fontsize=11)
     fig.tight_layout()
-    _save(fig, paths[1])
-    plt.close(fig)
+    save(fig, paths[1])
 
     # 3. polar transforms
+    between()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
     for a, m, name in ((ax[0], before, f"before, about ({c_in[0]:.2f}, {c_in[1]:.2f})"), (ax[1], after, f"after, about ({c0[0]:g}, {c0[1]:g})")):
         a.imshow(np.sqrt(np.maximum(m["polar"], 0)), aspect="auto", cmap="magma", extent=(0, m["radius"][-1], 360, 0), interpolation="nearest")
@@ -164,10 +184,10 @@ def write_diagnostics(
         a.set_ylabel("azimuth (deg from +col toward +row)")
     fig.suptitle(suptitle + "straight edges = centred and circular", fontsize=11)
     fig.tight_layout()
-    _save(fig, paths[2])
-    plt.close(fig)
+    save(fig, paths[2])
 
     # 4. radial profile and radial standard deviation
+    between()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.4))
     for m, name, style in ((before, "before", "C0-"), (after, "after", "C3-")):
         ax[0].semilogy(m["radius"], np.maximum(m["profile"], 1e-12), style, label=name)
@@ -181,6 +201,5 @@ def write_diagnostics(
     ax[1].set_ylabel("std (input units)")
     fig.suptitle(suptitle + "radial measures of the mean pattern (4D-PreNet Fig. 4/5)", fontsize=11)
     fig.tight_layout()
-    _save(fig, paths[3])
-    plt.close(fig)
-    return paths, {"before": before, "after": after}
+    save(fig, paths[3])
+    return {"before": before, "after": after}

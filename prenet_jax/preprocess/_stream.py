@@ -31,14 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..ops._centers import com_center
-from ..io._readers import InputError, Source, plan_blocks
-from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline
+from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
+from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, Pipeline
+from ..pipeline._gaussian import equivalent_peak
 from ..pipeline._validate import host_dtype
+from ._cancel import Cancel, Interrupted
 
-__all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamStats", "stream", "output_dtype_for"]
+__all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamError", "StreamStats", "stream", "output_dtype_for"]
 
 FLAG_SATURATED = 4  # a pixel reached the saturation level (detector count limit)
-FLAG_NEGATIVE = 8  # negative pixels (e.g. dark-subtracted data): treated as zero counts
 FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated", FLAG_NEGATIVE: "negative pixels"}
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY
@@ -59,6 +60,11 @@ class StreamStats:
     raw_min, raw_max : extreme finite input values
     seconds : ``wall``, ``read`` (reader busy), ``write`` (writer busy),
         ``compute`` (main thread neither starved by the reader nor held by the writer)
+    counts : (Rx, Ry) float64 total counts of each input frame (negatives and
+        NaN/Inf as 0): the dose
+    peaks : (Rx, Ry) float64 peak of each frame in electrons
+        (:func:`prenet_jax.pipeline._gaussian.equivalent_peak`), what the
+        dose-adaptive Gaussian denoiser chose its width from
     """
 
     centers: np.ndarray
@@ -70,11 +76,14 @@ class StreamStats:
     raw_min: float
     raw_max: float
     seconds: dict
+    counts: np.ndarray | None = None
+    peaks: np.ndarray | None = None
 
 
 def output_dtype_for(name: str, input_dtype) -> np.dtype:
     """``"float32"`` | ``"input"`` (the input's dtype) | a numpy integer dtype name."""
     dt = np.dtype(input_dtype) if name == "input" else np.dtype(name)
+    dt = dt.newbyteorder("=")  # a big-endian input is written in the machine's order
     if dt.kind not in "iuf":
         raise InputError(f"output dtype {dt}: use float32, input, or an integer type such as uint16")
     return dt
@@ -117,38 +126,47 @@ def _make_post(out_dtype: np.dtype):
         vmask = valid[:, None, None] & finite
         lo_v = jnp.min(jnp.where(vmask, xz, jnp.inf))
         hi_v = jnp.max(jnp.where(vmask, xz, -jnp.inf))
+        counts = jnp.maximum(xz, 0.0)  # what the step sees (negatives and NaN/Inf as 0)
+        total = counts.sum(axis=(-2, -1))
+        peak = equivalent_peak(counts)  # what the dose-adaptive Gaussian chose its width from
         if lim is not None:
             out = jnp.clip(jnp.round(corrected), lim[0], lim[1]).astype(dev_dtype)
         else:
             out = corrected.astype(jnp.float32)
-        return out, flags, sum_raw, sum_out, w.sum(), com_after, lo_v, hi_v
+        return out, flags, sum_raw, sum_out, w.sum(), com_after, lo_v, hi_v, total, peak
 
     return jax.jit(post)
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> float:
-    """Put with back-pressure that still notices ``stop``; returns seconds blocked."""
+class _Stopped(Exception):
+    """A queue wait gave up because the run is stopping (an error elsewhere or a signal)."""
+
+
+class StreamError(RuntimeError):
+    """A worker of pass 1 failed for a reason that is neither the input nor the output
+    (those raise :class:`prenet_jax.io.InputError` / :class:`prenet_jax.io.OutputError`):
+    the message names the worker, the frames and the error. Nothing is left behind."""
+
+
+def _put(q: queue.Queue, item, stopping: Callable[[], bool]) -> float:
+    """Put with back-pressure that still notices ``stopping()``; returns seconds blocked."""
     t0 = time.perf_counter()
     while True:
         try:
             q.put(item, timeout=0.1)
             return time.perf_counter() - t0
         except queue.Full:
-            if stop.is_set():
+            if stopping():
                 raise _Stopped()
 
 
-def _get(q: queue.Queue, stop: threading.Event):
+def _get(q: queue.Queue, stopping: Callable[[], bool]):
     while True:
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
-            if stop.is_set():
+            if stopping():
                 raise _Stopped()
-
-
-class _Stopped(Exception):
-    pass
 
 
 def stream(
@@ -165,6 +183,7 @@ def stream(
     read_ahead: int = 2,
     write_queue: int = 4,
     progress: Callable[[int], None] | None = None,
+    cancel: Cancel | None = None,
 ) -> StreamStats:
     """Run every frame of ``source`` through ``pipe``'s compiled step into ``writer``.
 
@@ -173,8 +192,8 @@ def stream(
     source : the input cube (Rx, Ry, H, W)
     pipe : the pipeline (its ``_step`` is the one compiled program per batch)
     matrix : (2, 2) ellipse distortion to undo (identity for none)
-    writer : an :class:`prenet_jax.io._readers.EMDWriter` (or anything with ``chunk_cols``
-        and ``write_block(i0, j0, block)``)
+    writer : an :class:`prenet_jax.io._readers.EMDWriter` (or anything with ``chunk_cols``,
+        ``dtype``, ``path`` and ``write_block(i0, j0, block)``)
     out_dtype : dtype of the stored cube (integers: rounded and clipped to range)
     saturation : pixel value at or above which a frame is flagged saturated; None: never
     negative : ``"clip"`` (flag the frame, treat negatives as 0) or ``"error"``
@@ -182,140 +201,205 @@ def stream(
     inflight : batches queued on the device before the oldest is collected
     read_ahead, write_queue : bounds of the two queues between the threads
     progress : called with the number of frames finished
+    cancel : the run's stop flag (:class:`prenet_jax.preprocess._cancel.Cancel`): the
+        reader, compute and writer loops stop when it is set, and
+        :class:`~prenet_jax.preprocess._cancel.Interrupted` is raised
+
+    Raises
+    ------
+    InputError : the input cannot be read, changed while read, or (``negative="error"``)
+        has negative pixels
+    OutputError : writing failed (disk full, ...)
+    StreamError : any other failure of the reader, the compute step or the writer
+    Interrupted : ``cancel`` was set
     """
-    rx, ry, h, w = source.shape
-    n_total = rx * ry
-    b = pipe.batch_size
-    hdt = host_dtype(source.dtype)
-    blocks = plan_blocks(source.shape, source.scan_chunks, writer.chunk_cols, source.frame_bytes, block_bytes)
-    sizes = [(i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in blocks]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    # processing position -> flat scan index (row-major within each block)
+    return _Stream(source, pipe, matrix, writer, np.dtype(out_dtype), saturation, negative, block_bytes, inflight, read_ahead, write_queue, progress, cancel or Cancel()).run()
+
+
+def _scan_order(blocks: list, starts: np.ndarray, n_total: int, ry: int) -> np.ndarray:
+    """Processing position -> flat scan index (row-major within each block)."""
     flat = np.empty(n_total, np.int64)
     for (i0, i1, j0, j1), s in zip(blocks, starts[:-1]):
         ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
         flat[s : s + (i1 - i0) * (j1 - j0)] = (ii * ry + jj).reshape(-1)
+    return flat
 
-    post = _make_post(np.dtype(out_dtype))  # cached: compiled once per dtype and shape
-    matrix_dev = jax.device_put(jnp.asarray(matrix, jnp.float32), pipe._repl)
-    sat = jax.device_put(jnp.float32(np.inf if saturation is None else saturation), pipe._repl)
-    valid_full = jax.device_put(np.ones(b, bool), pipe._data)
 
-    stop = threading.Event()
-    q_in: queue.Queue = queue.Queue(maxsize=read_ahead)
-    q_out: queue.Queue = queue.Queue(maxsize=write_queue)
-    errors: list[BaseException] = []
-    secs = {"read": 0.0, "write": 0.0}
+class _Stream:
+    """One pass 1: the reader and writer threads and the main (compute) loop.
 
-    centers = np.full((n_total, 2), np.nan)
-    centers_after = np.full((n_total, 2), np.nan)
-    flags_all = np.zeros(n_total, np.uint8)
-    acc = {"raw": np.zeros((h, w)), "out": np.zeros((h, w)), "n": 0.0, "min": np.inf, "max": -np.inf}
+    Errors of a thread are kept in ``errors`` and stop the others through ``stop``;
+    the main thread re-raises the first one. ``cancel`` (a signal) stops all three.
+    """
 
-    def reader():
-        try:
-            for k, (i0, i1, j0, j1) in enumerate(blocks):
-                if stop.is_set():
-                    return
-                t0 = time.perf_counter()
-                try:
-                    arr = source.read_block(i0, i1, j0, j1)
-                except Exception as e:
-                    raise InputError(f"reading scan rows {i0}:{i1}, columns {j0}:{j1} of {source._what()} failed: {e}") from e
-                arr = np.asarray(arr).reshape(-1, h, w).astype(hdt, copy=False)
-                secs["read"] += time.perf_counter() - t0
-                _put(q_in, (k, arr), stop)
-            _put(q_in, None, stop)
-        except _Stopped:
-            pass
-        except BaseException as e:
-            errors.append(e)
-            stop.set()
+    def __init__(self, source, pipe, matrix, writer, out_dtype, saturation, negative, block_bytes, inflight, read_ahead, write_queue, progress, cancel):
+        self.source, self.pipe, self.writer = source, pipe, writer
+        self.negative, self.inflight, self.progress, self.cancel = negative, inflight, progress, cancel
+        rx, ry, h, w = source.shape
+        self.n_total = rx * ry
+        self.b = pipe.batch_size
+        self.hdt = host_dtype(source.dtype)
+        self.blocks = plan_blocks(source.shape, source.scan_chunks, writer.chunk_cols, source.frame_bytes, block_bytes)
+        sizes = [(i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in self.blocks]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.flat = _scan_order(self.blocks, self.starts, self.n_total, ry)
 
-    open_blocks: dict[int, list] = {}
+        self.post = _make_post(out_dtype)  # cached: compiled once per dtype and shape
+        self.matrix_dev = jax.device_put(jnp.asarray(matrix, jnp.float32), pipe._repl)
+        self.sat = jax.device_put(jnp.float32(np.inf if saturation is None else saturation), pipe._repl)
+        self.valid_full = jax.device_put(np.ones(self.b, bool), pipe._data)
 
-    def write_result(pos0: int, n: int, out: np.ndarray) -> None:
-        # scatter the batch into the output blocks it overlaps; store complete ones
-        k = bisect.bisect_right(starts, pos0) - 1
+        self.stop = threading.Event()
+        self.q_in: queue.Queue = queue.Queue(maxsize=read_ahead)
+        self.q_out: queue.Queue = queue.Queue(maxsize=write_queue)
+        self.errors: list[BaseException] = []
+        self.secs = {"read": 0.0, "write": 0.0}
+        self.wait_in = self.wait_out = 0.0
+        self.pending: collections.deque = collections.deque()
+        self.open_blocks: dict[int, list] = {}
+
+        self.centers = np.full((self.n_total, 2), np.nan)
+        self.centers_after = np.full((self.n_total, 2), np.nan)
+        self.flags = np.zeros(self.n_total, np.uint8)
+        self.counts = np.zeros(self.n_total, np.float64)
+        self.peaks = np.zeros(self.n_total, np.float64)
+        self.acc = {"raw": np.zeros((h, w)), "out": np.zeros((h, w)), "n": 0.0, "min": np.inf, "max": -np.inf}
+
+    # ---- shared
+    def stopping(self) -> bool:
+        return self.stop.is_set() or self.cancel.is_set()
+
+    def _worker(self, name: str, loop: Callable[[], None]) -> threading.Thread:
+        def run():
+            try:
+                loop()
+            except _Stopped:
+                pass
+            except BaseException as e:
+                self.errors.append(self._classify(name, e))
+                self.stop.set()
+
+        t = threading.Thread(target=run, name=f"prenet-{name}", daemon=True)
+        t.start()
+        return t
+
+    def _classify(self, name: str, e: BaseException) -> BaseException:
+        """The error a worker's failure is reported as (see :func:`stream`)."""
+        if isinstance(e, (InputError, OutputError, StreamError, Interrupted)):
+            return e
+        if name == "writer" and isinstance(e, OSError):
+            return output_error(getattr(self.writer, "path", "the output"), "writing", e)
+        err = StreamError(f"the {name} thread failed: {type(e).__name__}: {e}; nothing was written")
+        err.__cause__ = e
+        return err
+
+    def _raise_if_stopped(self) -> None:
+        self.cancel.check()
+        if self.errors:
+            raise self.errors[0]
+
+    # ---- reader thread: chunk-aligned blocks of frames -> q_in
+    def reader(self) -> None:
+        h, w = self.source.shape[2:]
+        for k, (i0, i1, j0, j1) in enumerate(self.blocks):
+            if self.stopping():
+                return
+            t0 = time.perf_counter()
+            arr = self.source.read_block(i0, i1, j0, j1)  # InputError on failure or a changed file
+            arr = np.asarray(arr).reshape(-1, h, w).astype(self.hdt, copy=False)
+            self.secs["read"] += time.perf_counter() - t0
+            _put(self.q_in, (k, arr), self.stopping)
+        _put(self.q_in, None, self.stopping)
+
+    # ---- writer thread: results -> statistics and complete output blocks
+    def writer_loop(self) -> None:
+        while True:
+            item = _get(self.q_out, self.stopping)
+            if item is None:
+                return
+            t0 = time.perf_counter()
+            pos0, n, out, c, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk = item
+            idx = self.flat[pos0 : pos0 + n]
+            self.centers[idx] = c[:n]
+            self.centers_after[idx] = com_a[:n]
+            self.flags[idx] = fl[:n]
+            self.counts[idx] = tot[:n]
+            self.peaks[idx] = pk[:n]
+            acc = self.acc
+            acc["raw"] += s_raw
+            acc["out"] += s_out
+            acc["n"] += float(cnt)
+            acc["min"] = min(acc["min"], float(lo))
+            acc["max"] = max(acc["max"], float(hi))
+            self._write_result(pos0, n, out[:n])
+            self.secs["write"] += time.perf_counter() - t0
+
+    def _write_result(self, pos0: int, n: int, out: np.ndarray) -> None:
+        """Scatter a batch into the output blocks it overlaps; store complete ones."""
+        h, w = self.source.shape[2:]
+        k = bisect.bisect_right(self.starts, pos0) - 1
         p = pos0
         while p < pos0 + n:
-            i0, i1, j0, j1 = blocks[k]
-            s0, s1 = int(starts[k]), int(starts[k + 1])
-            if k not in open_blocks:
-                open_blocks[k] = [np.empty((s1 - s0, h, w), writer.dtype), 0]
+            i0, i1, j0, j1 = self.blocks[k]
+            s0, s1 = int(self.starts[k]), int(self.starts[k + 1])
+            if k not in self.open_blocks:
+                self.open_blocks[k] = [np.empty((s1 - s0, h, w), self.writer.dtype), 0]
             e = min(s1, pos0 + n)
-            buf = open_blocks[k]
+            buf = self.open_blocks[k]
             buf[0][p - s0 : e - s0] = out[p - pos0 : e - pos0]
             buf[1] += e - p
             if buf[1] == s1 - s0:
-                writer.write_block(i0, j0, buf[0].reshape(i1 - i0, j1 - j0, h, w))
-                del open_blocks[k]
+                self.writer.write_block(i0, j0, buf[0].reshape(i1 - i0, j1 - j0, h, w))
+                del self.open_blocks[k]
+                self.cancel.hold("stream")  # test hook: a partial output file exists now
             p = e
             k += 1
 
-    def writer_loop():
+    # ---- main thread: batches -> the compiled step (asynchronous) -> q_out
+    def dispatch(self, host: np.ndarray, n: int, pos0: int) -> None:
+        pipe = self.pipe
         try:
-            while True:
-                item = _get(q_out, stop)
-                if item is None:
-                    return
-                t0 = time.perf_counter()
-                pos0, n, out, c, fl, s_raw, s_out, cnt, com_a, lo, hi = item
-                idx = flat[pos0 : pos0 + n]
-                centers[idx] = c[:n]
-                centers_after[idx] = com_a[:n]
-                flags_all[idx] = fl[:n]
-                acc["raw"] += s_raw
-                acc["out"] += s_out
-                acc["n"] += float(cnt)
-                acc["min"] = min(acc["min"], float(lo))
-                acc["max"] = max(acc["max"], float(hi))
-                write_result(pos0, n, out[:n])
-                secs["write"] += time.perf_counter() - t0
-        except _Stopped:
-            pass
-        except BaseException as e:
-            errors.append(e)
-            stop.set()
+            dev = jax.device_put(host, pipe._data)
+            corrected, cen, fl = pipe._step(pipe.params, dev, self.matrix_dev)
+            valid = self.valid_full if n == self.b else jax.device_put(np.arange(self.b) < n, pipe._data)
+            res = (cen,) + tuple(self.post(dev, corrected, fl, valid, self.sat))
+            for r in res:
+                r.copy_to_host_async()
+        except Exception as e:
+            raise self._compute_error(pos0, n, e) from e
+        self.pending.append((pos0, n, res))
 
-    t_start = time.perf_counter()
-    threads = [threading.Thread(target=reader, name="prenet-reader", daemon=True), threading.Thread(target=writer_loop, name="prenet-writer", daemon=True)]
-    for t in threads:
-        t.start()
-    pending: collections.deque = collections.deque()
-    wait_in = wait_out = 0.0
+    def _compute_error(self, pos0: int, n: int, e: Exception) -> StreamError:
+        text = str(e)
+        hint = "; lower --batch-size" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else ""
+        return StreamError(f"the compute step failed on frames {pos0}..{pos0 + n - 1} (in reading order): {type(e).__name__}: {text.splitlines()[0] if text else ''}{hint}; nothing was written")
 
-    def check():
-        if errors:
-            raise errors[0]
+    def retire(self) -> None:
+        """Collect the oldest batch in flight and queue it for the writer."""
+        pos0, n, res = self.pending.popleft()
+        try:
+            cen, out, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk = (np.asarray(r) for r in res)
+        except Exception as e:  # a failure on the device surfaces when its results are fetched
+            raise self._compute_error(pos0, n, e) from e
+        if self.negative == "error" and (fl[:n] & FLAG_NEGATIVE).any():
+            raise InputError(f"{self.source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)")
+        self.wait_out += _put(self.q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk), self.stopping)
+        if self.progress is not None:
+            self.progress(n)
 
-    def dispatch(host: np.ndarray, n: int, pos0: int) -> None:
-        dev = jax.device_put(host, pipe._data)
-        corrected, cen, fl = pipe._step(pipe.params, dev, matrix_dev)
-        valid = valid_full if n == b else jax.device_put(np.arange(b) < n, pipe._data)
-        res = (cen,) + tuple(post(dev, corrected, fl, valid, sat))
-        for r in res:
-            r.copy_to_host_async()
-        pending.append((pos0, n, res))
+    def _next_block(self):
+        t0 = time.perf_counter()
+        item = _get(self.q_in, self.stopping)
+        self.wait_in += time.perf_counter() - t0
+        return item
 
-    def retire() -> float:
-        pos0, n, res = pending.popleft()
-        cen, out, fl, s_raw, s_out, cnt, com_a, lo, hi = (np.asarray(r) for r in res)
-        if negative == "error" and (fl[:n] & FLAG_NEGATIVE).any():
-            raise InputError(f"{source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)")
-        blocked = _put(q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi), stop)
-        if progress is not None:
-            progress(n)
-        return blocked
-
-    try:
-        host = np.empty((b, h, w), hdt)
-        fill, pos = 0, 0
+    def compute_loop(self) -> None:
+        b, (h, w) = self.b, self.source.shape[2:]
+        host = np.empty((b, h, w), self.hdt)
+        fill, pos, first = 0, 0, True
         while True:
-            t0 = time.perf_counter()
-            item = _get(q_in, stop)
-            wait_in += time.perf_counter() - t0
-            check()
+            item = self._next_block()
+            self._raise_if_stopped()
             if item is None:
                 break
             _, arr = item
@@ -326,52 +410,80 @@ def stream(
                 fill += take
                 k += take
                 if fill == b:
-                    dispatch(host, b, pos)
+                    self._dispatch_first(host, b, pos) if first else self.dispatch(host, b, pos)
+                    first = False
                     pos += b
-                    host = np.empty((b, h, w), hdt)  # the device may still read the old buffer
+                    host = np.empty((b, h, w), self.hdt)  # the device may still read the old buffer
                     fill = 0
-                    while len(pending) > inflight:
-                        wait_out += retire()
-                        check()
+                    while len(self.pending) > self.inflight:
+                        self.retire()
+                        self._raise_if_stopped()
         if fill:
             host[fill:] = 0
-            dispatch(host, fill, pos)
-            pos += fill
-        while pending:
-            wait_out += retire()
-            check()
-        _put(q_out, None, stop)
+            self._dispatch_first(host, fill, pos) if first else self.dispatch(host, fill, pos)
+        while self.pending:
+            self.retire()
+            self._raise_if_stopped()
+        _put(self.q_out, None, self.stopping)
+
+    def _dispatch_first(self, host: np.ndarray, n: int, pos0: int) -> None:
+        """The first batch compiles the step (synchronously, in this thread): a signal
+        arriving meanwhile is handled when the compiler returns."""
+        self.cancel.phase = "compile"
+        self.cancel.hold("compile")
+        self.dispatch(host, n, pos0)
+        self.cancel.check()
+        self.cancel.phase = "stream"
+
+    # ---- the whole pass
+    def run(self) -> StreamStats:
+        t_start = time.perf_counter()
+        threads = [self._worker("reader", self.reader), self._worker("writer", self.writer_loop)]
+        try:
+            try:
+                self.compute_loop()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(timeout=0.1)
+                        self._raise_if_stopped()
+            except _Stopped:
+                self._raise_if_stopped()
+                raise StreamError("streaming stopped without a reason (internal error); nothing was written") from None
+            self._raise_if_stopped()
+        except BaseException as e:
+            # a thread's own error first: the main thread's may only be its consequence
+            self._shutdown(threads)
+            if self.errors and not isinstance(e, Interrupted) and self.errors[0] is not e:
+                raise self.errors[0] from None
+            raise
+        self._shutdown(threads)
+        wall = time.perf_counter() - t_start
+        if self.open_blocks:
+            raise StreamError(f"internal error: {len(self.open_blocks)} output blocks were left incomplete")
+        return self._stats(wall)
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        """Stop and join the workers, so nothing touches the files after this returns.
+        Each notices ``stop`` within 0.1 s or after the read or write it is doing."""
+        self.stop.set()
         for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.1)
-                check()
-        check()
-    except _Stopped:
-        check()
-        raise RuntimeError("streaming stopped unexpectedly")
-    except BaseException:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5.0)
-        if errors and not isinstance(errors[0], _Stopped):
-            raise errors[0]
-        raise
-    finally:
-        stop.set()
-    wall = time.perf_counter() - t_start
-    if open_blocks:
-        raise RuntimeError(f"internal error: {len(open_blocks)} output blocks were left incomplete")
-    n_good = int(round(acc["n"]))
-    denom = max(n_good, 1)
-    shp = (rx, ry)
-    return StreamStats(
-        centers=centers.reshape(shp + (2,)),
-        centers_after=centers_after.reshape(shp + (2,)),
-        flags=flags_all.reshape(shp),
-        mean_before=acc["raw"] / denom,
-        mean_after=acc["out"] / denom,
-        n_good=n_good,
-        raw_min=float(acc["min"]),
-        raw_max=float(acc["max"]),
-        seconds={"wall": wall, "read": secs["read"], "write": secs["write"], "compute": max(wall - wait_in - wait_out, 0.0)},
-    )
+            t.join()
+
+    def _stats(self, wall: float) -> StreamStats:
+        rx, ry, h, w = self.source.shape
+        n_good = int(round(self.acc["n"]))
+        denom = max(n_good, 1)
+        shp = (rx, ry)
+        return StreamStats(
+            centers=self.centers.reshape(shp + (2,)),
+            centers_after=self.centers_after.reshape(shp + (2,)),
+            flags=self.flags.reshape(shp),
+            mean_before=self.acc["raw"] / denom,
+            mean_after=self.acc["out"] / denom,
+            n_good=n_good,
+            raw_min=float(self.acc["min"]),
+            raw_max=float(self.acc["max"]),
+            seconds={"wall": wall, "read": self.secs["read"], "write": self.secs["write"], "compute": max(wall - self.wait_in - self.wait_out, 0.0)},
+            counts=self.counts.reshape(shp),
+            peaks=self.peaks.reshape(shp),
+        )

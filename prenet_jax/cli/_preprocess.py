@@ -1,0 +1,286 @@
+"""``prenet-jax preprocess INPUT -o OUTPUT``: the command line of
+:func:`prenet_jax.preprocess.preprocess_file`.
+
+Parses the options, builds the pipeline they ask for (trained weights or the
+classical methods), and runs the file with SIGINT and SIGTERM routed to one stop
+flag (:mod:`prenet_jax.preprocess._cancel`). Exit status: 0 done, 1 the output could
+not be written or a worker failed, 2 a problem with the input or the options,
+130/143 interrupted by SIGINT/SIGTERM; every failure is one line on stderr and
+leaves nothing but the input. See ``docs/preprocess.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import PipelineConfig
+from ..conventions import Ellipse
+from ..io._readers import InputError, OutputError, check_output_path, open_input
+from ..preprocess._cancel import Cancel, Interrupted, catch_signals
+from ..preprocess._provenance import ellipse_from_py4dstem
+
+__all__ = ["add_preprocess_parser", "run_preprocess"]
+
+#: The classical method of each stage, used while no trained weights are available.
+_CLASSICAL = {k: getattr(PipelineConfig.classical(), k) for k in ("denoise_method", "center_method", "ellipse_method")}
+
+
+
+def _pair(text: str, name: str, kind=float) -> tuple:
+    try:
+        vals = tuple(kind(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        vals = ()
+    return vals
+
+
+def _parse_ellipse(args) -> Ellipse | None:
+    if args.ellipse and args.ellipse_py4dstem:
+        raise InputError("give either --ellipse or --ellipse-py4dstem, not both")
+    if args.ellipse:
+        v = _pair(args.ellipse, "--ellipse")
+        if len(v) != 2 or not all(map(math.isfinite, v)) or v[0] <= 0:
+            raise InputError(f"--ellipse {args.ellipse!r}: expected RATIO,ANGLE_DEG with RATIO = a/b > 0, e.g. --ellipse 1.05,30")
+        return Ellipse(v[0], math.radians(v[1]))
+    if args.ellipse_py4dstem:
+        v = _pair(args.ellipse_py4dstem, "--ellipse-py4dstem")
+        if len(v) != 3 or not all(map(math.isfinite, v)) or v[0] <= 0 or v[1] <= 0:
+            raise InputError(f"--ellipse-py4dstem {args.ellipse_py4dstem!r}: expected A,B,THETA (semi-axes in px, theta in radians as py4DSTEM gives them), e.g. 30.5,29.8,0.42")
+        return ellipse_from_py4dstem(*v)
+    return None
+
+
+def _select_devices(args):
+    import jax
+
+    if args.cpu:
+        return jax.devices("cpu")
+    devs = jax.local_devices()
+    if not args.devices:
+        return devs
+    try:
+        ids = [int(x) for x in args.devices.split(",") if x.strip()]
+    except ValueError:
+        ids = []
+    if not ids:
+        raise InputError(f"--devices {args.devices!r}: expected device numbers, e.g. --devices 0,1")
+    bad = [i for i in ids if i < 0 or i >= len(devs)]
+    if bad or len(set(ids)) != len(ids):
+        listing = ", ".join(f"{i}: {d.device_kind}" for i, d in enumerate(devs))
+        raise InputError(f"--devices {args.devices}: this machine has {len(devs)} local device(s) ({listing}); give distinct numbers among them")
+    return [devs[i] for i in ids]
+
+
+def _build_pipeline(args, log):
+    """The pipeline the options ask for, and the id of its weights."""
+    from ..pipeline._pipeline import Pipeline
+    from ..pipeline._weights import WEIGHTS_DIR, load_weights
+
+    devices = _select_devices(args)
+    chosen = {"denoise_method": args.denoise_method, "center_method": args.center_method, "ellipse_method": args.ellipse_method}
+    switched_off = {"denoise_method": args.no_denoise, "center_method": args.no_center, "ellipse_method": args.no_ellipse or bool(args.ellipse or args.ellipse_py4dstem)}
+    wanted = {k: ("none" if switched_off[k] else v) for k, v in chosen.items()}
+    explicit_net = [k for k, v in wanted.items() if v == "network"]
+    needs_net = [k for k, v in wanted.items() if v in (None, "network")]
+    config, params, weights_id = None, {}, "none (classical methods)"
+    if needs_net or args.weights:
+        path = Path(args.weights) if args.weights else WEIGHTS_DIR / "release"
+        try:
+            config, params, manifest = load_weights(path)
+            import hashlib
+
+            digest = hashlib.sha256((path / "weights.npz").read_bytes()).hexdigest()[:16]
+            weights_id = f"{manifest.get('name') or manifest.get('id') or path.name} sha256:{digest}"
+        except FileNotFoundError:
+            if args.weights:
+                raise InputError(f"--weights {args.weights}: no weights.npz + manifest.json there (export them from training)") from None
+            if explicit_net:
+                names = ", ".join("--" + k.replace("_", "-") + " network" for k in explicit_net)
+                raise InputError(f"{names}: this installation ships no trained weights; give exported weights with --weights DIR, or use the classical methods (--denoise-method gaussian --center-method com --ellipse-method fit)")
+            log("note: no trained weights ship with this version: using the classical methods (gaussian denoise, centre of mass, edge-fit ellipse)")
+    if config is None:
+        config = PipelineConfig.classical()
+        wanted = {k: (_CLASSICAL[k] if v is None else v) for k, v in wanted.items()}
+    else:
+        wanted = {k: ("network" if v is None else v) for k, v in wanted.items()}
+    changes: dict[str, Any] = dict(wanted, negative="clip")
+    if args.interpolation:
+        changes["interpolation"] = args.interpolation
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
+    if args.calibration_frames:
+        changes["calibration_frames"] = args.calibration_frames
+    if args.gaussian_sigma is not None:
+        changes["gaussian_sigma"] = None if args.gaussian_sigma == "auto" else args.gaussian_sigma
+    try:
+        config = config.replace(**changes)
+        pipe = Pipeline(config, params, devices=devices)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return pipe, weights_id
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}: must be at least 1")
+    return v
+
+
+def _scan(text: str) -> tuple[int, int]:
+    v = _pair(text, "--scan", int)
+    if len(v) != 2 or min(v) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected RX,RY, e.g. 256,256")
+    return v  # type: ignore[return-value]
+
+
+def _sigma(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'auto' or a sigma in px >= 0 (0: no filter)")
+    return v
+
+
+def _saturation(text: str):
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number, 'auto' or 'none'") from None
+
+
+_EPILOG = """\
+examples:
+  prenet-jax preprocess scan.h5 -o scan_pre.h5
+  prenet-jax preprocess scan.h5 --dataset /entry/data/data -o out.h5 --center-method friedel
+  prenet-jax preprocess stack.npy --scan 128,128 -o out.h5 --output-dtype input
+  prenet-jax preprocess scan.mib -o out.h5 --ellipse 1.04,32.5      # fixed ellipse, no pass 0
+  prenet-jax preprocess scan.h5 -o out.h5 --ellipse-py4dstem 40.2,38.6,1.12
+
+The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
+and the conventions (centres (row, col) = (qx, qy); the corrected frames are centred
+at ((H-1)/2, (W-1)/2)).
+"""
+
+
+def add_preprocess_parser(sub) -> argparse.ArgumentParser:
+    """Register ``prenet-jax preprocess`` on an argparse subparsers object."""
+    p = sub.add_parser(
+        "preprocess",
+        help="denoise, recentre and undo the ellipse of a 4D-STEM file into a py4DSTEM-compatible HDF5 file",
+        description="Denoise, recentre and undo the elliptical distortion of every frame of a 4D-STEM file, streaming it "
+        "through the compiled pipeline, into a py4DSTEM-compatible (EMD 1.0) HDF5 file with diagnostic figures.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
+    )
+    p.add_argument("input", help="HDF5 (py4DSTEM/EMD 1.0 or any 4-D dataset), .npy, or a detector file (.mib, .blo, .dm4, EMPAD .xml, ... with the io extra)")
+    p.add_argument("-o", "--output", required=True, help="the HDF5 file to write (refused if it exists, unless --overwrite)")
+    g = p.add_argument_group("input")
+    g.add_argument("--dataset", metavar="PATH", help="dataset inside an HDF5 file (default: the py4DSTEM DataCube, or the only 4-D dataset)")
+    g.add_argument("--scan", metavar="RX,RY", type=_scan, help="scan shape of a 3-D stack of frames (N, H, W), N = RX*RY")
+    g.add_argument("--negative", choices=("clip", "error"), default="clip", help="negative pixels (dark-subtracted data): flag the frame and treat them as 0 (default), or stop with an error")
+    g.add_argument("--saturation", metavar="LEVEL", type=_saturation, default="auto", help="flag frames with a pixel at or above LEVEL; 'auto' (default): the integer dtype's maximum, none for float data; 'none'")
+    g = p.add_argument_group("stages and methods")
+    g.add_argument("--denoise-method", choices=("network", "gaussian"), help="default: network if trained weights are available, else gaussian")
+    g.add_argument("--center-method", choices=("network", "com", "friedel"), help="default: network if trained weights are available, else com (thresholded centre of mass)")
+    g.add_argument("--ellipse-method", choices=("network", "fit"), help="how pass 0 estimates the ellipse; default: network if weights are available, else fit")
+    g.add_argument("--no-denoise", action="store_true", help="skip denoising (the frames keep their noise)")
+    g.add_argument("--gaussian-sigma", metavar="PX|auto", type=_sigma, help="sigma of --denoise-method gaussian: 'auto' (default) chooses it per frame from its counts (no filter where none helps), a number fixes it")
+    g.add_argument("--no-center", action="store_true", help="skip recentring")
+    g.add_argument("--no-ellipse", action="store_true", help="skip the ellipse correction (and pass 0)")
+    g.add_argument("--ellipse", metavar="RATIO,ANGLE_DEG", help="undo this ellipse instead of estimating it: a/b >= 1 and the a-axis angle in degrees from +col toward +row (prenet-jax convention)")
+    g.add_argument("--ellipse-py4dstem", metavar="A,B,THETA", help="the same in py4DSTEM's convention: semi-axes a, b (px) and theta (radians, from qx = row toward qy = col), e.g. from fit_ellipse_amorphous_ring")
+    g.add_argument("--interpolation", choices=("linear", "cubic"), help="resampling of the corrected frames (default: linear; cubic keeps sharp disks sharper)")
+    g.add_argument("--weights", metavar="DIR", help="trained weights exported by training (weights.npz + manifest.json); default: the bundled ones")
+    g.add_argument("--calibration-frames", metavar="N", type=_positive_int, help="frames sampled across the scan for the ellipse in pass 0 (default 4096)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dtype", default="float32", metavar="DTYPE", help="float32 (default), 'input' (the input's dtype; integers are rounded and clipped to range, no wrap-around), or e.g. uint16")
+    g.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="chunk compression (gzip level 1 with byte shuffle; readable by every HDF5 tool)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output file and figures")
+    g.add_argument("--no-diagnostics", action="store_true", help="do not write the diagnostic PNGs next to the output")
+    g.add_argument("--no-checksum", action="store_true", help="do not record the input's SHA-256 (saves one read of the input file)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--batch-size", metavar="B", type=_positive_int, help="frames per compiled step (default 128; rounded up to a multiple of the devices)")
+    dev = g.add_mutually_exclusive_group()
+    dev.add_argument("--devices", metavar="I,J", help="local accelerators to use, by number (default: all); see `prenet-jax info`")
+    dev.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is present")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_preprocess)
+    return p
+
+
+def run_preprocess(args) -> int:
+    """The ``preprocess`` subcommand: returns the exit status (module docstring)."""
+    from ..preprocess._run import preprocess_file
+    from ..preprocess._stream import StreamError
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    cancel = Cancel()
+    with catch_signals(cancel):  # from here on a signal only sets the flag
+        try:
+            cancel.enter("startup")
+            ellipse = _parse_ellipse(args)
+            if args.no_ellipse and ellipse is not None:
+                raise InputError("--no-ellipse and a fixed ellipse contradict each other; give one")
+            if args.output_dtype != "input":
+                try:
+                    np.dtype(args.output_dtype)
+                except TypeError:
+                    raise InputError(f"--output-dtype {args.output_dtype!r}: use float32, input, or an integer type such as uint16") from None
+            # cheap checks first: a typo should not wait for the compiler
+            open_input(args.input, args.dataset, args.scan).close()
+            check_output_path(Path(args.output), args.overwrite)
+            cancel.check()
+            pipe, weights_id = _build_pipeline(args, log)
+            cancel.check()
+            options = {k: v for k, v in vars(args).items() if k != "func"}
+            options["_argv"] = [shlex.quote(a) for a in sys.argv]
+            preprocess_file(
+                args.input,
+                args.output,
+                pipeline=pipe,
+                dataset=args.dataset,
+                scan=args.scan,
+                ellipse=ellipse,
+                output_dtype=args.output_dtype,
+                overwrite=args.overwrite,
+                diagnostics=not args.no_diagnostics,
+                compression=args.compression,
+                saturation=args.saturation,
+                negative=args.negative,
+                checksum=not args.no_checksum,
+                weights_id=weights_id,
+                options=options,
+                progress=not args.no_progress,
+                log=log,
+                cancel=cancel,
+            )
+            return 0
+        except Interrupted as e:
+            print(f"{e.message()}: nothing was written, the input is unchanged", file=sys.stderr, flush=True)
+            return e.exit_code
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (OutputError, StreamError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # permissions changed mid-run, ...
+            print(f"error: {e.strerror or e}{f': {e.filename}' if getattr(e, 'filename', None) else ''}; nothing was written", file=sys.stderr)
+            return 1
