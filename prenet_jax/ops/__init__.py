@@ -9,6 +9,7 @@ from ._centers import com_center, friedel_center, heatmap_center
 from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter
+from ._refine import RefinedEllipse, azimuthal_variance, friedel_mismatch, refine_center, refine_ellipse
 from ._warp import (
     affine_warp,
     correct_ellipse,
@@ -22,7 +23,9 @@ from ._warp import (
 )
 
 __all__ = [
+    "RefinedEllipse",
     "affine_warp",
+    "azimuthal_variance",
     "axes_to_ratio_angle",
     "com_center",
     "correct_ellipse",
@@ -31,6 +34,7 @@ __all__ = [
     "fit_ellipse_edge",
     "frame_center",
     "friedel_center",
+    "friedel_mismatch",
     "gaussian_filter",
     "heatmap_center",
     "normalize_angle",
@@ -38,6 +42,8 @@ __all__ = [
     "ratio_angle_to_axes",
     "recenter",
     "recenter_and_correct",
+    "refine_center",
+    "refine_ellipse",
     "resize",
     "resize_coordinates",
     "sample",
