@@ -20,24 +20,51 @@ class PipelineConfig:
 
     Attributes
     ----------
-    image_size : side of the square input of the centre and ellipse networks; frames
-        of another size are resampled for them and the results mapped back.
+    image_size : side of the square input of the (coarse) centre network, and of the
+        ellipse network when ``ellipse_input="image"``; frames of another size are
+        resampled for them and the results mapped back.
     denoiser, center_net, ellipse_net : network sizes.
+    center_fine : the fine centre network, or None for one pass. With it the centre
+        is found coarse to fine: ``center_net`` finds the direct disk anywhere in the
+        frame resampled to ``image_size``, then ``center_fine`` finds the sub-pixel
+        centre in a ``fine_size`` crop of the native frame around that estimate.
+    fine_size : side (native px) of the fine pass's crop.
+    denoise_residual : the denoiser predicts a correction to its input (in the
+        transform space) instead of the clean frame: an untrained or unsure network
+        returns its input, so denoising never starts from a blur.
+    ellipse_input : what the ellipse network sees of the recentred mean pattern:
+        ``"image"`` (resampled to ``image_size``) or ``"polar"`` (its polar transform,
+        ``polar_angles`` x ``polar_radii``, with the azimuthal residual and the
+        ``cos 2 phi`` / ``sin 2 phi`` coordinates as channels: an ellipse moves the
+        rings radially by ``r (ratio - 1) / 2 cos 2(phi - theta)``).
+    polar_angles, polar_radii : the polar grid (angles over 2 pi; radii 0 to the
+        largest circle inside the frame).
     compute_dtype : ``"float32"`` or ``"bfloat16"`` (parameters stay float32; losses,
         centroids and warps always run in float32).
-    denoise_method : ``"network"`` (CBAM U-Net), ``"gaussian"`` (filter of
-        ``gaussian_sigma`` px) or ``"none"``.
+    denoise_method : ``"network"`` (CBAM U-Net), ``"gaussian"`` (Gaussian filter,
+        see ``gaussian_sigma``) or ``"none"``.
     center_method : ``"network"`` (heatmap U-Net + weighted centre of mass),
         ``"com"`` (thresholded centre of mass), ``"friedel"`` (autoconvolution) or
         ``"none"`` (no recentring).
     ellipse_method : ``"network"`` (ResNet), ``"fit"`` (edge fit of the mean
         pattern) or ``"none"``.
+    center_refine : ``"friedel"`` refines every centre after its estimate, inside the
+        same compiled step, by Friedel symmetry through the warp
+        (:func:`prenet_jax.ops.refine_center`; a frame whose refinement fails keeps
+        its estimate and is flagged ``FLAG_REFINE``), or ``"none"``.
+    refine_window, refine_steps : the square of pixels (px) around the estimate that
+        the refinement compares with its rotation, and its Gauss-Newton steps.
     interpolation : ``"linear"`` or ``"cubic"`` resampling of the corrected frames.
     transform : intensity transform of the networks' input, after dividing each
         frame by its maximum: ``"sqrt"`` (variance-stabilising for Poisson counts,
         compresses the direct disk's dynamic range) or ``"linear"``.
-    negative : what negative pixels (dark-subtracted data) do: ``"error"`` raises a
-        ``ValueError``; ``"clip"`` treats them as zero counts.
+    negative : what negative pixels (read noise, dark-subtracted data) do:
+        ``"clip"`` (default, as the command line) treats them as zero counts and
+        flags the frame (``FLAG_NEGATIVE``); ``"error"`` raises a ``ValueError``.
+    gaussian_sigma : width (px) of the ``"gaussian"`` denoiser. None (default):
+        chosen per frame from its peak counts, and no filter where none helps
+        (``prenet_jax/pipeline/_gaussian.py``: measured never to lower the PSNR from
+        1e2 to 1e6 electrons per pattern); a number fixes it for every frame.
     calibration_frames : frames sampled across the scan for the ellipse (pass 0).
     batch_size : frames per compiled step (rounded up to a multiple of the devices).
     """
@@ -46,30 +73,45 @@ class PipelineConfig:
     denoiser: UNetConfig = UNetConfig(width=32, depth=4, cbam=True)
     center_net: UNetConfig = UNetConfig(width=32, depth=4, cbam=False)
     ellipse_net: ResNetConfig = ResNetConfig(width=64, stages=(3, 4, 6, 3))
+    center_fine: UNetConfig | None = None
+    fine_size: int = 64
+    denoise_residual: bool = False
+    ellipse_input: Literal["image", "polar"] = "image"
+    polar_angles: int = 64
+    polar_radii: int = 128
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     denoise_method: str = "network"
     center_method: str = "network"
     ellipse_method: str = "network"
     interpolation: Literal["linear", "cubic"] = "linear"
     transform: Literal["sqrt", "linear"] = "sqrt"
-    negative: Literal["error", "clip"] = "error"
-    gaussian_sigma: float = 1.0
+    negative: Literal["error", "clip"] = "clip"
+    gaussian_sigma: float | None = None
     com_threshold: float = 0.5
     heatmap_threshold: float = 0.2
     heatmap_radius: float = 8.0
     calibration_frames: int = 4096
     batch_size: int = 128
+    center_refine: Literal["none", "friedel"] = "none"
+    refine_window: int = 64
+    refine_steps: int = 6
 
     def __post_init__(self):
         for name, allowed in (("denoise_method", DENOISE_METHODS), ("center_method", CENTER_METHODS), ("ellipse_method", ELLIPSE_METHODS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        if self.center_refine not in ("none", "friedel"):
+            raise ValueError(f"center_refine={self.center_refine!r}: use 'friedel' or 'none'")
+        if self.refine_window < 16 or self.refine_steps < 1:
+            raise ValueError("refine_window must be at least 16 px and refine_steps at least 1")
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(f"interpolation={self.interpolation!r}: use 'linear' or 'cubic'")
         if self.transform not in ("sqrt", "linear"):
             raise ValueError(f"transform={self.transform!r}: use 'sqrt' or 'linear'")
         if self.negative not in ("error", "clip"):
-            raise ValueError(f"negative={self.negative!r}: use 'error' or 'clip'")
+            raise ValueError(f"negative={self.negative!r}: use 'clip' or 'error'")
+        if self.gaussian_sigma is not None and not (isinstance(self.gaussian_sigma, (int, float)) and 0 <= self.gaussian_sigma < float("inf")):
+            raise ValueError(f"gaussian_sigma={self.gaussian_sigma!r}: use None (chosen per frame from its counts) or a width in px >= 0")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: use 'float32' or 'bfloat16'")
         if self.batch_size < 1 or self.calibration_frames < 1:
@@ -77,6 +119,12 @@ class PipelineConfig:
         for name in ("denoiser", "center_net"):
             if self.image_size % 2 ** getattr(self, name).depth:
                 raise ValueError(f"image_size={self.image_size} must be divisible by 2**{name}.depth")
+        if self.center_fine is not None and self.fine_size % 2**self.center_fine.depth:
+            raise ValueError(f"fine_size={self.fine_size} must be divisible by 2**center_fine.depth")
+        if self.ellipse_input not in ("image", "polar"):
+            raise ValueError(f"ellipse_input={self.ellipse_input!r}: use 'image' or 'polar'")
+        if min(self.polar_angles, self.polar_radii, self.fine_size) < 8:
+            raise ValueError("polar_angles, polar_radii and fine_size must be at least 8")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "PipelineConfig":
@@ -94,19 +142,40 @@ class PipelineConfig:
 
     @classmethod
     def release(cls, **overrides: Any) -> "PipelineConfig":
-        """The architecture of the release weights (``train/configs/*_release.py``).
+        """The architecture of the bundled weights, sized to train on two CPU cores.
 
-        Widths 16 (U-Nets depth 4, ResNet-50 blocks): a whole training state of one
-        network fits what one GPU session can carry to the next (docs/training.md).
+        - Denoiser: CBAM U-Net (width 16, depth 4), residual in the sqrt space,
+          trained on 64 px crops and run at the native resolution.
+        - Centre, coarse to fine: a heatmap U-Net (width 16, depth 3) on the frame
+          resampled to 64 px finds the direct disk anywhere; a second one on a 64 px
+          native crop around it gives the sub-pixel centre.
+        - Ellipse: ResNet-50 blocks (width 16) on the polar transform of the
+          recentred mean pattern (64 angles x 128 radii).
+
+        ``docs/training.md`` gives the measurements behind each choice.
         """
         base = dict(
-            image_size=256,
+            image_size=64,
             denoiser=UNetConfig(width=16, depth=4, cbam=True, groups=8),
-            center_net=UNetConfig(width=16, depth=4, cbam=False, groups=8),
+            center_net=UNetConfig(width=16, depth=3, cbam=False, groups=8),
+            center_fine=UNetConfig(width=16, depth=3, cbam=False, groups=8),
+            fine_size=64,
+            denoise_residual=True,
             ellipse_net=ResNetConfig(width=16, stages=(3, 4, 6, 3)),
+            ellipse_input="polar",
+            polar_angles=64,
+            polar_radii=128,
             transform="sqrt",
             interpolation="linear",
         )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "PipelineConfig":
+        """The paper-size architecture for GPU training: 256 px inputs, one centre
+        pass, U-Nets of width 32 and ResNet-50 of width 64 (the defaults)."""
+        base = dict(image_size=256, transform="sqrt", interpolation="linear")
         base.update(overrides)
         return cls(**base)
 
@@ -128,6 +197,8 @@ class PipelineConfig:
         d = dict(d)
         d["denoiser"] = UNetConfig(**d["denoiser"])
         d["center_net"] = UNetConfig(**d["center_net"])
+        if d.get("center_fine") is not None:
+            d["center_fine"] = UNetConfig(**d["center_fine"])
         e = dict(d["ellipse_net"])
         e["stages"] = tuple(e["stages"])
         d["ellipse_net"] = ResNetConfig(**e)

@@ -130,7 +130,7 @@ def test_nonfinite_frames_are_flagged_inside_the_step_and_do_not_spread():
     ],
 )
 def test_bad_input_gets_a_clear_error(bad, match):
-    pipe = pj.Pipeline.classical()
+    pipe = pj.Pipeline.classical(negative="error")  # negatives are clipped by default; "error" refuses them
     with pytest.raises(ValueError, match=match):
         pipe.preprocess(bad)
 
@@ -144,11 +144,10 @@ def test_bad_input_to_every_public_function():
     with pytest.raises(ValueError, match="2-D"):
         pipe.estimate_ellipse(np.zeros((1, 32, 32)))
     with pytest.raises(ValueError, match="negative"):
-        pipe.denoise(-np.ones((2, 32, 32)))
+        pj.Pipeline.classical(negative="error").denoise(-np.ones((2, 32, 32)))
     with pytest.raises(ValueError, match="ellipse"):
         pipe.estimate_ellipse(np.zeros((32, 32)))  # nothing to fit
-    clip = pj.Pipeline.classical(negative="clip")
-    assert clip.denoise(-np.ones((2, 32, 32))).min() == 0.0
+    assert pipe.denoise(-np.ones((2, 32, 32))).min() == 0.0  # the default clips (tests/test_denoise_dose.py)
     with pytest.raises(ValueError, match="center_method"):
         pj.PipelineConfig(center_method="magic")
     with pytest.raises(ValueError, match="lack"):
@@ -205,8 +204,64 @@ def test_release_training_configs_share_the_release_architecture():
 
     from prenet_jax.training._train import load_config
 
-    files = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*_release.py"))
+    files = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.py"))
     assert len(files) == 4
     for f in files:  # the e2e fine-tune combines the three: one architecture for all
-        assert load_config(f).pipeline == pj.PipelineConfig.release()
+        assert load_config(f"{f}:release").pipeline == pj.PipelineConfig.release()
     assert pj.PipelineConfig.release().denoiser.width == 16
+
+
+# ----------------------------------------------------------------------------- the release architecture's pieces
+
+
+def test_fine_crops_are_whole_pixels_around_the_centre_and_zero_outside():
+    from prenet_jax.pipeline._pipeline import crop_frames, crop_origin
+
+    frames = np.arange(2 * 20 * 24, dtype=np.float32).reshape(2, 20, 24) + 1.0
+    centers = np.array([[9.6, 11.2], [0.9, 22.4]], np.float32)
+    origin = np.asarray(crop_origin(centers, 8))
+    np.testing.assert_array_equal(origin, [[6, 8], [-3, 19]])  # round(c - 3.5)
+    crops = np.asarray(crop_frames(frames, origin, 8))
+    np.testing.assert_array_equal(crops[0], frames[0, 6:14, 8:16])
+    # Rows -3..-1 and columns 24..26 lie outside the second frame: zeros there, the frame elsewhere.
+    np.testing.assert_array_equal(crops[1, :3], 0.0)
+    np.testing.assert_array_equal(crops[1, :, 5:], 0.0)
+    np.testing.assert_array_equal(crops[1, 3:, :5], frames[1, 0:5, 19:24])
+    # The centre lands in the middle pixel pair of the crop: within half a pixel of (size-1)/2.
+    assert np.all(np.abs(centers - origin - 3.5) <= 0.5)
+
+
+def test_an_untrained_residual_denoiser_returns_its_input():
+    """The residual denoiser's head starts at zero: before training it is the identity,
+    so it cannot blur a frame it has not learned to improve."""
+    cfg = pj.PipelineConfig.tiny(denoise_residual=True, center_method="none", ellipse_method="none")
+    pipe = pj.Pipeline.init(jax.random.key(1), cfg)
+    frames = np.random.default_rng(0).poisson(50.0 * pj.disk_pattern((32, 32), (15.0, 16.2), 5.0)[None].repeat(3, 0) + 0.5).astype(np.float32)
+    np.testing.assert_allclose(pipe.denoise(frames), frames, rtol=2e-6, atol=1e-4)
+    sigmoid = pj.Pipeline.init(jax.random.key(1), cfg.replace(denoise_residual=False))
+    assert np.abs(sigmoid.denoise(frames) - frames).max() > 1.0  # the sigmoid net starts far from it
+
+
+def test_coarse_to_fine_centres_and_polar_ellipse_input_run_in_the_pipeline():
+    """The release architecture at a tiny size: the fine pass runs on a crop of the native
+    frame, the ellipse network on the polar transform (64 angles x 32 radii x 4 channels)."""
+    from prenet_jax.models import UNetConfig
+    from prenet_jax.pipeline._pipeline import ellipse_network_input
+
+    cfg = pj.PipelineConfig.tiny(image_size=16, center_fine=UNetConfig(width=4, depth=2, groups=2), fine_size=16,
+                                 ellipse_input="polar", polar_angles=64, polar_radii=32, denoise_residual=True)
+    pipe = pj.Pipeline.init(jax.random.key(0), cfg, max_traces=1)
+    assert set(pipe.params) == {"denoiser", "center_net", "center_fine", "ellipse_net"}
+    cube = pj.synthetic_cube(scan=(2, 3), shape=(48, 40), radius=6.0, seed=2)["cube"]
+    res = pipe.preprocess(cube)
+    assert res.data.shape == cube.shape and np.isfinite(res.centers).all() and np.isfinite(res.data).all()
+    mean = pj.disk_pattern((48, 40), (23.5, 19.5), 9.0, pj.Ellipse(1.1, 0.4))
+    x = np.asarray(ellipse_network_input(cfg, mean))
+    assert x.shape == (64, 32, 4)
+    # The residual channel carries the ellipse as a cos 2(phi - theta) modulation: its
+    # correlation with the cos/sin 2 phi channels points along 2 theta.
+    resid, c2, s2 = x[..., 1], x[..., 2], x[..., 3]
+    angle = 0.5 * np.arctan2((resid * s2).sum(), (resid * c2).sum())  # the disk reaches further along a
+    assert abs(np.angle(np.exp(2j * (angle - 0.4)))) / 2 < np.radians(5)
+    with pytest.raises(ValueError, match="params lack"):
+        pj.Pipeline(cfg, {k: v for k, v in pipe.params.items() if k != "center_fine"})

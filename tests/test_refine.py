@@ -108,3 +108,22 @@ def test_refine_center_gradient_matches_finite_differences():
     eps = 1e-2
     fd = jnp.stack([(f(c + eps * e) - f(c - eps * e)) / (2 * eps) for e in jnp.eye(2)])
     np.testing.assert_allclose(g, fd, rtol=0.05, atol=1e-7)
+
+
+def test_preprocess_refine_sharpens_the_centres_and_the_ellipse_of_a_cube():
+    """``Pipeline.preprocess(cube, refine=True)`` from the classical estimates: the centres
+    of a cube with known descan, jitter and ellipse get closer to the truth, and the
+    ellipse of its mean (a disk and a diffuse ring, as a polycrystalline or amorphous
+    scan gives) within 0.001 in ratio and 0.3 degrees."""
+    truth = pj.Ellipse(1.08, 0.5)
+    cube = pj.synthetic_cube(scan=(6, 6), shape=(128, 128), radius=18.0, ellipse=truth, dose=1e6, seed=4, lattice=None)
+    pipe = pj.Pipeline(pj.PipelineConfig.classical(denoise_method="none", batch_size=12, calibration_frames=36))
+    plain = pipe.preprocess(cube["cube"])
+    refined = pipe.preprocess(cube["cube"], refine=True)
+    err = lambda r: np.linalg.norm(r.centers - cube["centers"], axis=-1)  # noqa: E731
+    assert np.median(err(refined)) < 0.7 * np.median(err(plain)), (np.median(err(plain)), np.median(err(refined)))
+    ref = refined.refinement
+    assert ref["ellipse_ok"] and ref["variance_after"] < ref["variance_before"] and ref["centers_failed"] == 0
+    assert abs(refined.ellipse.ratio - truth.ratio) < 0.001
+    assert _angle_err(refined.ellipse.angle, truth.angle) < math.radians(0.3)
+    assert plain.refinement is None and not (refined.flags & pj.pipeline.FLAG_REFINE).any()

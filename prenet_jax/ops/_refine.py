@@ -172,9 +172,15 @@ def azimuthal_variance(mean_pattern: jax.Array, p: jax.Array, center: jax.Array,
                        n_angles: int = 128, n_radii: int = 96, method: Interpolation = "cubic") -> jax.Array:
     """The objective of :func:`refine_ellipse`: mean over the ``band`` of radii of the
     variance over angles of the corrected pattern's polar transform (stabilised
-    intensities, relative to their mean square). The corrected pattern is
-    ``recenter_and_correct(mean_pattern, center, matrix_of_params(p))``, read directly
-    on the polar grid (one interpolation, as the pipeline's warp)."""
+    intensities, relative to their mean square).
+
+    The corrected pattern is ``recenter_and_correct(mean_pattern, center,
+    matrix_of_params(p))``, read directly on the polar grid: one interpolation, as the
+    pipeline's warp. Rings and the direct disk's edge make it small at the right
+    ellipse; the Bragg spots of a single-crystal mean pattern, which no ellipse makes
+    uniform, add variance that does not depend on it (measured: no gain there, and the
+    refinement's check that the variance falls keeps the start).
+    """
     img = _stabilise(mean_pattern)
     d = matrix_of_params(p)
     rows, cols = _polar_grid(img.shape, n_angles, band, n_radii)

@@ -5,7 +5,7 @@ the weights it runs are read by :func:`load_pretrained` (bundled) or
 :func:`load_weights` (exported by training).
 """
 
-from ._pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult
+from ._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Pipeline, PreprocessResult
 from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
 from ._weights import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
 

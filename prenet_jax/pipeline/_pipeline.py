@@ -21,17 +21,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ..ops._centers import com_center, friedel_center, heatmap_center
 from ..config import PipelineConfig
 from ..conventions import Ellipse, ellipse_matrix
-from ..ops._ellipse_fit import fit_ellipse_edge
+from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
 from ..ops._filters import gaussian_filter
+from ..ops._refine import refine_center, refine_ellipse
+from ._gaussian import dose_adaptive_gaussian
 from ..models._networks import ResNet, UNet
 from ._validate import check_frames, check_values_of, host_dtype
 from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coordinates
 
-__all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY"]
+__all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY", "FLAG_NEGATIVE", "FLAG_REFINE"]
 
 #: Per-frame quality flags (bit mask) returned by :meth:`Pipeline.preprocess`.
 FLAG_NONFINITE = 1  # the frame had NaN/Inf pixels (set to 0 before processing)
 FLAG_EMPTY = 2  # the frame has no counts: its centre is the frame centre
+FLAG_NEGATIVE = 8  # negative pixels (read noise, dark subtraction): counted as 0
+FLAG_REFINE = 16  # the centre refinement failed: the frame keeps the estimate
 
 
 @dataclasses.dataclass
@@ -43,9 +47,13 @@ class PreprocessResult:
     data : (Rx, Ry, H, W) float32, corrected frames in the input's intensity units
     centers : (Rx, Ry, 2) float64, beam centre ``(row, col)`` found in each input frame
     ellipse : the distortion that was undone
-    flags : (Rx, Ry) uint8 bit mask (``FLAG_NONFINITE``, ``FLAG_EMPTY``)
+    flags : (Rx, Ry) uint8 bit mask (``FLAG_NONFINITE``, ``FLAG_EMPTY``, ``FLAG_NEGATIVE``,
+        ``FLAG_REFINE``)
     mean_pattern : (H, W) float32 recentred mean of the calibration frames (pass 0),
         or None when the ellipse was given
+    refinement : with ``refine=True``: the ellipse before and after its refinement and
+        the azimuthal variance of the corrected mean before and after
+        (:class:`prenet_jax.ops.RefinedEllipse`), and how many centre refinements failed
     """
 
     data: np.ndarray
@@ -53,6 +61,7 @@ class PreprocessResult:
     ellipse: Ellipse
     flags: np.ndarray
     mean_pattern: np.ndarray | None = None
+    refinement: dict | None = None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -63,9 +72,11 @@ def _as_float(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Cast on the device, zero non-finite and negative pixels, and flag the frame."""
     x = frames.astype(jnp.float32)
     ok = jnp.isfinite(x)
-    x = jnp.maximum(jnp.where(ok, x, 0.0), 0.0)
+    x = jnp.where(ok, x, 0.0)
+    negative = (x < 0).any(axis=(-2, -1))
+    x = jnp.maximum(x, 0.0)
     flags = jnp.where(ok.all(axis=(-2, -1)), 0, FLAG_NONFINITE)
-    flags = flags | jnp.where(x.sum(axis=(-2, -1)) > 0, 0, FLAG_EMPTY)
+    flags = flags | jnp.where(x.sum(axis=(-2, -1)) > 0, 0, FLAG_EMPTY) | jnp.where(negative, FLAG_NEGATIVE, 0)
     return x, flags.astype(jnp.uint8)
 
 
@@ -106,6 +117,20 @@ def _pad_to_multiple(x: jax.Array, m: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, ph), (0, pw))) if (ph or pw) else x
 
 
+def denoiser_module(cfg: PipelineConfig) -> UNet:
+    """The denoiser: sigmoid output of the clean frame, or (``denoise_residual``) an
+    unbounded correction added to its input, zero at initialisation."""
+    return UNet(cfg.denoiser, sigmoid=not cfg.denoise_residual, zero_head=cfg.denoise_residual, dtype=_dtype(cfg))
+
+
+def denoise_normalized(cfg: PipelineConfig, params, xn: jax.Array) -> jax.Array:
+    """The denoiser on normalised frames ``(B, H, W)`` (any size: padded to a multiple of
+    ``2**depth``), returning the estimate in the same normalised space."""
+    h, w = xn.shape[-2:]
+    y = denoiser_module(cfg).apply(params["denoiser"], _pad_to_multiple(xn, 2**cfg.denoiser.depth))[:, :h, :w].astype(jnp.float32)
+    return xn + y if cfg.denoise_residual else y
+
+
 def denoise_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
     """``(B, H, W)`` counts -> denoised counts. The U-Net is fully convolutional and runs
     at the native resolution (padded to a multiple of ``2**depth``), so no detail is
@@ -113,19 +138,50 @@ def denoise_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
     if cfg.denoise_method == "none":
         return x
     if cfg.denoise_method == "gaussian":
+        if cfg.gaussian_sigma is None:  # per frame from its counts; no filter where none helps
+            return dose_adaptive_gaussian(x)
         return gaussian_filter(x, cfg.gaussian_sigma)
-    h, w = x.shape[-2:]
     xn, scale = normalize(x, cfg.transform)
-    net = UNet(cfg.denoiser, sigmoid=True, dtype=_dtype(cfg))
-    y = net.apply(params["denoiser"], _pad_to_multiple(xn, 2**cfg.denoiser.depth))[:, :h, :w]
-    return denormalize(y.astype(jnp.float32), scale, cfg.transform)
+    # A residual estimate can leave [0, 1]; intensities cannot be negative.
+    y = jnp.maximum(denoise_normalized(cfg, params, xn), 0.0)
+    return denormalize(y, scale, cfg.transform)
+
+
+def _heatmap_centers(cfg: PipelineConfig, heat: jax.Array) -> jax.Array:
+    fn = functools.partial(heatmap_center, threshold=cfg.heatmap_threshold, radius=cfg.heatmap_radius)
+    return jax.vmap(fn)(heat)
 
 
 def center_heatmap(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
-    """``(B, H, W)`` counts -> ``(B, S, S)`` heatmap at the network resolution ``S``."""
+    """``(B, H, W)`` counts -> ``(B, S, S)`` heatmap of the (coarse) centre network at its
+    resolution ``S = image_size``."""
     xn, _ = normalize(x, cfg.transform)
     xs = resize(xn, (cfg.image_size, cfg.image_size))
     return UNet(cfg.center_net, sigmoid=True, dtype=_dtype(cfg)).apply(params["center_net"], xs).astype(jnp.float32)
+
+
+def crop_origin(center: jax.Array, size: int) -> jax.Array:
+    """``(..., 2)`` centres -> integer ``(row, col)`` of the top-left pixel of the
+    ``size`` x ``size`` crop centred on them (to the nearest pixel: no resampling)."""
+    return jnp.round(center - (size - 1) / 2.0).astype(jnp.int32)
+
+
+def crop_frames(xn: jax.Array, origin: jax.Array, size: int) -> jax.Array:
+    """``(B, H, W)`` frames, ``(B, 2)`` integer origins -> ``(B, size, size)`` crops;
+    outside the frame reads as zero."""
+    h, w = xn.shape[-2:]
+    padded = jnp.pad(xn, ((0, 0), (size, size), (size, size)))
+    o = jnp.clip(origin, -size, jnp.asarray([h, w])) + size
+    return jax.vmap(lambda im, oo: jax.lax.dynamic_slice(im, (oo[0], oo[1]), (size, size)))(padded, o)
+
+
+def center_fine_stage(cfg: PipelineConfig, params, xn: jax.Array, coarse: jax.Array) -> jax.Array:
+    """The fine pass: ``fine_size`` crops of the normalised native frames ``xn`` around the
+    ``coarse`` centres -> ``(B, 2)`` sub-pixel centres in native pixels."""
+    origin = crop_origin(coarse, cfg.fine_size)
+    crops = crop_frames(xn, origin, cfg.fine_size)
+    heat = UNet(cfg.center_fine, sigmoid=True, dtype=_dtype(cfg)).apply(params["center_fine"], crops).astype(jnp.float32)
+    return origin.astype(jnp.float32) + _heatmap_centers(cfg, heat)
 
 
 def center_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
@@ -137,10 +193,24 @@ def center_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
         return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold))(x)
     if cfg.center_method == "friedel":
         return jax.vmap(friedel_center)(x)
-    heat = center_heatmap(cfg, params, x)
     s = cfg.image_size
-    c = jax.vmap(functools.partial(heatmap_center, threshold=cfg.heatmap_threshold, radius=cfg.heatmap_radius))(heat)
-    return resize_coordinates(c, (s, s), shape)
+    coarse = resize_coordinates(_heatmap_centers(cfg, center_heatmap(cfg, params, x)), (s, s), shape)
+    if cfg.center_fine is None:
+        return coarse
+    xn, _ = normalize(x, cfg.transform)
+    return center_fine_stage(cfg, params, xn, coarse)
+
+
+def refine_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, flags: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``center_refine="friedel"``: every centre refined by Friedel symmetry
+    (:func:`prenet_jax.ops.refine_center`); a failed refinement keeps the estimate and
+    sets ``FLAG_REFINE`` (empty frames, which have nothing to refine, are not flagged)."""
+    if cfg.center_refine == "none":
+        return centers, flags
+    fn = functools.partial(refine_center, window=cfg.refine_window, steps=cfg.refine_steps)
+    refined, ok = jax.vmap(fn)(x, centers)
+    failed = ~ok & ((flags & FLAG_EMPTY) == 0)
+    return refined, flags | jnp.where(failed, FLAG_REFINE, 0).astype(flags.dtype)
 
 
 def warp_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, matrix: jax.Array) -> jax.Array:
@@ -149,8 +219,23 @@ def warp_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, matrix: ja
     return jax.vmap(fn, in_axes=(0, 0, None))(x, centers, matrix)
 
 
+def _polar_channels(cfg: PipelineConfig, pn: jax.Array) -> jax.Array:
+    """``(A, R)`` polar transform (normalised) -> ``(A, R, 4)``: the transform, its
+    azimuthal residual (rescaled to the range of the transform), ``cos 2 phi`` and
+    ``sin 2 phi``. The residual holds the ellipse's signal; the coordinates let a
+    network with global pooling tell its direction."""
+    a = pn.shape[0]
+    resid = pn - pn.mean(axis=0, keepdims=True)
+    resid = resid / jnp.maximum(jnp.max(jnp.abs(resid)), 1e-6)
+    phi = 2 * jnp.pi * jnp.arange(a, dtype=jnp.float32) / a
+    cos2 = jnp.broadcast_to(jnp.cos(2 * phi)[:, None], pn.shape)
+    sin2 = jnp.broadcast_to(jnp.sin(2 * phi)[:, None], pn.shape)
+    return jnp.stack([pn, resid, cos2, sin2], -1)
+
+
 def ellipse_network_input(cfg: PipelineConfig, mean_pattern: jax.Array) -> jax.Array:
-    """``(H, W)`` recentred mean -> ``(S, S)`` network input.
+    """``(H, W)`` recentred mean -> the ellipse network's input: ``(S, S)`` for
+    ``ellipse_input="image"``, ``(polar_angles, polar_radii, 4)`` for ``"polar"``.
 
     Non-square frames are centre-cropped to a square first: an anisotropic resize
     would itself distort the ellipse.
@@ -160,6 +245,9 @@ def ellipse_network_input(cfg: PipelineConfig, mean_pattern: jax.Array) -> jax.A
     r0, c0 = (h - n) // 2, (w - n) // 2
     sq = mean_pattern[r0 : r0 + n, c0 : c0 + n]
     xn, _ = normalize(sq[None], cfg.transform)
+    if cfg.ellipse_input == "polar":
+        pn = polar_transform(xn[0], None, cfg.polar_angles, cfg.polar_radii, n / 2.0 - 1.0)
+        return _polar_channels(cfg, pn)
     return resize(xn, (cfg.image_size, cfg.image_size))[0]
 
 
@@ -181,13 +269,17 @@ def _init_params(key: jax.Array, cfg: PipelineConfig) -> dict:
     s = cfg.image_size
     x = jnp.zeros((1, s, s), jnp.float32)
     k1, k2, k3 = jax.random.split(key, 3)
+    k4 = jax.random.fold_in(key, 3)
     params = {}
     if cfg.denoise_method == "network":
-        params["denoiser"] = UNet(cfg.denoiser, sigmoid=True).init(k1, x)
+        params["denoiser"] = denoiser_module(cfg.replace(compute_dtype="float32")).init(k1, x)
     if cfg.center_method == "network":
         params["center_net"] = UNet(cfg.center_net, sigmoid=True).init(k2, x)
+        if cfg.center_fine is not None:
+            params["center_fine"] = UNet(cfg.center_fine, sigmoid=True).init(k4, jnp.zeros((1, cfg.fine_size, cfg.fine_size), jnp.float32))
     if cfg.ellipse_method == "network":
-        params["ellipse_net"] = ResNet(cfg.ellipse_net).init(k3, x, train=False)
+        e = ellipse_network_input(cfg, jnp.zeros((max(s, 16), max(s, 16)), jnp.float32))
+        params["ellipse_net"] = ResNet(cfg.ellipse_net).init(k3, e[None], train=False)
     return params
 
 
@@ -214,6 +306,8 @@ class Pipeline:
         self.config = config
         params = {} if params is None else params
         needed = {"denoiser": config.denoise_method, "center_net": config.center_method, "ellipse_net": config.ellipse_method}
+        if config.center_fine is not None:
+            needed["center_fine"] = config.center_method
         missing = [k for k, m in needed.items() if m == "network" and k not in params]
         if missing:
             raise ValueError(f"config asks for the network method but params lack {missing}; use Pipeline.init or from_pretrained, or pick classical methods")
@@ -259,14 +353,15 @@ class Pipeline:
         cfg = self.config
         x, flags = _as_float(frames)
         x = denoise_stage(cfg, params, x)
-        centers = center_stage(cfg, params, x)
+        centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
         # Always warp: with no centre method and an identity ellipse the map samples
         # integer positions, which both interpolations reproduce exactly.
         return warp_stage(cfg, x, centers, matrix), centers, flags
 
     def _centers_fn(self, params, frames):
         x, flags = _as_float(frames)
-        return center_stage(self.config, params, denoise_stage(self.config, params, x)), flags
+        x = denoise_stage(self.config, params, x)
+        return refine_stage(self.config, x, center_stage(self.config, params, x), flags)
 
     def _denoise_fn(self, params, frames):
         x, flags = _as_float(frames)
@@ -276,9 +371,9 @@ class Pipeline:
         cfg = self.config
         x, flags = _as_float(frames)
         x = denoise_stage(cfg, params, x)
-        centers = center_stage(cfg, params, x)
+        centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
         out = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32))
-        w = weights * (flags == 0)
+        w = weights * ((flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0)  # negatives were clipped: keep the frame
         return jnp.einsum("b,bhw->hw", w, out, precision=jax.lax.Precision.HIGHEST), w.sum()
 
     # ---- batching
@@ -395,7 +490,22 @@ class Pipeline:
         mean = np.asarray(total / count)
         return self.estimate_ellipse(mean), mean
 
-    def preprocess(self, cube, ellipse: Ellipse | None = None, progress: bool = False) -> PreprocessResult:
+    def with_refinement(self) -> "Pipeline":
+        """This pipeline with ``center_refine="friedel"`` (the same parameters and devices;
+        its own compiled step, made once)."""
+        if self.config.center_refine != "none":
+            return self
+        if getattr(self, "_refined", None) is None:
+            self._refined = Pipeline(self.config.replace(center_refine="friedel"), self.params, devices=self.devices)
+        return self._refined
+
+    def refine_ellipse(self, mean_pattern, ellipse: Ellipse, **kwargs):
+        """:func:`prenet_jax.ops.refine_ellipse` of a recentred mean pattern from ``ellipse``
+        (returns a :class:`prenet_jax.ops.RefinedEllipse`)."""
+        mean_pattern = check_frames(mean_pattern, 2, "mean_pattern", negative=self.config.negative)
+        return refine_ellipse(np.asarray(mean_pattern, np.float32), ellipse, **kwargs)
+
+    def preprocess(self, cube, ellipse: Ellipse | None = None, progress: bool = False, refine: bool = False) -> PreprocessResult:
         """Denoise, recentre and undo the ellipse of a whole 4D-STEM cube.
 
         Parameters
@@ -404,18 +514,28 @@ class Pipeline:
         ellipse : a known distortion; default: estimated in pass 0 from
             ``config.calibration_frames`` frames sampled across the scan
         progress : show a progress bar
+        refine : self-calibration: refine every centre by Friedel symmetry and the
+            estimated ellipse by the azimuthal variance of the corrected mean pattern,
+            both through the warp (``result.refinement`` has the values before and after)
 
         Returns
         -------
         :class:`PreprocessResult` with ``data`` (Rx, Ry, H, W) float32,
         ``centers`` (Rx, Ry, 2) float64, ``ellipse``, ``flags`` (Rx, Ry)
         """
+        if refine and self.config.center_refine == "none":
+            return self.with_refinement().preprocess(cube, ellipse, progress, refine=True)
         cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
         rx, ry, h, w = cube.shape
         frames = cube.reshape(rx * ry, h, w)
-        mean = None
+        mean, refinement = None, None
         if ellipse is None:
             ellipse, mean = (Ellipse.identity(), None) if self.config.ellipse_method == "none" else self.calibrate(frames)
+            if refine and mean is not None:
+                ref = self.refine_ellipse(mean, ellipse)
+                refinement = {"ellipse_before": ellipse, "ellipse_after": ref.ellipse, "variance_before": ref.variance_before,
+                              "variance_after": ref.variance_after, "ellipse_ok": ref.ok}
+                ellipse = ref.ellipse
         matrix = jax.device_put(jnp.asarray(ellipse.matrix(), jnp.float32), self._repl)
         data = np.empty((rx * ry, h, w), np.float32)
         centers = np.empty((rx * ry, 2), np.float32)
@@ -430,12 +550,15 @@ class Pipeline:
         finally:
             if bar:
                 bar.close()
+        if refine:
+            refinement = {**(refinement or {}), "centers_failed": int(((flags & FLAG_REFINE) != 0).sum())}
         return PreprocessResult(
             data=data.reshape(rx, ry, h, w),
             centers=centers.astype(np.float64).reshape(rx, ry, 2),
             ellipse=ellipse,
             flags=flags.reshape(rx, ry),
             mean_pattern=mean,
+            refinement=refinement,
         )
 
     def step(self, frames: jax.Array, ellipse: Ellipse | None = None):
