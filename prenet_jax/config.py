@@ -37,8 +37,9 @@ class PipelineConfig:
         ``polar_angles`` x ``polar_radii``, with the azimuthal residual and the
         ``cos 2 phi`` / ``sin 2 phi`` coordinates as channels: an ellipse moves the
         rings radially by ``r (ratio - 1) / 2 cos 2(phi - theta)``).
-    polar_angles, polar_radii : the polar grid (angles over 2 pi; radii 0 to the
-        largest circle inside the frame).
+    polar_angles, polar_radii : the polar grid: angles over 2 pi, radii 0 to
+        ``polar_radii - 1`` native px, 1 px apart (the same scale on any frame size;
+        128 reaches the edge of a 256 px frame).
     compute_dtype : ``"float32"`` or ``"bfloat16"`` (parameters stay float32; losses,
         centroids and warps always run in float32).
     denoise_method : ``"network"`` (CBAM U-Net), ``"gaussian"`` (Gaussian filter,

@@ -85,6 +85,7 @@ _correct_jit = jax.jit(functools.partial(correct_ellipse, method="cubic"))
 TABLES = ("denoise", "centers", "ellipse", "e2e")
 CENTER_METHODS = ("ours", "com", "friedel", "py4dstem_origin", "py4dstem_friedel", "pyxem_com")
 ELLIPSE_METHODS = ("ours", "fit", "py4dstem_ring")  # (+ "fit_subset": the fit on the peer's patterns)
+REFINE = "+refine"  # a method followed by the self-calibration of prenet_jax.ops (refine_center / refine_ellipse)
 DENOISE_METHODS = ("ours", "gaussian", "pca")
 LABELS = {
     "input": "noisy input",
@@ -104,6 +105,7 @@ LABELS = {
     "classical_friedel": "classical (Gaussian + Friedel + fit)",
     "true": "true ellipse (floor)",
 }
+LABELS.update({f"{m}{REFINE}": f"{LABELS[m]} + refine" for m in ("ours", "com", "friedel", "fit")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,8 +173,11 @@ class Methods:
     network_note: str = "no trained weights yet"
     peers: dict = dataclasses.field(default_factory=dict)
     select: tuple[str, ...] | None = None
+    refine: bool = True  # also each centre and ellipse method followed by the self-calibration ("+refine" rows)
 
     def wants(self, name: str) -> bool:
+        if name.endswith(REFINE) and not self.refine:
+            return False
         return self.select is None or name in self.select
 
     def has_net(self, part: str) -> bool:
@@ -364,9 +369,9 @@ def evaluate_denoising(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Call
 # ----------------------------------------------------------------------------- centres
 
 
-def _pipe(center_method: str, denoise_method: str = "none", sigma: float = 1.0, batch: int = 32) -> Pipeline:
+def _pipe(center_method: str, denoise_method: str = "none", sigma: float = 1.0, batch: int = 32, refine: bool = False) -> Pipeline:
     return Pipeline(PipelineConfig(denoise_method=denoise_method, center_method=center_method, ellipse_method="none",
-                                   gaussian_sigma=sigma, batch_size=batch))
+                                   gaussian_sigma=sigma, batch_size=batch, center_refine="friedel" if refine else "none"))
 
 
 def _network_center_pipe(methods: Methods) -> Pipeline | None:
@@ -398,6 +403,11 @@ def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         p = _network_center_pipe(methods)
         if p is not None:
             pipes["ours"] = p
+    for base in ("com", "friedel"):
+        if methods.wants(base + REFINE):
+            pipes[base + REFINE] = _pipe(base, batch=cfg.batch, refine=True)
+    if "ours" in pipes and methods.wants("ours" + REFINE):
+        pipes["ours" + REFINE] = pipes["ours"].with_refinement()
     radii = _disk_radii(es)
     for dose in cfg.doses:
         t0 = time.perf_counter()
@@ -549,6 +559,8 @@ def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
                 except ValueError:
                     pass
             est[name] = r
+        for name in [m for m in est if methods.wants(m + REFINE)]:
+            est[name + REFINE] = _refine_ellipses(noisy, est[name])
         if "py4dstem" in methods.peers and methods.wants("py4dstem_ring"):
             sel = _cap(n, cfg.peer_max if cfg.peer_max is not None else 128)
             opts = {"centers": [list(c0)] * len(sel), "fitradii": [_fitradii(noisy[i], smp["radius"][i]) for i in sel]}
@@ -611,6 +623,36 @@ def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         log(f"  ellipse dose {dose:g}: {msg} ({time.perf_counter() - t1:.0f} s)")
     return {"rows": rows, "notes": notes, "profiles": profiles, "n_samples": int(n),
             "n_groups": int(np.unique(es.single_group).size), "n_big": int((smp["ratio"] >= cfg.angle_min_ratio).sum())}
+
+
+@jax.jit
+def _refine_ellipses_jit(images, starts, c0):
+    from ..ops._refine import _refine_ellipse_jit
+
+    band = (3.0, images.shape[-1] / 2.0 - 3.0)
+    one = lambda im, p: _refine_ellipse_jit(im, p, c0, 30, False, band, 128, 96, "cubic")  # noqa: E731
+    return jax.vmap(one)(images, starts)
+
+
+def _refine_ellipses(images: np.ndarray, est: np.ndarray, batch: int = 16) -> np.ndarray:
+    """``(ratio, angle)`` rows of ``est`` refined by :func:`prenet_jax.ops.refine_ellipse`
+    on their recentred mean patterns (vmapped in batches); a refinement that does not
+    lower the objective, or a missing start, keeps the start."""
+    from ..ops._refine import _ellipse_of_params, ellipse_params
+
+    out = est.copy()
+    ok = np.all(np.isfinite(est), axis=1)
+    idx = np.flatnonzero(ok)
+    c0 = jnp.asarray(frame_center(images.shape[-2:]), jnp.float32)
+    for s in range(0, idx.size, batch):
+        sel = idx[s : s + batch]
+        starts = jnp.stack([ellipse_params(Ellipse(float(max(est[i, 0], 1.0)), float(est[i, 1]))) for i in sel])
+        x, before, after = _refine_ellipses_jit(jnp.asarray(images[sel]), starts, c0)
+        for j, i in enumerate(sel):
+            if float(after[j]) < float(before[j]) and np.all(np.isfinite(np.asarray(x[j]))):
+                ratio, angle = _ellipse_of_params(x[j])
+                out[i] = float(ratio), float(angle)
+    return out
 
 
 def _correct(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

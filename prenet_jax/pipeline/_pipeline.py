@@ -246,7 +246,9 @@ def ellipse_network_input(cfg: PipelineConfig, mean_pattern: jax.Array) -> jax.A
     sq = mean_pattern[r0 : r0 + n, c0 : c0 + n]
     xn, _ = normalize(sq[None], cfg.transform)
     if cfg.ellipse_input == "polar":
-        pn = polar_transform(xn[0], None, cfg.polar_angles, cfg.polar_radii, n / 2.0 - 1.0)
+        # Radii in native pixels (1 px apart), whatever the frame size: the network sees
+        # the same scale on any detector; outside the frame reads as zero.
+        pn = polar_transform(xn[0], None, cfg.polar_angles, cfg.polar_radii, float(cfg.polar_radii - 1))
         return _polar_channels(cfg, pn)
     return resize(xn, (cfg.image_size, cfg.image_size))[0]
 

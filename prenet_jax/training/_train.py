@@ -124,7 +124,11 @@ class TrainConfig:
     checkpoint_every : steps between checkpoints (also written at the end and when the
         time limit stops a run).
     patience, min_delta : stop after ``patience`` validations without an improvement of
-        the validation loss by more than ``min_delta`` (None: never stop early).
+        ``best_metric`` by more than ``min_delta`` (None: never stop early).
+    best_metric : the validation metric (lower is better) that picks the best step
+        (what export takes) and drives early stopping; ``"loss"`` by default. The
+        centre task uses ``"center_err"``: the error of the pipeline's own coarse-to-fine
+        centre, which the loss (on training-style crops) only approximates.
     init_from : ``{network: path}`` start networks from a run directory or a weights
         directory (e2e: the three separately trained networks).
     trainable : e2e only: networks updated (the others stay fixed); None = all.
@@ -163,6 +167,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     patience: int | None = None
     min_delta: float = 0.0
+    best_metric: str = "loss"
     init_from: dict = dataclasses.field(default_factory=dict)
     trainable: tuple[str, ...] | None = None
     center_input: Literal["noisy", "clean", "mixed"] = "noisy"
@@ -758,8 +763,8 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
             say(f"[{cfg.name}] step {step}: train loss {last_train.get('loss', float('nan')):.5g}; val "
                 + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items()))
             best = meta["best_val"]
-            if best is None or last_val["loss"] < best - cfg.min_delta:
-                meta.update(best_val=last_val["loss"], best_step=step, bad_evals=0, best_metrics=last_val)
+            if best is None or last_val[cfg.best_metric] < best - cfg.min_delta:
+                meta.update(best_val=last_val[cfg.best_metric], best_step=step, bad_evals=0, best_metrics=last_val)
                 best_ckpt.save(step, {"params": state["params"], "extra": state["extra"]}, {"step": step, "val": last_val})
             else:
                 meta["bad_evals"] = int(meta["bad_evals"]) + 1
