@@ -11,7 +11,7 @@ noise of the direct disk, where most of the signal is)::
 
 The constants were measured on Poisson-noisy synthetic patterns (``disk_pattern``:
 64-256 px frames, disk radii 4-64 px, edges 0.4-1.5 px, with and without Bragg disks,
-1e2 to 1e6 electrons per pattern: 408 cases): the rule never lowers the PSNR against
+1e2 to 1e6 electrons per pattern: 432 cases): the rule never lowers the PSNR against
 the noise-free truth, and gains 8.2 dB on average where the best sigma per case
 would gain 9.4 (and sigma = 1 px everywhere gains 4.4 on average but loses up to
 29 dB at high dose). A second, held-out set of patterns (other sizes, lattices,

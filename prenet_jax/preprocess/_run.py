@@ -210,7 +210,8 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
             for p in figures:
                 p.unlink(missing_ok=True)
         job.source.close()
-    lines = _summary(job, st, cal, done, seconds=dict(st.seconds, pass0=cal.seconds, total=time.perf_counter() - t_all))
+    seconds = dict(st.seconds, pass0=cal.seconds, total=time.perf_counter() - t_all)
+    lines = _summary(job, st, cal, done, seconds)
     for line in lines:
         log(line)
     return FileResult(
@@ -224,7 +225,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         flags=st.flags,
         mean_before=st.mean_before,
         mean_after=st.mean_after,
-        seconds=dict(st.seconds, pass0=cal.seconds, total=time.perf_counter() - t_all),
+        seconds=seconds,
         frames=job.source.n_frames,
         lines=lines,
     )

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..ops._centers import com_center
 from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
-from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, Pipeline
+from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Pipeline
 from ..pipeline._gaussian import equivalent_peak
 from ..pipeline._validate import host_dtype
 from ._cancel import Cancel, Interrupted
@@ -40,7 +40,7 @@ from ._cancel import Cancel, Interrupted
 __all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamError", "StreamStats", "stream", "output_dtype_for"]
 
 FLAG_SATURATED = 4  # a pixel reached the saturation level (detector count limit)
-FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated", FLAG_NEGATIVE: "negative pixels"}
+FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated", FLAG_NEGATIVE: "negative pixels", FLAG_REFINE: "centre refinement failed"}
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY
 
