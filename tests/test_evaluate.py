@@ -150,7 +150,11 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     assert com["n"] == 8 and np.isfinite(com["mean"]) and com["mean"] < 1.0  # classical CoM works on clean-ish disks
     den = {r["method"]: r for r in data["denoise"]["rows"]}
     assert den["gaussian"]["by_kind"]["all"]["psnr"]["mean"] > den["input"]["by_kind"]["all"]["psnr"]["mean"]
-    assert {r["method"] for r in data["ellipse"]["rows"]} == {"fit", "ours"}
+    assert {r["method"] for r in data["ellipse"]["rows"]} == {"fit", "ours", "fit+refine", "ours+refine"}
+    assert {"com+refine", "friedel+refine", "ours+refine"} <= {r["method"] for r in data["centers"]["rows"]}
+    # The self-calibration from the edge fit's start: a drawn ring's ellipse, to better than the fit.
+    fit_err = {r["method"]: r["by_kind"]["all"]["ratio_err"]["mean"] for r in data["ellipse"]["rows"]}
+    assert fit_err["fit+refine"] <= fit_err["fit"] + 1e-4
     assert any(r["method"] == "classical" and r["psnr"]["n"] == 6 for r in data["e2e"]["rows"])
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert {"denoise_psnr.png", "centers_error.png", "ellipse_radial.png", "e2e.png"} <= set(pngs)

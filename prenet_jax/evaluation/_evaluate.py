@@ -374,15 +374,19 @@ def _pipe(center_method: str, denoise_method: str = "none", sigma: float = 1.0, 
                                    gaussian_sigma=sigma, batch_size=batch, center_refine="friedel" if refine else "none"))
 
 
-def _network_center_pipe(methods: Methods) -> Pipeline | None:
-    """Our centre finder as shipped: the denoiser (if trained) in front of the heatmap network."""
+def _network_center_pipes(methods: Methods) -> tuple[Pipeline | None, Pipeline | None]:
+    """Our centre finder as shipped, in two parts: the denoiser (if trained; None
+    otherwise) and the centre networks on its output. Run in sequence they are the
+    pipeline's ``denoise_stage`` then ``center_stage``; apart, the denoised frames are
+    computed once for the centre rows with and without refinement."""
     net = methods.network
     if net is None or "center_net" not in net.params:
-        return None
-    den = "network" if "denoiser" in net.params else "none"
-    cfg = net.config.replace(denoise_method=den, center_method="network", ellipse_method="none")
-    params = {k: v for k, v in net.params.items() if k in ("denoiser", "center_net", "center_fine")}
-    return Pipeline(cfg, params)
+        return None, None
+    den = None
+    if "denoiser" in net.params:
+        den = Pipeline(net.config.replace(center_method="none", ellipse_method="none"), {"denoiser": net.params["denoiser"]})
+    cfg = net.config.replace(denoise_method="none", center_method="network", ellipse_method="none")
+    return den, Pipeline(cfg, {k: v for k, v in net.params.items() if k in ("center_net", "center_fine")})
 
 
 def _cap(n: int, cap: int | None) -> np.ndarray:
@@ -399,15 +403,15 @@ def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         pipes["com"] = _pipe("com", batch=cfg.batch)
     if methods.wants("friedel"):
         pipes["friedel"] = _pipe("friedel", batch=cfg.batch)
-    if methods.wants("ours"):
-        p = _network_center_pipe(methods)
-        if p is not None:
-            pipes["ours"] = p
     for base in ("com", "friedel"):
         if methods.wants(base + REFINE):
             pipes[base + REFINE] = _pipe(base, batch=cfg.batch, refine=True)
-    if "ours" in pipes and methods.wants("ours" + REFINE):
-        pipes["ours" + REFINE] = pipes["ours"].with_refinement()
+    denoiser, ours = _network_center_pipes(methods) if methods.wants("ours") else (None, None)
+    net_pipes = {}
+    if ours is not None:
+        net_pipes["ours"] = ours
+        if methods.wants("ours" + REFINE):
+            net_pipes["ours" + REFINE] = ours.with_refinement()
     radii = _disk_radii(es)
     for dose in cfg.doses:
         t0 = time.perf_counter()
@@ -416,6 +420,10 @@ def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         found: dict[str, np.ndarray] = {}
         for name, p in pipes.items():
             found[name] = p.find_centers(frames)
+        if net_pipes:
+            denoised = frames if denoiser is None else denoiser.denoise(frames)
+            for name, p in net_pipes.items():
+                found[name] = p.find_centers(denoised)
         sel = _cap(frames.shape[0], cfg.peer_max)
         peer_jobs = []
         if "py4dstem" in methods.peers:
