@@ -42,6 +42,27 @@ def small_blocks(monkeypatch):
     monkeypatch.setitem(preprocess_file.__kwdefaults__, "block_bytes", 16 << 10)
 
 
+@pytest.fixture(autouse=True)
+def default_signals():
+    """Python's own handlers for the test: a run keeps a signal that was ignored when it
+    started ignored (SIGINT of a background job is), and these tests must not depend on
+    how the test runner was started."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+# `python -m prenet_jax.cli` with Python's own signal handlers, whatever the test runner
+# ignores (a child inherits ignored signals); set in the child, before anything else runs
+CLI = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL); runpy.run_module('prenet_jax.cli', run_name='__main__', alter_sys=True)"
+)
+
+
 def run_cli(*argv) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -120,7 +141,7 @@ def test_a_real_signal_to_a_real_process(tmp_path, cube, phase, sig):
     before = sha(src)
     r, w = os.pipe()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PRENET_TEST_HOLD=phase, PRENET_TEST_HOLD_FD=str(w), PRENET_TEST_HOLD_TIMEOUT="300")
-    argv = [sys.executable, "-m", "prenet_jax.cli", "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--batch-size", "8", *args_for(phase)]
+    argv = [sys.executable, "-c", CLI, "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--batch-size", "8", *args_for(phase)]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(w,))
     os.close(w)
     try:
