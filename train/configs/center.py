@@ -38,7 +38,7 @@ def get_config(size: str = "release") -> TrainConfig:
             # Linear warps: half the cost of cubic, and a centre label does not depend on edge sharpness.
             augment=dataclasses.replace(augment, method="linear"),
             loss=LossConfig(heatmap_sigma=1.5, coord_weight=0.1, fine_offset=2.0),
-            batch_size=16, steps=3000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
+            batch_size=16, steps=4000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
             log_every=50, eval_every=250, eval_batches=8, checkpoint_every=250, center_input="mixed", seed=0,
             best_metric="center_err",
         )

@@ -37,7 +37,7 @@ def get_config(size: str = "release") -> TrainConfig:
             name="denoiser_release", task="denoiser", pipeline=PipelineConfig.release(), data=sim, augment=augment,
             loss=LossConfig(denoise_loss="relative"),
             batch_size=8, crop_size=64, crops_per_frame=4,
-            steps=2000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
+            steps=3500, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
             log_every=50, eval_every=250, eval_batches=8, eval_batch_size=8, checkpoint_every=250, seed=0,
         )
     if size == "paper":

@@ -35,7 +35,7 @@ def get_config(size: str = "release") -> TrainConfig:
         return TrainConfig(
             name="ellipse_release", task="ellipse", pipeline=PipelineConfig.release(), data=sim, augment=augment,
             loss=LossConfig(ratio_weight=100.0),
-            batch_size=32, steps=2000, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
+            batch_size=32, steps=2500, lr=2e-3, warmup_steps=100, end_lr_fraction=0.02,
             log_every=50, eval_every=250, eval_batches=8, checkpoint_every=250, ellipse_center_error=0.2, seed=0,
         )
     if size == "paper":
