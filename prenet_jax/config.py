@@ -63,7 +63,7 @@ class PipelineConfig:
         ``"clip"`` (default, as the command line) treats them as zero counts and
         flags the frame (``FLAG_NEGATIVE``); ``"error"`` raises a ``ValueError``.
     gaussian_sigma : width (px) of the ``"gaussian"`` denoiser. None (default):
-        chosen per frame from its peak counts, and no filter where none helps
+        chosen per frame from its dose and feature size, no filter where none helps
         (``prenet_jax/pipeline/_gaussian.py``: measured never to lower the PSNR from
         1e2 to 1e6 electrons per pattern); a number fixes it for every frame.
     calibration_frames : frames sampled across the scan for the ellipse (pass 0).

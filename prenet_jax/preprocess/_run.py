@@ -413,23 +413,17 @@ def _fit_mean(mean: np.ndarray) -> tuple[float, float]:
     return a / b, math.sqrt(a * b)
 
 
-def denoise_report(cfg: PipelineConfig, peaks: np.ndarray | None) -> dict:
+def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
     """What the denoiser did to the counts: a description, and for the dose-adaptive
-    Gaussian the sigma each frame got (from its peak counts, by the rule the step
-    applied on the device)."""
+    Gaussian the width each frame got (computed on the device as in the step)."""
     if cfg.denoise_method == "none":
         return {"description": "none: the counts are as read (negatives and NaN/Inf set to 0)"}
     if cfg.denoise_method == "network":
         return {"description": f"network (CBAM U-Net, {cfg.transform} transform): each frame replaced by the estimate of its noise-free intensity"}
     if cfg.gaussian_sigma is not None:
         return {"description": f"gaussian filter, sigma {cfg.gaussian_sigma:g} px for every frame (fixed)"}
-    from ..pipeline._gaussian import sigma_for_peak
-
-    text = "gaussian filter, sigma chosen per frame from its peak counts (dose); no filter where it would not help"
-    if peaks is None:
-        return {"description": text}
-    sigma = np.asarray(sigma_for_peak(np.asarray(peaks, np.float32)), np.float64)
-    return {"description": text, "sigma": sigma}
+    text = "gaussian filter, sigma chosen per frame from its dose (peak electrons) and feature size; no filter where it would not help"
+    return {"description": text} if sigmas is None else {"description": text, "sigma": np.asarray(sigmas, np.float64)}
 
 
 def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, checks, weights_id, options, cancel: Cancel, log, figures: list) -> _Finished:
@@ -446,7 +440,7 @@ def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, ch
         radius = 1.0  # no edge to measure: a, b are then the axes of a unit circle
     cfg = job.config
     src = job.source
-    denoise = denoise_report(cfg, st.peaks)
+    denoise = denoise_report(cfg, st.sigmas)
     undone = cfg.ellipse_method != "none" or cal.source == "fixed"
     cal_out = output_calibration(src.calibration, src.shape, radius if undone else None)
     record = preprocessing_record(

@@ -6,7 +6,7 @@ with bounded host memory and reading, computing and writing overlapped.
     reader thread ──blocks──▶ main thread ──results──▶ writer thread
     (chunk-aligned reads)     batches of B frames      block buffers → EMDWriter
                               device_put (async)       (chunks compressed in a pool)
-                              pipe._step + _post
+                              pipe.step_fn + _post
                               copy_to_host_async
                               ``inflight`` batches queued on the device
 
@@ -32,17 +32,14 @@ import numpy as np
 
 from ..ops._centers import com_center
 from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
-from ..pipeline._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Pipeline
-from ..pipeline._gaussian import equivalent_peak
+from ..conventions import FLAG_EMPTY, FLAG_NAMES, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, FLAG_SATURATED, FLAGS_EXCLUDED
+from ..pipeline._pipeline import Pipeline
+from ..pipeline._gaussian import frame_sigma
 from ..pipeline._validate import host_dtype
 from ._cancel import Cancel, Interrupted
 
 __all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamError", "StreamStats", "stream", "output_dtype_for"]
 
-FLAG_SATURATED = 4  # a pixel reached the saturation level (detector count limit)
-FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated", FLAG_NEGATIVE: "negative pixels", FLAG_REFINE: "centre refinement failed"}
-#: Frames with these flags are kept out of the mean patterns and the centre statistics.
-FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY
 
 
 @dataclasses.dataclass
@@ -62,9 +59,9 @@ class StreamStats:
         ``compute`` (main thread neither starved by the reader nor held by the writer)
     counts : (Rx, Ry) float64 total counts of each input frame (negatives and
         NaN/Inf as 0): the dose
-    peaks : (Rx, Ry) float64 peak of each frame in electrons
-        (:func:`prenet_jax.pipeline._gaussian.equivalent_peak`), what the
-        dose-adaptive Gaussian denoiser chose its width from
+    sigmas : (Rx, Ry) float64 width (px) the dose-adaptive Gaussian denoiser gave each
+        frame (:func:`prenet_jax.pipeline._gaussian.frame_sigma`), or None when the
+        pipeline does not use it
     """
 
     centers: np.ndarray
@@ -77,7 +74,7 @@ class StreamStats:
     raw_max: float
     seconds: dict
     counts: np.ndarray | None = None
-    peaks: np.ndarray | None = None
+    sigmas: np.ndarray | None = None
 
 
 def output_dtype_for(name: str, input_dtype) -> np.dtype:
@@ -99,11 +96,12 @@ def _int_limits(dt: np.dtype) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _make_post(out_dtype: np.dtype):
+def _make_post(out_dtype: np.dtype, with_sigma: bool = False):
     """Jitted per-batch bookkeeping on the device, next to the step's outputs:
     extra flags, the sums for the mean patterns, the centre of mass of the corrected
-    frames, and the cast to the output dtype (an integer output crosses the bus at
-    its own size)."""
+    frames, the cast to the output dtype (an integer output crosses the bus at its
+    own size), the counts of each frame and (``with_sigma``) the width the
+    dose-adaptive Gaussian gave it."""
     kind = out_dtype.kind
     dev_dtype = jnp.dtype(out_dtype) if (kind in "iu" and out_dtype.itemsize <= 4) else jnp.float32
     lim = _int_limits(out_dtype) if kind in "iu" else None
@@ -128,12 +126,12 @@ def _make_post(out_dtype: np.dtype):
         hi_v = jnp.max(jnp.where(vmask, xz, -jnp.inf))
         counts = jnp.maximum(xz, 0.0)  # what the step sees (negatives and NaN/Inf as 0)
         total = counts.sum(axis=(-2, -1))
-        peak = equivalent_peak(counts)  # what the dose-adaptive Gaussian chose its width from
+        sigma = frame_sigma(counts) if with_sigma else jnp.zeros_like(total)  # as in the step
         if lim is not None:
             out = jnp.clip(jnp.round(corrected), lim[0], lim[1]).astype(dev_dtype)
         else:
             out = corrected.astype(jnp.float32)
-        return out, flags, sum_raw, sum_out, w.sum(), com_after, lo_v, hi_v, total, peak
+        return out, flags, sum_raw, sum_out, w.sum(), com_after, lo_v, hi_v, total, sigma
 
     return jax.jit(post)
 
@@ -244,10 +242,12 @@ class _Stream:
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.flat = _scan_order(self.blocks, self.starts, self.n_total, ry)
 
-        self.post = _make_post(out_dtype)  # cached: compiled once per dtype and shape
-        self.matrix_dev = jax.device_put(jnp.asarray(matrix, jnp.float32), pipe._repl)
-        self.sat = jax.device_put(jnp.float32(np.inf if saturation is None else saturation), pipe._repl)
-        self.valid_full = jax.device_put(np.ones(self.b, bool), pipe._data)
+        cfg = pipe.config
+        self.auto_sigma = cfg.denoise_method == "gaussian" and cfg.gaussian_sigma is None
+        self.post = _make_post(out_dtype, self.auto_sigma)  # cached: compiled once per dtype and shape
+        self.matrix_dev = jax.device_put(jnp.asarray(matrix, jnp.float32), pipe.replicated)
+        self.sat = jax.device_put(jnp.float32(np.inf if saturation is None else saturation), pipe.replicated)
+        self.valid_full = jax.device_put(np.ones(self.b, bool), pipe.data_sharding)
 
         self.stop = threading.Event()
         self.q_in: queue.Queue = queue.Queue(maxsize=read_ahead)
@@ -262,7 +262,7 @@ class _Stream:
         self.centers_after = np.full((self.n_total, 2), np.nan)
         self.flags = np.zeros(self.n_total, np.uint8)
         self.counts = np.zeros(self.n_total, np.float64)
-        self.peaks = np.zeros(self.n_total, np.float64)
+        self.sigmas = np.zeros(self.n_total, np.float64)
         self.acc = {"raw": np.zeros((h, w)), "out": np.zeros((h, w)), "n": 0.0, "min": np.inf, "max": -np.inf}
 
     # ---- shared
@@ -318,13 +318,13 @@ class _Stream:
             if item is None:
                 return
             t0 = time.perf_counter()
-            pos0, n, out, c, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk = item
+            pos0, n, out, c, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg = item
             idx = self.flat[pos0 : pos0 + n]
             self.centers[idx] = c[:n]
             self.centers_after[idx] = com_a[:n]
             self.flags[idx] = fl[:n]
             self.counts[idx] = tot[:n]
-            self.peaks[idx] = pk[:n]
+            self.sigmas[idx] = sg[:n]
             acc = self.acc
             acc["raw"] += s_raw
             acc["out"] += s_out
@@ -359,9 +359,9 @@ class _Stream:
     def dispatch(self, host: np.ndarray, n: int, pos0: int) -> None:
         pipe = self.pipe
         try:
-            dev = jax.device_put(host, pipe._data)
-            corrected, cen, fl = pipe._step(pipe.params, dev, self.matrix_dev)
-            valid = self.valid_full if n == self.b else jax.device_put(np.arange(self.b) < n, pipe._data)
+            dev = jax.device_put(host, pipe.data_sharding)
+            corrected, cen, fl = pipe.step_fn(pipe.params, dev, self.matrix_dev)
+            valid = self.valid_full if n == self.b else jax.device_put(np.arange(self.b) < n, pipe.data_sharding)
             res = (cen,) + tuple(self.post(dev, corrected, fl, valid, self.sat))
             for r in res:
                 r.copy_to_host_async()
@@ -378,12 +378,12 @@ class _Stream:
         """Collect the oldest batch in flight and queue it for the writer."""
         pos0, n, res = self.pending.popleft()
         try:
-            cen, out, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk = (np.asarray(r) for r in res)
+            cen, out, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg = (np.asarray(r) for r in res)
         except Exception as e:  # a failure on the device surfaces when its results are fetched
             raise self._compute_error(pos0, n, e) from e
         if self.negative == "error" and (fl[:n] & FLAG_NEGATIVE).any():
             raise InputError(f"{self.source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)")
-        self.wait_out += _put(self.q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, pk), self.stopping)
+        self.wait_out += _put(self.q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg), self.stopping)
         if self.progress is not None:
             self.progress(n)
 
@@ -485,5 +485,5 @@ class _Stream:
             raw_max=float(self.acc["max"]),
             seconds={"wall": wall, "read": self.secs["read"], "write": self.secs["write"], "compute": max(wall - self.wait_in - self.wait_out, 0.0)},
             counts=self.counts.reshape(shp),
-            peaks=self.peaks.reshape(shp),
+            sigmas=self.sigmas.reshape(shp) if self.auto_sigma else None,
         )
