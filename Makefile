@@ -23,4 +23,4 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/prenet-jax demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -111,16 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     host = source.read_frames(np.arange(min(b, n)))
     if host.shape[0] < b:
         host = np.concatenate([host, np.zeros((b - host.shape[0],) + host.shape[1:], host.dtype)])
-    dev = jax.device_put(host, pipe._data)
-    m = jax.device_put(np.asarray(ell.matrix(), np.float32), pipe._repl)
+    dev = jax.device_put(host, pipe.data_sharding)
+    m = jax.device_put(np.asarray(ell.matrix(), np.float32), pipe.replicated)
     post = _make_post(np.dtype(out_dt))
-    valid = jax.device_put(np.ones(b, bool), pipe._data)
-    sat = jax.device_put(np.float32(np.inf), pipe._repl)
+    valid = jax.device_put(np.ones(b, bool), pipe.data_sharding)
+    sat = jax.device_put(np.float32(np.inf), pipe.replicated)
     steps = -(-n // b)
-    jax.block_until_ready(post(dev, *pipe._step(pipe.params, dev, m)[::2], valid, sat))
+    jax.block_until_ready(post(dev, *pipe.step_fn(pipe.params, dev, m)[::2], valid, sat))
     t0 = time.perf_counter()
     for _ in range(steps):
-        c, cen, fl = pipe._step(pipe.params, dev, m)
+        c, cen, fl = pipe.step_fn(pipe.params, dev, m)
         r = post(dev, c, fl, valid, sat)
     jax.block_until_ready((cen, r))
     t_compute = time.perf_counter() - t0

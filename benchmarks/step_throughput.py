@@ -63,11 +63,11 @@ def main(argv=None) -> int:
     b, s = pipe.batch_size, args.size
     rng = np.random.default_rng(0)
     host = rng.integers(0, 4000, size=(b, s, s), dtype=np.uint16)
-    batch = jax.device_put(host, pipe._data)
-    matrix = jax.device_put(jnp.asarray(pj.Ellipse(1.05, 0.3).matrix(), jnp.float32), pipe._repl)
+    batch = jax.device_put(host, pipe.data_sharding)
+    matrix = jax.device_put(jnp.asarray(pj.Ellipse(1.05, 0.3).matrix(), jnp.float32), pipe.replicated)
 
     rows = []
-    fused = _time(lambda: pipe._step(pipe.params, batch, matrix), args.repeats)
+    fused = _time(lambda: pipe.step_fn(pipe.params, batch, matrix), args.repeats)
     rows.append(("fused step", fused))
     # Stages alone, on the same batch (each its own jit program).
     from prenet_jax import _pipeline as P

@@ -27,7 +27,7 @@ import numpy as np
 
 import prenet_jax as pj
 from _common import append_result, environment
-from prenet_jax import _pipeline as P
+from prenet_jax.pipeline import as_counts
 
 
 def _median_time(fn, sync, repeats: int) -> float:
@@ -99,15 +99,15 @@ def main(argv=None) -> int:
         cfg = mk(compute_dtype=dtype, batch_size=b, image_size=args.size)
         pipe = pj.Pipeline.init(jax.random.key(0), cfg)
         host = np.random.default_rng(0).integers(0, 4000, (pipe.batch_size, args.size, args.size), dtype=np.uint16)
-        frames = jax.device_put(host, pipe._data)
-        m = jax.device_put(jnp.asarray(pj.Ellipse(1.05, 0.3).matrix(), jnp.float32), pipe._repl)
-        xf = jax.jit(lambda f: P._as_float(f)[0])(frames)
+        frames = jax.device_put(host, pipe.data_sharding)
+        m = jax.device_put(jnp.asarray(pj.Ellipse(1.05, 0.3).matrix(), jnp.float32), pipe.replicated)
+        xf = jax.jit(lambda f: as_counts(f)[0])(frames)
         den = jax.jit(lambda p, x: P.denoise_stage(cfg, p, x))
         cen = jax.jit(lambda p, x: P.center_stage(cfg, p, x))
         jax_fns = {
             "denoiser": (den, (pipe.params, xf)),
             "centre net + CoM": (cen, (pipe.params, xf)),
-            "fused step": (pipe._step, (pipe.params, frames, m)),
+            "fused step": (pipe.step_fn, (pipe.params, frames, m)),
         }
         jt = {k: _median_time(lambda f=f, a=a: f(*a), jax.block_until_ready, args.repeats) for k, (f, a) in jax_fns.items()}
         fl = {k: _flops(f, *a) for k, (f, a) in jax_fns.items()}

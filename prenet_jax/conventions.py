@@ -1,4 +1,5 @@
-"""The elliptical distortion: one value type and its conversions.
+"""Conventions every stage shares: the elliptical distortion (one value type and its
+conversions) and the per-frame quality flags.
 
 Convention (used by every function of the package)
 --------------------------------------------------
@@ -24,6 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "FLAG_NONFINITE",
+    "FLAG_EMPTY",
+    "FLAG_SATURATED",
+    "FLAG_NEGATIVE",
+    "FLAG_REFINE",
+    "FLAG_NAMES",
+    "FLAGS_EXCLUDED",
     "Ellipse",
     "normalize_angle",
     "ellipse_matrix",
@@ -31,6 +39,17 @@ __all__ = [
     "ratio_angle_to_axes",
     "axes_to_ratio_angle",
 ]
+
+# ---- per-frame quality flags: a bit mask (uint8) in every result and output file
+FLAG_NONFINITE = 1  #: the frame had NaN/Inf pixels (set to 0 before processing)
+FLAG_EMPTY = 2  #: the frame has no counts: its centre is the frame centre
+FLAG_SATURATED = 4  #: a pixel reached the saturation level (detector count limit)
+FLAG_NEGATIVE = 8  #: negative pixels (read noise, dark subtraction): counted as 0
+FLAG_REFINE = 16  #: the centre refinement failed: the frame keeps the estimate
+FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated",
+              FLAG_NEGATIVE: "negative pixels", FLAG_REFINE: "centre refinement failed"}
+#: Frames with these flags are kept out of the mean patterns and the centre statistics.
+FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY
 
 
 def normalize_angle(angle):

@@ -202,7 +202,7 @@ def test_sharded_step_on_four_cpu_devices_matches_one_device():
 def test_release_training_configs_share_the_release_architecture():
     from pathlib import Path
 
-    from prenet_jax.training._train import load_config
+    from prenet_jax.training import load_config
 
     files = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.py"))
     assert len(files) == 4

@@ -116,7 +116,8 @@ def test_simulated_source_reads_the_pattern_store(tmp_path):
 
 def test_configs_load_in_every_size_and_the_release_weights_fit_the_package():
     from prenet_jax.models._networks import count_params
-    from prenet_jax.training._train import TrainConfig, _fresh_variables, load_config, override
+    from prenet_jax.training._steps import _fresh_variables
+    from prenet_jax.training.config import TrainConfig, load_config, override
 
     import jax
 
@@ -162,7 +163,8 @@ def test_matrix_from_output_is_the_ellipse_matrix():
 
 
 # ----------------------------------------------------------------------------- training runs (subprocesses)
-# One test per subprocess job (under pytest-xdist a shared fixture would run once per worker).
+# The centre runs are made once per module (``_center_runs``); the Makefile runs the
+# suite with ``--dist loadfile``, so one worker runs this file and the runs are made once.
 
 
 def _center_cmd(workdir: Path, *extra: str) -> list[str]:
@@ -172,13 +174,14 @@ def _center_cmd(workdir: Path, *extra: str) -> list[str]:
     return cmd + list(extra)
 
 
-@pytest.mark.slow
-def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi_host(tmp_path):
-    """Job A (1 process, 1 device): the centre error on fixed validation batches before and
-    after 40 steps; the same run interrupted at step 25 and resumed; export -> Pipeline.
-    Job B, at the same time: the same run on 2 processes x 2 CPU devices
-    (jax.distributed.initialize, gloo), stopped at step 3."""
-    wd = tmp_path
+@pytest.fixture(scope="module")
+def _center_runs(tmp_path_factory):
+    """Job A (1 process, 1 device): the centre error on fixed validation batches before
+    training, a run of 40 steps (``a``), the same run interrupted at step 25 and resumed
+    (``b``), and ``a`` exported and run through the Pipeline. Job B, at the same time:
+    the same run on 2 processes x 2 CPU devices (jax.distributed.initialize, gloo),
+    stopped at step 3 (``mh``)."""
+    wd = tmp_path_factory.mktemp("center_runs")
     port = _free_port()
     multi = [subprocess.Popen(_center_cmd(wd / "mh", "--stop-at", "3", "--set", "eval_batches=0", "--coordinator", f"localhost:{port}",
                                           "--num-processes", "2", "--process-id", str(i), "--cpu-collectives", "gloo"),
@@ -187,9 +190,10 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
         import json, numpy as np, jax
         from pathlib import Path
         import prenet_jax as pj
-        from prenet_jax.training._train import *
-        from prenet_jax.training._train import _Data
+        from prenet_jax.training import export, load_config, override, train
         from prenet_jax.training._augment import augment
+        from prenet_jax.training._loop import _Data, evaluate
+        from prenet_jax.training._steps import init_state, make_eval_step, make_mesh, make_optimizer
         wd = Path({str(wd)!r})
         cfg = load_config({str(CONFIGS / 'center.py') + ':tiny'!r})
         for s in {CENTER_SETS!r}:
@@ -213,12 +217,22 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
     for p in multi:
         log, _ = p.communicate(timeout=300)
         assert p.returncode == 0, log[-4000:]
+    return wd, out
 
+
+@pytest.mark.slow
+def test_center_training_lowers_the_error(_center_runs):
+    wd, out = _center_runs
     # A few dozen steps: the centre error on the fixed validation batches falls by more than half.
     before, after = out["before"]["center_err"], out["a"]["val"]["center_err"]
     assert after < 0.5 * before, (before, after)  # measured: ~4.8 px -> ~0.7 px in 40 steps
     assert out["a"]["status"] == "finished" and out["a"]["step"] == 40
+    assert (wd / "a" / "curves.png").stat().st_size > 10_000
 
+
+@pytest.mark.slow
+def test_a_run_interrupted_and_resumed_repeats_an_uninterrupted_one(_center_runs):
+    wd, out = _center_runs
     # Interrupted at 25 and resumed: the same numbers, step for step (same data, same keys).
     assert (out["b1"]["status"], out["b1"]["step"]) == ("paused", 25)
     assert (out["b2"]["status"], out["b2"]["step"]) == ("finished", 40)
@@ -227,13 +241,16 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
     for s in range(1, 41):
         assert a[s] == b[s], (s, a[s], b[s])
     assert _metrics(wd / "a" / "metrics.jsonl", "val") == _metrics(wd / "b" / "metrics.jsonl", "val")
-    assert (wd / "a" / "curves.png").stat().st_size > 10_000
 
-    # Export -> Pipeline.from_pretrained: the run's best parameters, a manifest, and the
-    # exported network finds centres through the inference pipeline.
-    from prenet_jax.training._train import load_run_variables
+
+@pytest.mark.slow
+def test_an_exported_run_loads_into_the_pipeline_with_its_provenance(_center_runs):
+    """Export -> Pipeline.from_pretrained: the run's best parameters, a manifest, and the
+    exported network finds centres through the inference pipeline."""
     from prenet_jax.pipeline._weights import load_weights
+    from prenet_jax.training import load_run_variables
 
+    wd, out = _center_runs
     cfg, params, manifest = load_weights(wd / "weights")
     assert out["methods"] == ["none", "network", "fit"]
     _, run_vars, meta = load_run_variables(wd / "a")
@@ -245,7 +262,12 @@ def test_center_training_lowers_the_error_resumes_exactly_exports_and_runs_multi
     assert "git_commit" in manifest and manifest["versions"]["jax"]
     assert out["pipeline_err"] < 1.0
 
-    # 2 processes x 2 devices = 1 process x 1 device (the global batch is split by process).
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_train_as_one_device(_center_runs):
+    """2 processes x 2 devices = 1 process x 1 device (the global batch is split by process)."""
+    wd, _ = _center_runs
+    a = _metrics(wd / "a" / "metrics.jsonl")
     mh = _metrics(wd / "mh" / "metrics.jsonl")
     assert sorted(mh) == [1, 2, 3]
     for s in (1, 2, 3):
@@ -269,8 +291,10 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
     out = _python(f"""
         import json, numpy as np, jax
         from pathlib import Path
-        from prenet_jax.training._train import *
-        from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
+        from prenet_jax.training import load_config, override, train
+        from prenet_jax.training._checkpoints import _put_replicated
+        from prenet_jax.training._loop import _Data
+        from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
         assert jax.device_count() == 4
         cfg = load_config({str(CONFIGS / 'ellipse.py') + ':tiny'!r})
         for s in ('batch_size=8', 'steps=2', 'eval_batches=0', 'pipeline.ellipse_net.stages=(1, 1)'):
@@ -299,7 +323,9 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
 
     import jax
 
-    from prenet_jax.training._train import _Checkpoints, _abstract, _run_config, init_state, load_run_variables, make_mesh, make_optimizer
+    from prenet_jax.training import load_run_variables
+    from prenet_jax.training._checkpoints import _abstract, _Checkpoints, _run_config
+    from prenet_jax.training._steps import init_state, make_mesh, make_optimizer
 
     _, variables, _ = load_run_variables(tmp_path / "ck", which="last")  # as numpy: any machine
     assert set(variables) == {"ellipse_net"} and "batch_stats" in variables["ellipse_net"]
@@ -322,8 +348,10 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
     steps on one fixed batch (the step counter, hence the key, held at 0) lower its error."""
     out = _python(f"""
         import json, numpy as np, jax, jax.numpy as jnp
-        from prenet_jax.training._train import *
-        from prenet_jax.training._train import _Data, _fresh_variables, _put_replicated
+        from prenet_jax.training import load_config, override
+        from prenet_jax.training._checkpoints import _put_replicated
+        from prenet_jax.training._loop import _Data
+        from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
         cfg = load_config({str(CONFIGS / 'e2e.py') + ':tiny'!r})
         for s in ('init_from={{}}', 'warmup_steps=0', 'lr=1e-2', 'pipeline.denoiser.depth=1', 'pipeline.center_net.depth=1',
                   'pipeline.ellipse_net.stages=(1,)'):

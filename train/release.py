@@ -11,7 +11,7 @@ which a network's validation improved, and the evaluation's report becomes
 from pathlib import Path
 
 from prenet_jax.data import SimulationConfig
-from prenet_jax.evaluation import EvalSetConfig
+from prenet_jax.evaluation import EvalConfig, EvalSetConfig
 from prenet_jax.training import Recipe, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +26,9 @@ def get_recipe() -> Recipe:
         stages={name: load_config(f"{HERE / 'configs' / name}.py:release") for name in ("denoiser", "center", "ellipse", "e2e")},
         # At least 2,000 held-out patterns of test-split structures, and 16 scan patches of 32 frames.
         evalset=EvalSetConfig(n_patterns=2000),
+        # Two random ellipses per task's mean pattern (500 a dose), the peer tools on 256
+        # patterns a dose: the whole evaluation in about an hour on the two cores.
+        evaluation=EvalConfig(ellipses_per_group=2, peer_max=256),
         weights=REPO / "prenet_jax" / "weights" / "release",
         report=REPO / "benchmarks" / "EVAL.md",
     )

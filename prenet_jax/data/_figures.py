@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import atomic_path
+
 __all__ = ["FIGURE_STRUCTURES", "figure_from_dataset", "make_figure", "add_figure_parser", "run_figure_cli"]
 
 # A spread of real crystals (cubic, hexagonal, layered, oxide, low symmetry), one random
@@ -132,11 +134,9 @@ def figure_from_dataset(root: str | os.PathLike, output: str | os.PathLike, max_
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}{output.suffix}")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    os.replace(tmp, output)
     return output
 
 

@@ -56,6 +56,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .._util import atomic_path, atomic_write_text, min_max, versions
 from . import _structures as structures_mod
 
 __all__ = [
@@ -100,16 +101,6 @@ def wavelength(energy_ev: float) -> float:
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
-
-
-def _pair(x, name: str, positive: bool = True) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a (min, max) pair, got {x!r}") from err
-    if hi < lo or (positive and lo <= 0):
-        raise ValueError(f"{name} must satisfy {'0 < ' if positive else ''}min <= max, got ({lo}, {hi})")
-    return (lo, hi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +213,8 @@ class SimulationConfig:
                 f"use gpts >= {math.ceil(1.5 * s)}"
             )
         for name in ("disk_radius_px", "extent_a", "semiangle_mrad", "thickness_a", "ellipse_thickness_a"):
-            object.__setattr__(self, name, _pair(getattr(self, name), name))
-        object.__setattr__(self, "defocus_a", _pair(self.defocus_a, "defocus_a", positive=False))
+            object.__setattr__(self, name, min_max(getattr(self, name), name, lowest=1e-30))
+        object.__setattr__(self, "defocus_a", min_max(self.defocus_a, "defocus_a", lowest=None))
         object.__setattr__(self, "energies_kv", tuple(float(e) for e in self.energies_kv))
         if not self.energies_kv or min(self.energies_kv) <= 0:
             raise ValueError(f"energies_kv must be positive voltages in kV, got {self.energies_kv}")
@@ -614,37 +605,28 @@ def write_shard(path: str | os.PathLike, data: dict, attrs: dict | None = None, 
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pats = round_mantissa(np.asarray(data["patterns"], np.float32), mantissa_bits)
     n, h, w = pats.shape
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("patterns", data=pats, chunks=(1, h, w), compression="gzip",
-                             compression_opts=compression, shuffle=True)
-            g = f.create_group("meta")
-            for k, v in data["meta"].items():
-                v = np.asarray(v)
-                if v.dtype.kind in "UO":
-                    g.create_dataset(k, data=v.astype(object), dtype=h5py.string_dtype())
-                else:
-                    g.create_dataset(k, data=v)
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["n_patterns"] = n
-            f.attrs["mantissa_bits"] = int(mantissa_bits)
-            f.attrs["zero_angle_convention"] = (
-                "zero angle (optical axis) at meta/zero_angle = (S/2, S/2) in (row, col); the geometric "
-                "centre is ((S-1)/2, (S-1)/2); intensities are fractions of the incident electrons"
-            )
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=True) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("patterns", data=pats, chunks=(1, h, w), compression="gzip",
+                         compression_opts=compression, shuffle=True)
+        g = f.create_group("meta")
+        for k, v in data["meta"].items():
+            v = np.asarray(v)
+            if v.dtype.kind in "UO":
+                g.create_dataset(k, data=v.astype(object), dtype=h5py.string_dtype())
+            else:
+                g.create_dataset(k, data=v)
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["n_patterns"] = n
+        f.attrs["mantissa_bits"] = int(mantissa_bits)
+        f.attrs["zero_angle_convention"] = (
+            "zero angle (optical axis) at meta/zero_angle = (S/2, S/2) in (row, col); the geometric "
+            "centre is ((S-1)/2, (S-1)/2); intensities are fractions of the incident electrons"
+        )
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
     return path
 
 
@@ -709,12 +691,6 @@ def _manifest_rows(root: Path, dataset: str, shard: int, meta: dict) -> list[dic
     return rows
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_manifest(root: Path, rows_by_shard: dict) -> None:
     import io
 
@@ -723,7 +699,7 @@ def _write_manifest(root: Path, rows_by_shard: dict) -> None:
     w.writeheader()
     for key in sorted(rows_by_shard):
         w.writerows(rows_by_shard[key])
-    _atomic_write_text(root / "manifest.csv", buf.getvalue())
+    atomic_write_text(root / "manifest.csv", buf.getvalue())
 
 
 def _write_structures(root: Path, ids: Sequence[str], fractions, rows_by_shard: dict) -> None:
@@ -743,7 +719,7 @@ def _write_structures(root: Path, ids: Sequence[str], fractions, rows_by_shard: 
         kind = r.get("kind", "amorphous" if sid.startswith("amorphous:") else "crystal")
         w.writerow([sid, sid.partition(":")[0], kind, r.get("formula", ""), r.get("spacegroup", ""),
                     structures_mod.split_of(sid, fractions), counts.get(sid, 0)])
-    _atomic_write_text(root / "structures.csv", buf.getvalue())
+    atomic_write_text(root / "structures.csv", buf.getvalue())
 
 
 def read_manifest(root: str | os.PathLike, dataset: str | None = None, split: str | None = None) -> list[dict]:
@@ -762,13 +738,7 @@ def read_manifest(root: str | os.PathLike, dataset: str | None = None, split: st
 
 
 def _versions() -> dict:
-    out = {"prenet_jax_format": FORMAT_VERSION, "python": sys.version.split()[0], "numpy": np.__version__}
-    for mod in ("abtem", "ase", "pyxtal", "crystals", "h5py"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # optional
-            out[mod] = None
-    return out
+    return {"prenet_jax_format": FORMAT_VERSION, **versions("abtem", "ase", "pyxtal", "crystals", "h5py")}
 
 
 def _prepare_output(root: Path, config: SimulationConfig, ids: list[str], resume: bool, overwrite: bool) -> None:
@@ -801,7 +771,7 @@ def _prepare_output(root: Path, config: SimulationConfig, ids: list[str], resume
     root.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "structures": ids,
               "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    _atomic_write_text(run_file, json.dumps(record, indent=1))
+    atomic_write_text(run_file, json.dumps(record, indent=1))
 
 
 def _remote_shard(config_dict: dict, dataset: str, shard: int, device: str, ids: list[str]) -> dict:
@@ -864,7 +834,7 @@ def run_simulation(
     for ds in (PATTERNS, ELLIPSE):
         d = root / ds
         if d.exists():
-            for stale in d.glob(".shard-*.h5.tmp-*"):  # left by an interrupted writer
+            for stale in d.glob(".shard-*.h5.*tmp*"):  # left by an interrupted writer
                 stale.unlink()
 
     rows: dict[tuple[str, int], list[dict]] = {}

@@ -5,11 +5,36 @@ the weights it runs are read by :func:`load_pretrained` (bundled) or
 :func:`load_weights` (exported by training).
 """
 
-from ._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Pipeline, PreprocessResult
+from ._pipeline import (
+    FLAG_EMPTY,
+    FLAG_NEGATIVE,
+    FLAG_NONFINITE,
+    FLAG_REFINE,
+    Pipeline,
+    PreprocessResult,
+    as_counts,
+    center_stage,
+    denoise_stage,
+    denormalize,
+    ellipse_network_input,
+    ellipse_stage,
+    normalize,
+    refine_stage,
+    warp_stage,
+)
 from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
 from ._weights import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
 
 __all__ = [
+    "as_counts",
+    "center_stage",
+    "denoise_stage",
+    "denormalize",
+    "ellipse_network_input",
+    "ellipse_stage",
+    "normalize",
+    "refine_stage",
+    "warp_stage",
     "FLAG_EMPTY",
     "FLAG_NONFINITE",
     "MIN_FRAME_SIDE",

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ..ops._centers import com_center, friedel_center, heatmap_center
 from ..config import PipelineConfig
-from ..conventions import Ellipse, ellipse_matrix
+from ..conventions import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse, ellipse_matrix
 from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
 from ..ops._filters import gaussian_filter
 from ..ops._refine import refine_center, refine_ellipse
@@ -31,11 +31,6 @@ from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coord
 
 __all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY", "FLAG_NEGATIVE", "FLAG_REFINE"]
 
-#: Per-frame quality flags (bit mask) returned by :meth:`Pipeline.preprocess`.
-FLAG_NONFINITE = 1  # the frame had NaN/Inf pixels (set to 0 before processing)
-FLAG_EMPTY = 2  # the frame has no counts: its centre is the frame centre
-FLAG_NEGATIVE = 8  # negative pixels (read noise, dark subtraction): counted as 0
-FLAG_REFINE = 16  # the centre refinement failed: the frame keeps the estimate
 
 
 @dataclasses.dataclass
@@ -68,8 +63,10 @@ class PreprocessResult:
 # Pure functions of (config, params, batch); composed into the jitted steps below.
 
 
-def _as_float(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Cast on the device, zero non-finite and negative pixels, and flag the frame."""
+def as_counts(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The input conditioning of every stage: ``(B, H, W)`` frames of any real dtype ->
+    float32 counts (cast on the device; NaN/Inf and negative pixels set to 0) and the
+    per-frame flags (``FLAG_NONFINITE``, ``FLAG_EMPTY``, ``FLAG_NEGATIVE``)."""
     x = frames.astype(jnp.float32)
     ok = jnp.isfinite(x)
     x = jnp.where(ok, x, 0.0)
@@ -298,6 +295,15 @@ class Pipeline:
         (``chex.assert_max_traces``; chex counts per definition site, so call
         ``chex.clear_trace_counter()`` between pipelines)
 
+    Attributes
+    ----------
+    step_fn : the compiled batch step ``(params, frames, matrix) -> (corrected, centers,
+        flags)``: frames ``(batch_size, H, W)`` sharded by ``data_sharding``, the
+        distortion matrix replicated (``replicated``); what streaming callers drive
+    data_sharding, replicated : the ``NamedSharding`` of a batch (split over the
+        ``"data"`` axis of ``mesh``) and of everything else
+    batch_size : frames per step (a multiple of the devices)
+
     Examples
     --------
     >>> pipe = Pipeline.init(jax.random.key(0), PipelineConfig.classical())
@@ -315,19 +321,19 @@ class Pipeline:
             raise ValueError(f"config asks for the network method but params lack {missing}; use Pipeline.init or from_pretrained, or pick classical methods")
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
-        self._data = NamedSharding(self.mesh, P("data"))
-        self._repl = NamedSharding(self.mesh, P())
-        self.params = jax.device_put(params, self._repl)
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.params = jax.device_put(params, self.replicated)
         n = len(self.devices)
         self.batch_size = -(-config.batch_size // n) * n  # a multiple of the device count
         step = self._step_fn
         if max_traces is not None:
             step = chex.assert_max_traces(step, n=max_traces)
         cfg = config
-        self._step = jax.jit(step, in_shardings=(self._repl, self._data, self._repl), out_shardings=(self._data, self._data, self._data))
-        self._centers = jax.jit(lambda p, f: self._centers_fn(p, f), in_shardings=(self._repl, self._data), out_shardings=(self._data, self._data))
-        self._denoise = jax.jit(lambda p, f: self._denoise_fn(p, f), in_shardings=(self._repl, self._data), out_shardings=(self._data, self._data))
-        self._calib = jax.jit(lambda p, f, w: self._calib_fn(p, f, w), in_shardings=(self._repl, self._data, self._data), out_shardings=self._repl)
+        self.step_fn = jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated), out_shardings=(self.data_sharding, self.data_sharding, self.data_sharding))
+        self._centers = jax.jit(lambda p, f: self._centers_fn(p, f), in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.data_sharding, self.data_sharding))
+        self._denoise = jax.jit(lambda p, f: self._denoise_fn(p, f), in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.data_sharding, self.data_sharding))
+        self._calib = jax.jit(lambda p, f, w: self._calib_fn(p, f, w), in_shardings=(self.replicated, self.data_sharding, self.data_sharding), out_shardings=self.replicated)
         self._ellipse = jax.jit(lambda p, m: ellipse_stage(cfg, p, m))
 
     # ---- constructors
@@ -353,7 +359,7 @@ class Pipeline:
     # ---- pure per-batch functions (traced inside jit)
     def _step_fn(self, params, frames, matrix):
         cfg = self.config
-        x, flags = _as_float(frames)
+        x, flags = as_counts(frames)
         x = denoise_stage(cfg, params, x)
         centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
         # Always warp: with no centre method and an identity ellipse the map samples
@@ -361,17 +367,17 @@ class Pipeline:
         return warp_stage(cfg, x, centers, matrix), centers, flags
 
     def _centers_fn(self, params, frames):
-        x, flags = _as_float(frames)
+        x, flags = as_counts(frames)
         x = denoise_stage(self.config, params, x)
         return refine_stage(self.config, x, center_stage(self.config, params, x), flags)
 
     def _denoise_fn(self, params, frames):
-        x, flags = _as_float(frames)
+        x, flags = as_counts(frames)
         return denoise_stage(self.config, params, x), flags
 
     def _calib_fn(self, params, frames, weights):
         cfg = self.config
-        x, flags = _as_float(frames)
+        x, flags = as_counts(frames)
         x = denoise_stage(cfg, params, x)
         centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
         out = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32))
@@ -395,7 +401,7 @@ class Pipeline:
             n = host.shape[0]
             if n < b:
                 host = np.concatenate([host, np.zeros((b - n,) + host.shape[1:], host.dtype)])
-            yield start, n, jax.device_put(host, self._data)
+            yield start, n, jax.device_put(host, self.data_sharding)
 
     def _map(self, fn: Callable, frames: np.ndarray, outs: Sequence[np.ndarray], *args, check: bool = True, progress=None) -> None:
         """Run ``fn(params, batch, *args)`` over ``frames``, writing results into ``outs``.
@@ -484,7 +490,7 @@ class Pipeline:
         count = jnp.zeros((), jnp.float32)
         b = self.batch_size
         for _, nb, batch in self._batches(frames, True, idx):
-            w = jax.device_put((np.arange(b) < nb).astype(np.float32), self._data)
+            w = jax.device_put((np.arange(b) < nb).astype(np.float32), self.data_sharding)
             s, c = self._calib(self.params, batch, w)
             total, count = total + s, count + c
         if float(count) == 0:
@@ -538,7 +544,7 @@ class Pipeline:
                 refinement = {"ellipse_before": ellipse, "ellipse_after": ref.ellipse, "variance_before": ref.variance_before,
                               "variance_after": ref.variance_after, "ellipse_ok": ref.ok}
                 ellipse = ref.ellipse
-        matrix = jax.device_put(jnp.asarray(ellipse.matrix(), jnp.float32), self._repl)
+        matrix = jax.device_put(jnp.asarray(ellipse.matrix(), jnp.float32), self.replicated)
         data = np.empty((rx * ry, h, w), np.float32)
         centers = np.empty((rx * ry, 2), np.float32)
         flags = np.empty(rx * ry, np.uint8)
@@ -548,7 +554,7 @@ class Pipeline:
 
             bar = tqdm(total=rx * ry, unit="frame", desc="preprocess")
         try:
-            self._map(self._step, frames, (data, centers, flags), matrix, progress=bar.update if bar else None)
+            self._map(self.step_fn, frames, (data, centers, flags), matrix, progress=bar.update if bar else None)
         finally:
             if bar:
                 bar.close()
@@ -567,4 +573,4 @@ class Pipeline:
         """The compiled batch step on one ``(B, H, W)`` device or host batch
         (``B`` = ``self.batch_size``): returns ``(corrected, centers, flags)`` as jax arrays."""
         m = jnp.asarray((ellipse or Ellipse.identity()).matrix(), jnp.float32)
-        return self._step(self.params, jax.device_put(frames, self._data), jax.device_put(m, self._repl))
+        return self.step_fn(self.params, jax.device_put(frames, self.data_sharding), jax.device_put(m, self.replicated))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from .._util import atomic_path
 from ..config import PipelineConfig
 
 __all__ = ["save_weights", "load_weights", "load_pretrained", "WEIGHTS_DIR"]
@@ -56,13 +56,11 @@ def save_weights(path: str | os.PathLike, config: PipelineConfig, params: dict, 
     if dtype != "float32":
         flat = {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in flat.items()}
     meta = {"config": config.to_dict(), "storage_dtype": dtype, **(manifest or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    np.savez(tmp / "weights.npz", **flat)
-    (tmp / "manifest.json").write_text(json.dumps(meta, indent=2, default=str))
     if path.exists():
         raise FileExistsError(f"{path} exists; remove it first")
-    tmp.rename(path)
+    with atomic_path(path, directory=True) as tmp:
+        np.savez(tmp / "weights.npz", **flat)
+        (tmp / "manifest.json").write_text(json.dumps(meta, indent=2, default=str))
     return path
 
 

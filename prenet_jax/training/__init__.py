@@ -5,23 +5,24 @@ One :class:`TrainConfig` per experiment (``train/configs/``), with its
 runs or resumes it, :func:`export` writes the inference weights.
 """
 
-from ._augment import AugmentConfig, augment
-from ._batches import DataConfig, load_split
-from ._losses import LossConfig
+from ._augment import augment, distort, poisson
+from ._batches import load_split
+from ._checkpoints import load_run_variables
+from ._export import evaluate_e2e, export
+from ._losses import denoise_metrics
+from ._loop import is_finished, plot_curves, train
 from ._recipe import Recipe, load_recipe, run_recipe
-from ._train import (
+from .config import (
     TASKS,
+    AugmentConfig,
+    DataConfig,
+    LossConfig,
     TrainConfig,
     cache_dir,
-    evaluate_e2e,
-    export,
-    is_finished,
     load_config,
-    load_run_variables,
     override,
-    plot_curves,
     resolve_pipeline,
-    train,
+    task_networks,
 )
 
 __all__ = [
@@ -32,6 +33,9 @@ __all__ = [
     "Recipe",
     "TrainConfig",
     "augment",
+    "denoise_metrics",
+    "distort",
+    "poisson",
     "cache_dir",
     "evaluate_e2e",
     "export",
@@ -44,5 +48,6 @@ __all__ = [
     "plot_curves",
     "resolve_pipeline",
     "run_recipe",
+    "task_networks",
     "train",
 ]

@@ -38,20 +38,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._util import min_max
 from ..conventions import ellipse_matrix
 from ..ops._warp import affine_warp
 
 __all__ = ["AugmentConfig", "Augmented", "augment", "sample_parameters", "distort", "add_noise", "poisson"]
-
-
-def _range(x, name: str, lo_min: float = 0.0) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a (min, max) pair, got {x!r}") from err
-    if not (lo_min <= lo <= hi) or not math.isfinite(hi):
-        raise ValueError(f"{name} must satisfy {lo_min} <= min <= max < inf, got ({lo}, {hi})")
-    return (lo, hi)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +91,12 @@ class AugmentConfig:
     def __post_init__(self):
         if not (self.max_shift >= 0 and math.isfinite(self.max_shift)):
             raise ValueError(f"max_shift must be a finite number >= 0 pixels, got {self.max_shift}")
-        object.__setattr__(self, "ratio_range", _range(self.ratio_range, "ratio_range", 1.0))
-        object.__setattr__(self, "scale_range", _range(self.scale_range, "scale_range", 1e-30))
+        object.__setattr__(self, "ratio_range", min_max(self.ratio_range, "ratio_range", 1.0))
+        object.__setattr__(self, "scale_range", min_max(self.scale_range, "scale_range", 1e-30))
         if self.dose_range is not None:
-            object.__setattr__(self, "dose_range", _range(self.dose_range, "dose_range (electrons per pattern)", 1e-30))
-        object.__setattr__(self, "read_noise_range", _range(self.read_noise_range, "read_noise_range"))
-        object.__setattr__(self, "hot_level", _range(self.hot_level, "hot_level"))
+            object.__setattr__(self, "dose_range", min_max(self.dose_range, "dose_range (electrons per pattern)", 1e-30))
+        object.__setattr__(self, "read_noise_range", min_max(self.read_noise_range, "read_noise_range"))
+        object.__setattr__(self, "hot_level", min_max(self.hot_level, "hot_level"))
         for name in ("hot_pixel_fraction", "dead_pixel_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -290,29 +281,3 @@ def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: Aug
     if return_info:
         return out, p
     return out
-
-
-def benchmark(batch: int = 32, size: int = 256, repeats: int = 10, config: AugmentConfig = AugmentConfig()) -> float:
-    """Frames per second :func:`augment` sustains on the default device (median of
-    ``repeats`` calls after a compiling one, random clean patterns)."""
-    import time
-
-    import numpy as np
-
-    clean = jnp.asarray(np.random.default_rng(0).random((batch, size, size), dtype=np.float32) / (size * size))
-    zero = jnp.full((batch, 2), size / 2, jnp.float32)
-    jax.block_until_ready(augment(jax.random.key(0), clean, zero, config))
-    times = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(augment(jax.random.key(i + 1), clean, zero, config))
-        times.append(time.perf_counter() - t)
-    return batch / float(np.median(times))
-
-
-if __name__ == "__main__":  # python -m prenet_jax.training._augment [batch] [size]
-    import sys
-
-    b = int(sys.argv[1]) if len(sys.argv) > 1 else 32
-    s = int(sys.argv[2]) if len(sys.argv) > 2 else 256
-    print(f"{jax.devices()[0]}: augment sustains {benchmark(b, s):.0f} frames/s (batch {b}, {s}x{s}, cubic, Poisson)")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -37,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._util import atomic_path
 from ._augment import AugmentConfig, add_noise, augment, distort, sample_parameters
 from ..config import PipelineConfig
-from ..pipeline._pipeline import _as_float, ellipse_network_input, warp_stage
+from ..pipeline._pipeline import as_counts, ellipse_network_input, warp_stage
 from ..data._synthetic import disk_pattern
 from ..ops._warp import frame_center
 
@@ -254,11 +254,8 @@ def cached_rotation_average(cfg: DataConfig, split: str, clean: np.ndarray, zero
         if out.shape == clean.shape:
             return np.asarray(out)
     out = rotation_average(clean, zero_angle, cfg.rotation_average, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
         np.save(f, out)
-    os.replace(tmp, path)
     return out
 
 
@@ -300,7 +297,7 @@ def ellipse_batch(key: jax.Array, rings: jax.Array, zero: jax.Array, aug: Augmen
     k_aug, k_err = jax.random.split(key)
     a = augment(k_aug, rings, zero, aug)
     found = a.center + center_error * jax.random.normal(k_err, a.center.shape, jnp.float32)
-    frames = _as_float(a.noisy)[0]  # the pipeline's input conditioning (read noise can go negative)
+    frames = as_counts(a.noisy)[0]  # the pipeline's input conditioning (read noise can go negative)
     recentred = warp_stage(pcfg, frames, found, jnp.eye(2, dtype=jnp.float32))
     inputs = jax.vmap(lambda m: ellipse_network_input(pcfg, m))(recentred)
     return inputs, a.ellipse[0], a.ellipse[1]

@@ -34,7 +34,7 @@ from ..ops._centers import heatmap_center
 from ..config import PipelineConfig
 from ..models._networks import ResNet, UNet
 from ..pipeline._pipeline import (
-    _as_float,
+    as_counts,
     _dtype,
     center_fine_stage,
     center_stage,
@@ -163,7 +163,7 @@ def denoiser_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, noisy: jax.A
     output against the target in counts, peak = the target's maximum; ``psnr_gain``
     over the noisy input; ``psnr_sqrt``; ``weak_rel_err``.
     """
-    noisy = _as_float(noisy)[0]  # the pipeline's input conditioning: read noise can go negative
+    noisy = as_counts(noisy)[0]  # the pipeline's input conditioning: read noise can go negative
     xn, scale = normalize(noisy, cfg.transform)
     t = target / scale
     t = transform(jnp.clip(t, 0.0, None if cfg.denoise_residual else 1.0), cfg.transform)
@@ -250,7 +250,7 @@ def center_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, frames: jax.Ar
     """
     s = cfg.image_size
     shape = frames.shape[-2:]
-    xn, _ = normalize(_as_float(frames)[0], cfg.transform)
+    xn, _ = normalize(as_counts(frames)[0], cfg.transform)
     logits = UNet(cfg.center_net, sigmoid=False, dtype=_dtype(cfg)).apply(variables["center_net"], resize(xn, (s, s))).astype(jnp.float32)
     c_net = resize_coordinates(centers, shape, (s, s))
     loss, bce, coord, found = _heatmap_loss(lcfg, cfg, logits, c_net)
@@ -362,7 +362,7 @@ def e2e_forward(cfg: PipelineConfig, variables: dict, noisy: jax.Array):
     ellipse_out : (G, 3) the ResNet's (cos 2t, sin 2t, ratio)
     """
     g, k, h, w = noisy.shape
-    x = denoise_stage(cfg, variables, _as_float(noisy.reshape(g * k, h, w))[0])
+    x = denoise_stage(cfg, variables, as_counts(noisy.reshape(g * k, h, w))[0])
     centers = center_stage(cfg, variables, x)
     recentred = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32)).reshape(g, k, h, w)
     inputs = jax.vmap(lambda m: ellipse_network_input(cfg, m))(recentred.mean(1))

@@ -33,8 +33,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ._batches import DataConfig
-from ._train import TrainConfig, evaluate_e2e, export, load_run_variables, train
+from .._util import atomic_write_text
+from ._checkpoints import load_run_variables
+from ._export import evaluate_e2e, export
+from ._loop import train
+from .config import TrainConfig
 
 __all__ = ["Recipe", "run_recipe", "load_recipe", "STAGES"]
 
@@ -52,6 +55,7 @@ class Recipe:
     stages : ``{"denoiser"|"center"|"ellipse"|"e2e": TrainConfig}``; their data roots and
         ``init_from`` paths are replaced by the work directory's
     evalset : the held-out set (a :class:`prenet_jax.evaluation.EvalSetConfig`)
+    evaluation : how it is scored (a :class:`prenet_jax.evaluation.EvalConfig`; None: the defaults)
     weights : the shipped weights directory (refreshed as training improves)
     report : where the evaluation's ``report.md`` is copied (e.g. ``benchmarks/EVAL.md``);
         None: only in the work directory
@@ -64,6 +68,7 @@ class Recipe:
     stages: dict
     evalset: object
     weights: Path
+    evaluation: object | None = None
     report: Path | None = None
     e2e_check_batches: int = 8
     storage_dtype: str = "float32"
@@ -109,9 +114,7 @@ class _State:
         self.save()
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=str))
 
 
 def _best_steps(runs: dict[str, Path]) -> dict[str, int | None]:
@@ -239,7 +242,8 @@ def run_recipe(recipe: Recipe, workdir: str | os.PathLike, *, time_limit: float 
         elif stage == "evaluate":
             from ..evaluation import evaluate_weights
 
-            path = evaluate_weights(recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log)
+            kw = {} if recipe.evaluation is None else {"cfg": recipe.evaluation}
+            path = evaluate_weights(recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, **kw)
             if recipe.report is not None:
                 _copy_report(path, Path(recipe.report))
             done(stage, report=str(path))

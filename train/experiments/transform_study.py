@@ -24,12 +24,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prenet_jax.training import distort, poisson
-from prenet_jax.ops._filters import gaussian_filter
-from prenet_jax.training import denoise_metrics
-from prenet_jax.pipeline._pipeline import denoise_stage
-from prenet_jax.training import load_config, load_run_variables, override, resolve_pipeline, train
-from prenet_jax.training import load_split
+from prenet_jax.ops import gaussian_filter
+from prenet_jax.pipeline import denoise_stage
+from prenet_jax.training import (
+    denoise_metrics,
+    distort,
+    load_config,
+    load_run_variables,
+    load_split,
+    override,
+    poisson,
+    resolve_pipeline,
+    train,
+)
 
 DOSES = (1e2, 1e3, 1e4, 1e5, 1e6)
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,124 @@
+"""Export trained runs as inference weights, and score a set of networks end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import jax
+
+from .._util import git_commit, versions
+from ..config import PipelineConfig
+from ..models._networks import count_params
+from ._checkpoints import _put_replicated, load_run_variables
+from ._loop import _Data, _mean_metrics
+from ._steps import _eval_key, make_eval_step, make_mesh, split_variables
+from .config import TASKS, TrainConfig, resolve_pipeline, task_networks
+
+__all__ = ["export", "evaluate_e2e"]
+
+def _versions() -> dict:
+    return {**versions("flax", "optax", "orbax.checkpoint"), "backend": jax.default_backend(),
+            "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"]}
+
+
+# The pipeline settings that belong to each network (its size and how it is fed).
+_NETWORK_FIELDS = {
+    "denoiser": ("denoiser", "denoise_residual"),
+    "center_net": ("center_net", "heatmap_threshold", "heatmap_radius"),
+    "center_fine": ("center_fine", "fine_size"),
+    "ellipse_net": ("ellipse_net", "ellipse_input", "polar_angles", "polar_radii"),
+}
+
+
+def _widths(pcfg: PipelineConfig, net: str) -> dict:
+    return dataclasses.asdict(getattr(pcfg, net))
+
+
+def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storage_dtype: str = "float32",
+           compute_dtype: Literal["float32", "bfloat16"] = "float32", manifest_extra: dict | None = None) -> Path:
+    """Write the inference weights (:func:`prenet_jax.pipeline._weights.save_weights`) from runs.
+
+    Parameters
+    ----------
+    out : new directory (``weights.npz`` + ``manifest.json``), loadable by
+        ``Pipeline.from_pretrained(out)``
+    runs : ``{"denoiser"|"center"|"ellipse"|"e2e": run directory}``; e2e gives all three
+        networks, separate runs fill in or replace them. A stage without a network
+        uses no denoising, the thresholded centre of mass, or the edge fit.
+    storage_dtype : ``"float16"`` halves the file
+    compute_dtype : stored in the pipeline config (bfloat16 for GPU inference)
+    manifest_extra : more provenance for the manifest (e.g. the data recipe)
+    """
+    unknown = set(runs) - set(TASKS)
+    if unknown or not runs:
+        raise ValueError(f"runs must name some of {sorted(TASKS)}, got {sorted(runs)}")
+    params: dict = {}
+    info: dict = {}
+    sizes: dict = {}
+    base: PipelineConfig | None = None
+    for kind in ("e2e", "denoiser", "center", "ellipse"):  # separate runs override the e2e ones
+        if kind not in runs:
+            continue
+        cfg, variables, meta = load_run_variables(runs[kind])
+        summary_path = Path(runs[kind]) / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        pc = cfg.pipeline
+        if base is None:
+            base = pc
+        for field in ("image_size", "transform"):
+            if getattr(pc, field) != getattr(base, field):
+                raise ValueError(f"runs disagree on pipeline.{field} ({getattr(pc, field)} vs {getattr(base, field)}): "
+                                 "the networks were trained for different inputs")
+        for net in task_networks(kind, pc):
+            params[net] = variables[net]
+            sizes.update({f: getattr(pc, f) for f in _NETWORK_FIELDS[net]})
+            info[net] = {
+                "run": str(runs[kind]), "task": cfg.task, "widths": _widths(pc, net),
+                "parameters": count_params(variables[net].get("params", {})),
+                "data": dataclasses.asdict(cfg.data), "augment": dataclasses.asdict(cfg.augment),
+                "loss": dataclasses.asdict(cfg.loss), "seed": cfg.seed, "steps": summary.get("step"),
+                "best_step": meta.get("step", summary.get("best_step")), "validation": meta.get("val", summary.get("best_metrics")),
+                "status": summary.get("status"), "train_config": cfg.to_dict(),
+            }
+    # A stage without a trained network: no denoising (the centre network was trained on
+    # raw noisy frames), thresholded centre of mass, edge fit of the mean pattern.
+    pcfg = base.replace(
+        compute_dtype=compute_dtype,
+        denoise_method="network" if "denoiser" in params else "none",
+        center_method="network" if "center_net" in params else "com",
+        ellipse_method="network" if "ellipse_net" in params else "fit",
+        **{k: v for k, v in sizes.items()},
+    )
+    if "center_fine" not in params:  # a one-pass centre network
+        pcfg = pcfg.replace(center_fine=None)
+    manifest = {"format": "prenet-jax-weights", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **git_commit(), "versions": _versions(), "networks": info, **(manifest_extra or {})}
+    from ..pipeline._weights import save_weights
+
+    return save_weights(out, pcfg, params, manifest, dtype=storage_dtype)
+
+
+def evaluate_e2e(pcfg: PipelineConfig, variables: dict, cfg: TrainConfig, split: str = "test", batches: int = 8,
+                 devices=None, per_batch: bool = False) -> dict:
+    """End-to-end metrics of a set of networks on held-out groups (``cfg.augment``,
+    ``cfg.group_size``, fixed keys: the same frames for every set of networks).
+
+    Returns the means over ``batches`` batches, or with ``per_batch`` a list per metric."""
+    cfg = cfg.replace(task="e2e")
+    mesh = make_mesh(devices)
+    data = _Data(cfg, split, mesh)
+    pc = pcfg.replace(compute_dtype=resolve_pipeline(cfg).compute_dtype, denoise_method="network", center_method="network",
+                      ellipse_method="network")
+    ev = make_eval_step(cfg, mesh, pc)
+    params, extra = split_variables(cfg, _put_replicated(jax.device_get(variables), mesh))
+    b = cfg.eval_batch_size or cfg.batch_size
+    ms = [ev(params, extra, *data.eval_batch(i, b), _eval_key(cfg.seed + 1000, i)) for i in range(batches)]
+    if per_batch:
+        host = jax.device_get(ms)
+        return {k: [float(m[k]) for m in host] for k in host[0]}
+    return _mean_metrics(ms)
