@@ -7,7 +7,6 @@ import errno
 import hashlib
 import io
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -91,11 +90,13 @@ def test_a_real_write_limit_in_libhdf5(tmp_path, frames):
     np.save(src, np.tile(frames, (8, 1, 1, 1)))  # 1.5 MiB; the output (uncompressed) cannot fit in 256 KiB
     digest = sha(src)
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # Python ignores SIGXFSZ: writes fail with EFBIG
-
-    argv = [sys.executable, "-m", "prenet_jax.cli", "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--compression", "none", "--no-progress", *FIXED]
-    proc = subprocess.run(argv, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900, preexec_fn=limit)
+    # the limit is set in the child before the command runs (Python ignores SIGXFSZ: writes fail with EFBIG)
+    cli = (
+        "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10)); "
+        "runpy.run_module('prenet_jax.cli', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", cli, "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--compression", "none", "--no-progress", *FIXED]
+    proc = subprocess.run(argv, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900)
     err = proc.stderr.splitlines()
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert err[-1].startswith("error: ") and f"{tmp_path / 'out.h5'} failed: File too large; the file is larger than this file system or process allows" in err[-1], err[-1]
@@ -259,8 +260,8 @@ def test_compute_step_raises(data, monkeypatch):
 
     real = _stream._make_post
 
-    def make_post(dt):
-        return fail_on_call(2, RuntimeError("XLA went away"), real(dt))
+    def make_post(*args):
+        return fail_on_call(2, RuntimeError("XLA went away"), real(*args))
 
     monkeypatch.setattr(_stream, "_make_post", make_post)
     rc, out, err = run_cli(data, "-o", data.parent / "out.h5", *FIXED)
