@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256, help="frame side in px")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--refine", action="store_true", help="also time the fused step with center_refine='friedel' (its cost)")
     ap.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
@@ -69,14 +70,18 @@ def main(argv=None) -> int:
     rows = []
     fused = _time(lambda: pipe.step_fn(pipe.params, batch, matrix), args.repeats)
     rows.append(("fused step", fused))
+    refined = None
+    if args.refine:
+        rpipe = pipe.with_refinement()
+        refined = _time(lambda: rpipe.step_fn(rpipe.params, batch, matrix), args.repeats)
     # Stages alone, on the same batch (each its own jit program).
-    from prenet_jax import _pipeline as P
+    from prenet_jax.pipeline import center_stage, denoise_stage, warp_stage
 
     x = jax.jit(lambda f: f.astype(jnp.float32))(batch)
     stages = {
-        "denoise": jax.jit(lambda p, x: P.denoise_stage(cfg, p, x)),
-        "centre": jax.jit(lambda p, x: P.center_stage(cfg, p, x)),
-        "warp": jax.jit(lambda x, c, m: P.warp_stage(cfg, x, c, m)),
+        "denoise": jax.jit(lambda p, x: denoise_stage(cfg, p, x)),
+        "centre": jax.jit(lambda p, x: center_stage(cfg, p, x)),
+        "warp": jax.jit(lambda x, c, m: warp_stage(cfg, x, c, m)),
     }
     centers = jnp.full((b, 2), (s - 1) / 2 + 0.3, jnp.float32)
     for name, fn in stages.items():
@@ -93,6 +98,9 @@ def main(argv=None) -> int:
     table.append(f"| sum of stages | {total * 1e3:.2f} | {b / total:,.0f} |")
     table.append("")
     table.append(f"fused / sum of stages: {fused / total:.2f}")
+    if refined is not None:
+        table.append(f"fused step with center_refine='friedel' (window {cfg.refine_window} px, {cfg.refine_steps} steps): "
+                     f"{refined * 1e3:.2f} ms / batch, {b / refined:,.0f} frames/s: +{100 * (refined / fused - 1):.0f} % over the fused step")
     print(environment())
     print("\n".join(table))
     if args.record:

@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.evaluation import _metrics as M
-from prenet_jax.evaluation._evaluate import (
-    EvalConfig,
-    Methods,
-    _load_network,
-    corrupt_single,
-    gaussian_search,
-    pca_denoise,
-    run_evaluation,
-    write_report,
-)
-from prenet_jax.evaluation._evalset import make_synthetic, held_out_structures
 from prenet_jax.cli import build_parser
+from prenet_jax.evaluation import EvalConfig, Methods, run_evaluation, write_report
+from prenet_jax.evaluation import _metrics as metrics
+from prenet_jax.evaluation._baselines import gaussian_search, pca_denoise
+from prenet_jax.evaluation._corrupt import corrupt_single
+from prenet_jax.evaluation._evalset import held_out_structures, make_synthetic
+from prenet_jax.evaluation._pipelines import load_network
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -30,55 +24,55 @@ from prenet_jax.cli import build_parser
 def test_mse_psnr_known_noise_level(rng):
     clean = np.zeros((4, 32, 32))
     clean[:, 10:20, 10:20] = 5.0  # peak 5
-    assert np.all(M.mse(clean, clean) == 0) and np.all(np.isinf(M.psnr(clean, clean)))
+    assert np.all(metrics.mse(clean, clean) == 0) and np.all(np.isinf(metrics.psnr(clean, clean)))
     # A constant error of 0.05 x peak everywhere: MSE 0.0025 (peak = 1), PSNR 26.02 dB.
     est = clean + 0.25
-    np.testing.assert_allclose(M.mse(est, clean), 0.0025)
-    np.testing.assert_allclose(M.psnr(est, clean), 10 * math.log10(400), rtol=1e-12)
+    np.testing.assert_allclose(metrics.mse(est, clean), 0.0025)
+    np.testing.assert_allclose(metrics.psnr(est, clean), 10 * math.log10(400), rtol=1e-12)
     # Gaussian noise of sigma = 0.1 x peak: PSNR 20 dB within sampling error; scale-free.
     noisy = clean + 0.5 * rng.standard_normal(clean.shape)
-    assert abs(np.mean(M.psnr(noisy, clean)) - 20.0) < 0.3
-    np.testing.assert_allclose(M.psnr(noisy * 7, clean * 7), M.psnr(noisy, clean))
+    assert abs(np.mean(metrics.psnr(noisy, clean)) - 20.0) < 0.3
+    np.testing.assert_allclose(metrics.psnr(noisy * 7, clean * 7), metrics.psnr(noisy, clean))
     with pytest.raises(ValueError, match="shape"):
-        M.mse(clean[0], clean)
+        metrics.mse(clean[0], clean)
 
 
 def test_center_errors_perfect_and_known_shift():
     truth = np.array([[10.0, 20.0], [30.5, 40.25], [0.0, 0.0]])
-    e = M.center_errors(truth, truth)
+    e = metrics.center_errors(truth, truth)
     assert all(np.all(v == 0) for v in e.values())
-    e = M.center_errors(truth + [0.3, -0.4], truth)
+    e = metrics.center_errors(truth + [0.3, -0.4], truth)
     np.testing.assert_allclose(e["ey"], 0.3)
     np.testing.assert_allclose(e["ex"], 0.4)
     np.testing.assert_allclose(e["er"], 0.5)
     np.testing.assert_allclose(e["dx"], -0.4)
-    s = M.summarize(M.center_errors(np.vstack([truth[:2] + [0.3, -0.4], [np.nan, np.nan]]), truth)["er"])
+    s = metrics.summarize(metrics.center_errors(np.vstack([truth[:2] + [0.3, -0.4], [np.nan, np.nan]]), truth)["er"])
     assert s["n"] == 2 and s["n_failed"] == 1 and s["mean"] == pytest.approx(0.5) and s["std"] == pytest.approx(0.0)
 
 
 def test_angle_error_wraps_at_pi_and_ratio_error():
-    assert M.angle_error(0.1, 0.1) == 0
-    assert M.angle_error(0.05, math.pi - 0.05) == pytest.approx(0.1)  # the same axis, 0.1 rad apart
-    assert M.angle_error(0.2, 0.2 + math.pi) == pytest.approx(0.0, abs=1e-12)
-    assert M.angle_error(0.0, math.pi / 2) == pytest.approx(math.pi / 2)  # the largest possible
-    assert np.all(M.angle_error(np.linspace(-10, 10, 101), 0.3) <= math.pi / 2 + 1e-12)
-    np.testing.assert_allclose(M.ratio_error([1.1, 1.0], [1.05, 1.0]), [0.05, 0.0], atol=1e-12)
+    assert metrics.angle_error(0.1, 0.1) == 0
+    assert metrics.angle_error(0.05, math.pi - 0.05) == pytest.approx(0.1)  # the same axis, 0.1 rad apart
+    assert metrics.angle_error(0.2, 0.2 + math.pi) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.angle_error(0.0, math.pi / 2) == pytest.approx(math.pi / 2)  # the largest possible
+    assert np.all(metrics.angle_error(np.linspace(-10, 10, 101), 0.3) <= math.pi / 2 + 1e-12)
+    np.testing.assert_allclose(metrics.ratio_error([1.1, 1.0], [1.05, 1.0]), [0.05, 0.0], atol=1e-12)
 
 
 def test_summary_percentiles_and_format():
-    s = M.summarize(np.arange(1, 101, dtype=float))
+    s = metrics.summarize(np.arange(1, 101, dtype=float))
     assert s["mean"] == 50.5 and s["median"] == 50.5 and s["p95"] == pytest.approx(95.05) and s["n"] == 100
-    assert M.summarize([np.nan])["n"] == 0
-    assert M.format_stat(M.summarize([1.0, 3.0])) == "2 ± 1.41"
+    assert metrics.summarize([np.nan])["n"] == 0
+    assert metrics.format_stat(metrics.summarize([1.0, 3.0])) == "2 ± 1.41"
 
 
 def test_radial_std_circle_vs_ellipse():
     c = (31.5, 31.5)
     circle = pj.disk_pattern((64, 64), c, 12.0, None, None)
     ell = pj.disk_pattern((64, 64), c, 12.0, pj.Ellipse(1.15, 0.4), None)
-    r_circle, r_ell = M.radial_std(circle), M.radial_std(ell)
+    r_circle, r_ell = metrics.radial_std(circle), metrics.radial_std(ell)
     assert r_circle < 0.01 < r_ell
-    radii, mean, std = M.radial_profile(circle)
+    radii, mean, std = metrics.radial_profile(circle)
     assert radii[0] == 0 and mean[0] == pytest.approx(1.0, abs=1e-3) and std.max() < 0.02
 
 
@@ -90,9 +84,9 @@ def test_gaussian_search_and_pca_improve_noisy_frames(rng):
     noisy = rng.poisson(clean).astype(np.float32)
     sigma, scores = gaussian_search(noisy, clean, sigmas=(0.5, 1.0, 2.0))
     assert sigma in scores and scores[sigma] == max(scores.values())
-    assert scores[sigma] > np.mean(M.psnr(noisy, clean))
+    assert scores[sigma] > np.mean(metrics.psnr(noisy, clean))
     den = pca_denoise(noisy, 2)
-    assert den.shape == noisy.shape and np.mean(M.mse(den, clean)) < np.mean(M.mse(noisy, clean))
+    assert den.shape == noisy.shape and np.mean(metrics.mse(den, clean)) < np.mean(metrics.mse(noisy, clean))
     # Rank F-1 about the mean reproduces the frames exactly.
     np.testing.assert_allclose(pca_denoise(noisy, 7, poisson_scaling=False), noisy, atol=1e-3)
 
@@ -134,7 +128,7 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     for var in ("PRENET_PY4DSTEM_PYTHON", "PRENET_PYXEM_PYTHON"):
         monkeypatch.delenv(var, raising=False)  # peers are optional; CI has none
     es = make_synthetic(n_patterns=8, n_scans=2, scan_frames=6, size=32, per_group=4)
-    net, note = _load_network("untrained", 32)
+    net, note = load_network("untrained", 32)
     assert net is not None and "UNTRAINED" in note
     cfg = EvalConfig(doses=(1e4,), ellipses_per_group=2, rotations=4, e2e_scan=(2, 3), e2e_cubes=("crystal",), batch=8)
     res = run_evaluation(es, Methods(network=net, network_note=note), cfg, log=lambda *_: None)
@@ -142,7 +136,7 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     text = path.read_text()
     for heading in ("## 1. Denoising", "## 2. Beam centres", "## 3. Ellipse", "## 4. End to end"):
         assert heading in text
-    for label in ("Gaussian filter (best sigma)", "SVD/PCA", "thresholded CoM", "Friedel symmetry", "edge fit", "ours (network)"):
+    for label in ("Gaussian filter (best sigma)", "SVD/PCA", "thresholded CoM", "Friedel symmetry", "edge fit", "network (ours)"):
         assert label in text
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["method"], r["dose"]): r for r in data["centers"]["rows"]}
@@ -150,8 +144,8 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     assert com["n"] == 8 and np.isfinite(com["mean"]) and com["mean"] < 1.0  # classical CoM works on clean-ish disks
     den = {r["method"]: r for r in data["denoise"]["rows"]}
     assert den["gaussian"]["by_kind"]["all"]["psnr"]["mean"] > den["input"]["by_kind"]["all"]["psnr"]["mean"]
-    assert {r["method"] for r in data["ellipse"]["rows"]} == {"fit", "ours", "fit+refine", "ours+refine"}
-    assert {"com+refine", "friedel+refine", "ours+refine"} <= {r["method"] for r in data["centers"]["rows"]}
+    assert {r["method"] for r in data["ellipse"]["rows"]} == {"fit", "network", "fit+refine", "network+refine"}
+    assert {"com+refine", "friedel+refine", "network+refine"} <= {r["method"] for r in data["centers"]["rows"]}
     # The self-calibration from the edge fit's start: a drawn ring's ellipse, to better than the fit.
     fit_err = {r["method"]: r["by_kind"]["all"]["ratio_err"]["mean"] for r in data["ellipse"]["rows"]}
     assert fit_err["fit+refine"] <= fit_err["fit"] + 1e-4
@@ -160,10 +154,10 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     assert {"denoise_psnr.png", "centers_error.png", "ellipse_radial.png", "e2e.png"} <= set(pngs)
     # Without weights the network rows are marked, not invented.
     res2 = {k: v for k, v in res.items() if k not in ("denoise", "ellipse", "e2e")}
-    res2["centers"] = dict(res["centers"], rows=[r for r in res["centers"]["rows"] if r["method"] != "ours"])
+    res2["centers"] = dict(res["centers"], rows=[r for r in res["centers"]["rows"] if r["method"] != "network"])
     res2["network"] = "no trained weights yet"
     text2 = write_report(res2, tmp_path / "b", figures=False).read_text()
-    assert "ours (network): no trained weights yet" in text2 and "py4DSTEM get_origin: not run" in text2
+    assert "network (ours): no trained weights yet" in text2 and "py4DSTEM get_origin: not run" in text2
 
 
 def test_cli_is_registered(tmp_path):
@@ -173,7 +167,7 @@ def test_cli_is_registered(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("PRENET_PY4DSTEM_PYTHON"), reason="py4DSTEM interpreter not configured")
 def test_py4dstem_conventions_on_a_known_disk():
-    from prenet_jax.evaluation._peers import run_peer
+    from prenet_jax.evaluation.peers import run_peer
 
     cs = np.array([[30.3, 33.7], [29.9, 34.2]])
     frames = np.stack([pj.disk_pattern((64, 64), tuple(c), 8.0, None, None) for c in cs])
@@ -183,9 +177,48 @@ def test_py4dstem_conventions_on_a_known_disk():
 
 @pytest.mark.skipif(not os.environ.get("PRENET_PYXEM_PYTHON"), reason="pyxem interpreter not configured")
 def test_pyxem_conventions_on_a_known_disk():
-    from prenet_jax.evaluation._peers import run_peer
+    from prenet_jax.evaluation.peers import run_peer
 
     cs = np.array([[30.3, 33.7], [29.9, 34.2]])
     frames = np.stack([pj.disk_pattern((64, 64), tuple(c), 8.0, None, None) for c in cs])
     found, _ = run_peer("pyxem", "center_direct_beam", frames, {"method": "center_of_mass"})
     assert np.max(np.abs(found - cs)) < 0.02  # centre = signal_shape / 2 - shift, (x, y) -> (row, col)
+
+
+def test_peer_workers_are_package_files_that_run_without_prenet_jax(tmp_path, monkeypatch):
+    import ast
+    import sys
+
+    from prenet_jax.evaluation.peers import PEERS, available_peers, run_peer, worker_path
+
+    # The peer's interpreter may not have prenet_jax (py4DSTEM pins numpy < 2): the workers import only numpy and the peer.
+    for peer in PEERS:
+        tree = ast.parse(worker_path(peer).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not any(m.startswith("prenet_jax") for m in imported), peer
+    # A fake pyxem whose direct beam needs no shift: the worker runs by its path, reads its options
+    # from the file, and the centre comes back as the frame's half size in (row, col).
+    fake = tmp_path / "fake" / "pyxem"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import types\nimport numpy as np\n__version__ = '9.9-fake'\n"
+        "class Diffraction2D:\n"
+        "    def __init__(self, data):\n"
+        "        self.data = data\n"
+        "        self.axes_manager = types.SimpleNamespace(signal_shape=(data.shape[-1], data.shape[-2]))\n"
+        "    def get_direct_beam_position(self, method, lazy_output, **kw):\n"
+        "        assert method == 'center_of_mass' and lazy_output is False and kw == {'x': [1] * 50000}\n"
+        "        return types.SimpleNamespace(data=np.zeros((self.data.shape[0], 2)))\n"
+        "signals = types.SimpleNamespace(Diffraction2D=Diffraction2D)\n")
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("PRENET_PYXEM_PYTHON", str(python))
+    assert available_peers(("pyxem",)) == {"pyxem": "9.9-fake"}
+    # Options larger than one command-line argument may be (128 KiB) travel in a file.
+    found, version = run_peer("pyxem", "center_direct_beam", np.zeros((3, 16, 20)), {"method": "center_of_mass", "kwargs": {"x": [1] * 50000}})
+    assert version == "9.9-fake"
+    np.testing.assert_array_equal(found, [[8.0, 10.0]] * 3)
+    with pytest.raises(RuntimeError, match="unknown task"):
+        run_peer("pyxem", "no_such_task", np.zeros((1, 4, 4)))

@@ -37,11 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
     from ._demo import add_demo_parser
-    from ..evaluation._evaluate import add_evaluate_parser
+    from ._evaluate import add_evaluate_parser
     from ..data._figures import add_figure_parser
     from ._preprocess import add_preprocess_parser
     from ..data._simulate import add_simulate_parser
-    from ..training._train import add_train_parser
+    from ._train import add_train_parser
 
     add_demo_parser(sub)
     add_preprocess_parser(sub)

@@ -1,11 +1,46 @@
-"""``prenet-jax evaluate``: the paper's tables on held-out simulations.
+"""``prenet-jax evaluate``: the paper's tables on held-out data, the networks beside the baselines.
 
-:func:`load_or_make` builds the held-out set (test-split structures),
-:func:`run_evaluation` scores every method against the known truth, and
-:func:`write_report` writes the tables and figures.
+Every method is scored against a known truth on test-split structures; every table
+row gives its spread and its N. The flow, one module per step:
+
+- ``_evalset``: the held-out set of clean patterns (:func:`load_or_make`);
+- ``_corrupt``: the known shifts, ellipses and Poisson noise each table applies to it;
+- ``_pipelines`` and ``_baselines``: the methods (networks, classical stages and their
+  best settings), ``peers/``: py4DSTEM and pyxem in their own interpreters;
+- ``_metrics``: the scores; ``_tables``: the four tables (:func:`run_evaluation`);
+- ``_report`` and ``_figures``: ``report.md``, ``results.json`` and the PNG figures
+  (:func:`write_report`).
+
+Tables
+------
+1. Denoising (scan patches): MSE and PSNR of the input and of each method's output
+   against the noise-free expectation, per dose, crystal and amorphous. Methods: the
+   network's denoiser; the Gaussian filter at the sigma with the highest mean PSNR at
+   that dose (searched on the same frames: an upper bound of that baseline); SVD/PCA
+   across the neighbouring frames of each patch, Poisson-scaled (Keenan & Kotula), at
+   the rank best for that dose.
+2. Centres (single patterns, shifted up to ``max_shift`` px, rotated, elliptically
+   distorted): MAE-X, MAE-Y, MAE-R, median and 95th percentile of R, per dose, crystal
+   and amorphous. The network (denoiser + heatmap network), thresholded centre of mass,
+   Friedel symmetry, and py4DSTEM ``get_origin`` / ``get_origin_friedel`` and pyxem
+   ``get_direct_beam_position`` when available.
+3. Ellipse (recentred mean patterns: each task's patterns averaged over in-plane
+   rotations, distorted by a random ellipse, noise of ``mean_frames`` frames at the dose):
+   error of the ratio (all) and of the angle (ratio >= 1.03); relative radial standard
+   deviation before and after correction. The network (ResNet), the edge fit, and
+   py4DSTEM ``fit_ellipse_amorphous_ring`` when available.
+4. End to end: a small cube (descan plane, jitter, one ellipse, noise) through
+   :meth:`prenet_jax.Pipeline.preprocess`, against the ideal corrected cube.
+
+Centre and ellipse methods also run followed by the self-calibration of
+:mod:`prenet_jax.ops` (the ``+refine`` rows). The label of a centre is the zero angle
+plus the applied shift (never a centre of mass: dynamical scattering makes the direct
+disk asymmetric), see :mod:`prenet_jax.training._augment`.
 """
 
+from ._config import EvalConfig, Methods
 from ._evalset import EvalSet, EvalSetConfig, load_or_make
-from ._evaluate import EvalConfig, Methods, evaluate_weights, run_evaluation, write_report
+from ._report import write_report
+from ._tables import evaluate_weights, run_evaluation
 
 __all__ = ["EvalConfig", "EvalSet", "EvalSetConfig", "Methods", "evaluate_weights", "load_or_make", "run_evaluation", "write_report"]
