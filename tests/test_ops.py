@@ -60,7 +60,7 @@ def test_classical_centers_on_disk_patterns(rng, method):
     truth = 31.5 + rng.uniform(-4, 4, (12, 2))
     frames = np.stack([pj.disk_pattern((64, 64), tuple(c), radius=7.0) for c in truth])
     err = np.abs(np.asarray(fn(jnp.asarray(frames))) - truth)
-    assert err.max() < 0.05, err.max()
+    assert err.max() < (0.01 if method == "com" else 0.05), err.max()  # com: masked to the disk
 
 
 def test_friedel_center_ignores_asymmetric_intensity_inside_the_disk(rng):
@@ -182,9 +182,9 @@ def test_fit_ellipse_edge_on_elliptical_disks(rng):
         img = pj.disk_pattern((64, 64), tuple(c), radius=14.0, ellipse=e, lattice=None)
         o = fit(img)
         est = pj.Ellipse.from_axes(float(o["a"]), float(o["b"]), float(o["angle"]))
-        assert abs(est.ratio - e.ratio) < 0.003
-        assert abs(np.angle(np.exp(2j * (est.angle - e.angle)))) / 2 < np.radians(1.0)
-        np.testing.assert_allclose(np.asarray(o["center"]), c, atol=0.02)
+        assert abs(est.ratio - e.ratio) < 0.001
+        assert abs(np.angle(np.exp(2j * (est.angle - e.angle)))) / 2 < np.radians(0.1)
+        np.testing.assert_allclose(np.asarray(o["center"]), c, atol=0.01)
 
 
 def test_polar_transform_angle_convention():

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
-import hashlib
 import math
 import os
 import re
@@ -47,10 +46,14 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from .._util import sha256_file  # re-exported: prenet_jax.io.sha256_file
+from ._emd import emd_dims
 
 __all__ = [
     "InputError",
@@ -61,6 +64,7 @@ __all__ = [
     "sha256_file",
     "EMDWriter",
     "read_result",
+    "plan_blocks",
     "HDF5_SUFFIXES",
 ]
 
@@ -158,18 +162,24 @@ class Source:
         if len(shape) == 3 and scan is not None:
             n = shape[0]
             if scan[0] * scan[1] != n:
-                raise InputError(f"--scan {scan[0]},{scan[1]} gives {scan[0] * scan[1]} positions but {self._what()} holds {n} frames; pick RX,RY with RX*RY = {n}")
+                raise InputError(
+                    f"--scan {scan[0]},{scan[1]} gives {scan[0] * scan[1]} positions but {self._what()} holds {n} frames; pick RX,RY with RX*RY = {n}"
+                )
             shape = (scan[0], scan[1]) + shape[1:]
             self._stack = True
         elif scan is not None and len(shape) == 4 and tuple(scan) != shape[:2]:
-            raise InputError(f"--scan {scan[0]},{scan[1]} does not match the scan shape {shape[:2]} of {self._what()}; leave --scan out for 4-D data")
+            raise InputError(
+                f"--scan {scan[0]},{scan[1]} does not match the scan shape {shape[:2]} of {self._what()}; leave --scan out for 4-D data"
+            )
         if len(shape) != 4:
             hint = (
                 f"it looks like a stack of {shape[0]} frames: give the scan shape with --scan RX,RY"
                 if len(shape) == 3
                 else "point --dataset at the 4-D (Rx, Ry, Qx, Qy) diffraction data"
             )
-            raise InputError(f"{self._what()} has shape {self.stored_shape} ({len(self.stored_shape)}-D); preprocess needs 4-D data (Rx, Ry, Qx, Qy): {hint}")
+            raise InputError(
+                f"{self._what()} has shape {self.stored_shape} ({len(self.stored_shape)}-D); preprocess needs 4-D data (Rx, Ry, Qx, Qy): {hint}"
+            )
         if self.dtype.kind not in "iuf":
             raise InputError(f"{self._what()} has dtype {self.dtype}; expected integer or float counts")
         if 0 in shape:
@@ -265,7 +275,7 @@ class Source:
             pos += js.size
         return out
 
-    def frames(self) -> "FrameView":
+    def frames(self) -> FrameView:
         """An ``(N, H, W)`` view for :meth:`prenet_jax.Pipeline.calibrate`."""
         return FrameView(self)
 
@@ -343,7 +353,9 @@ class FrameView:
             bad = ~np.isfinite(out).all(axis=(1, 2))
             out[bad] = 0
         if self.negative == "error" and out.dtype.kind in "if" and out.size and out.min() < 0:
-            raise InputError(f"{self.source._what()} has negative pixels (min {float(out.min()):.4g}); use --negative clip to treat them as zero counts")
+            raise InputError(
+                f"{self.source._what()} has negative pixels (min {float(out.min()):.4g}); use --negative clip to treat them as zero counts"
+            )
         if self.on_read is not None:
             self.on_read(len(index))
         return out
@@ -565,7 +577,9 @@ def _open_hdf5(path: Path, dataset: str | None, scan) -> Source:
             if isinstance(obj, h5py.Group) and isinstance(obj.get("data"), h5py.Dataset):
                 obj = obj["data"]  # an EMD array node: its data
             if not isinstance(obj, h5py.Dataset):
-                raise InputError(f"'{dataset}' in {path} is a group, not a dataset; give the path of the dataset (e.g. {dataset.rstrip('/')}/data)")
+                raise InputError(
+                    f"'{dataset}' in {path} is a group, not a dataset; give the path of the dataset (e.g. {dataset.rstrip('/')}/data)"
+                )
             kind = "emd" if is_emd else "hdf5"
         else:
             obj, kind = None, "hdf5"
@@ -574,7 +588,9 @@ def _open_hdf5(path: Path, dataset: str | None, scan) -> Source:
                 if len(cubes) == 1:
                     obj, kind = cubes[0], "emd"
                 elif len(cubes) > 1:
-                    raise InputError(f"{path} holds several py4DSTEM DataCubes: {', '.join(c.name for c in cubes)}; pick one with --dataset")
+                    raise InputError(
+                        f"{path} holds several py4DSTEM DataCubes: {', '.join(c.name for c in cubes)}; pick one with --dataset"
+                    )
             if obj is None:
                 found = _datasets(f)
                 four = [(n, s, d) for n, s, d in found if len(_squeeze_leading(s)) == 4 and np.dtype(d).kind in "iuf"]
@@ -588,7 +604,9 @@ def _open_hdf5(path: Path, dataset: str | None, scan) -> Source:
                         obj = f[three[0][0]]
                     else:
                         hint = " A 3-D stack of frames can be read with --dataset PATH --scan RX,RY." if three else ""
-                        raise InputError(f"{path} holds no 4-D dataset (Rx, Ry, Qx, Qy); it has: {_describe_datasets(found) or 'no datasets'}.{hint}")
+                        raise InputError(
+                            f"{path} holds no 4-D dataset (Rx, Ry, Qx, Qy); it has: {_describe_datasets(found) or 'no datasets'}.{hint}"
+                        )
         src = _HDF5Source(path, f, obj, kind, scan)
         if kind == "emd":
             src.calibration = _emd_calibration(obj)
@@ -662,7 +680,9 @@ def _open_rsciio(path: Path, scan) -> Source:
         raise InputError(f"{path.name}: for EMPAD data give the .xml file that sits next to the .raw file")
     plugins = [p for p in IO_PLUGINS if ext in [e.lower() for e in p["file_extensions"]]]
     if not plugins:
-        raise InputError(f"{path.name}: unknown file type '{path.suffix}'; supported: HDF5 (.h5, .hdf5, .emd, .py4dstem), .npy, and the RosettaSciIO formats (.mib, .blo, .dm3/.dm4, EMPAD .xml, .mrc, .ser, .tvips, ...)")
+        raise InputError(
+            f"{path.name}: unknown file type '{path.suffix}'; supported: HDF5 (.h5, .hdf5, .emd, .py4dstem), .npy, and the RosettaSciIO formats (.mib, .blo, .dm3/.dm4, EMPAD .xml, .mrc, .ser, .tvips, ...)"
+        )
     errors = []
     for p in plugins:
         try:
@@ -700,29 +720,29 @@ def _rsciio_calibration(item: dict) -> dict:
     return out
 
 
-def sha256_file(path: str | os.PathLike, stop=None, chunk: int = 8 << 20) -> str | None:
-    """SHA-256 of a file's bytes (hex), or None if ``stop`` (an Event) was set first."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            if stop is not None and stop.is_set():
-                return None
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- block plan
 
 
-def plan_blocks(shape: tuple[int, int, int, int], in_chunks: tuple[int, int], col_multiple: int, frame_bytes: int, target_bytes: int) -> list[tuple[int, int, int, int]]:
+def plan_blocks(
+    shape: tuple[int, int, int, int], in_chunks: tuple[int, int], col_multiple: int, frame_bytes: int, target_bytes: int
+) -> list[tuple[int, int, int, int]]:
     """Split the scan into rectangular blocks ``(i0, i1, j0, j1)`` in row-major order.
 
     Blocks are aligned to the input's storage chunks (each chunk is decompressed
     once) and their columns to ``col_multiple`` (the output's chunk columns, so
     every output chunk is written whole, once); they hold about ``target_bytes``.
+
+    Parameters
+    ----------
+    shape : ``(Rx, Ry, H, W)`` of the cube
+    in_chunks : the input's storage chunk over the scan, ``(rows, cols)`` (:attr:`Source.scan_chunks`)
+    col_multiple : the output's chunk columns (:attr:`EMDWriter.chunk_cols`)
+    frame_bytes : bytes of one input frame
+    target_bytes : about how many bytes one block reads
+
+    Returns
+    -------
+    The blocks ``(i0, i1, j0, j1)`` covering the scan once: rows ``i0:i1``, columns ``j0:j1``.
     """
     rx, ry = shape[:2]
     cr, cc = max(1, min(in_chunks[0], rx)), max(1, min(in_chunks[1], ry))
@@ -822,7 +842,17 @@ class EMDWriter:
     the last column), so every chunk is compressed and written exactly once.
     """
 
-    def __init__(self, path: str | os.PathLike, shape: tuple[int, int, int, int], dtype, *, overwrite: bool = False, compression: str = "gzip", level: int = 1, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, int, int, int],
+        dtype,
+        *,
+        overwrite: bool = False,
+        compression: str = "gzip",
+        level: int = 1,
+        threads: int | None = None,
+    ):
         import h5py
 
         self.path = Path(path)
@@ -847,7 +877,9 @@ class EMDWriter:
             os.umask(umask)
             os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output gets the usual mode
             threads = min(8, os.cpu_count() or 1) if threads is None else max(1, threads)
-            self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="prenet-compress") if compression == "gzip" else None
+            self._pool = (
+                concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="prenet-compress") if compression == "gzip" else None
+            )
             self._f = h5py.File(self.tmp, "w")
             rx, ry, h, w = self.shape
             frame = h * w * self.dtype.itemsize
@@ -871,7 +903,9 @@ class EMDWriter:
             cube.attrs["python_class"] = "DataCube"
             self._cube = cube
             kw = dict(compression="gzip", compression_opts=self.level, shuffle=True) if compression == "gzip" else {}
-            self.data = cube.create_dataset("data", shape=self.shape, dtype=self.dtype, chunks=(1, self.chunk_cols, h, w), fillvalue=0, **kw)
+            self.data = cube.create_dataset(
+                "data", shape=self.shape, dtype=self.dtype, chunks=(1, self.chunk_cols, h, w), fillvalue=0, **kw
+            )
             self.data.attrs["units"] = "pixel intensity"
         except OSError as e:
             self.abort()
@@ -922,12 +956,8 @@ class EMDWriter:
         cal.setdefault("_root_treepath", "")
         _emd_metadata(self._bundle, "calibration", "Calibration", cal)
         _emd_metadata(self._bundle, "preprocessing", "Metadata", preprocessing)
-        rp = float(cal.get("R_pixel_size", 1.0))
-        qp = float(cal.get("Q_pixel_size", 1.0))
-        ru = str(cal.get("R_pixel_units", "pixels"))
-        qu = str(cal.get("Q_pixel_units", "pixels"))
-        for n, (name, step, units) in enumerate((("Rx", rp, ru), ("Ry", rp, ru), ("Qx", qp, qu), ("Qy", qp, qu))):
-            d = self._cube.create_dataset(f"dim{n}", data=np.array([0.0, step]))  # linear: first two values
+        for n, (name, dim, units) in enumerate(emd_dims(cal)):  # the Q axes measured from the origin
+            d = self._cube.create_dataset(f"dim{n}", data=dim)  # linear: first two values
             d.attrs["name"] = name
             d.attrs["units"] = units
 
@@ -953,7 +983,9 @@ class EMDWriter:
                 os.unlink(self.tmp)
             except FileExistsError:
                 self.abort()
-                raise InputError(f"{self.path} appeared while this run was writing; nothing was overwritten. Use --overwrite to replace it")
+                raise InputError(
+                    f"{self.path} appeared while this run was writing; nothing was overwritten. Use --overwrite to replace it"
+                ) from None
             except OSError:
                 os.rename(self.tmp, self.path)
         self._done = True
