@@ -5,8 +5,8 @@ integers; the frame centre is ``((H-1)/2, (W-1)/2)``; samples outside the frame
 read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
 """
 
-from ._centers import com_center, friedel_center, heatmap_center
 from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
+from ._centers import com_center, friedel_center, heatmap_center
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter
 from ._refine import RefinedEllipse, azimuthal_variance, friedel_mismatch, refine_center, refine_ellipse
@@ -49,3 +49,8 @@ __all__ = [
     "sample",
     "translate",
 ]
+
+# The descan model (numpy, host-side: it fits a whole scan's centre map, not a frame).
+from ._descan import Descan, descan_design, fit_descan
+
+__all__ += ["Descan", "descan_design", "fit_descan"]

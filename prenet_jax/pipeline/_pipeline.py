@@ -10,27 +10,28 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from ..ops._centers import com_center, friedel_center, heatmap_center
 from ..config import PipelineConfig
-from ..conventions import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse, ellipse_matrix
+from ..conventions import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse
+from ..models._networks import ResNet, UNet
+from ..ops._centers import com_center, friedel_center, heatmap_center
+from ..ops._descan import Descan, fit_descan
 from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
 from ..ops._filters import gaussian_filter
 from ..ops._refine import refine_center, refine_ellipse
-from ._gaussian import dose_adaptive_gaussian
-from ..models._networks import ResNet, UNet
-from ._validate import check_frames, check_values_of, host_dtype
 from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coordinates
+from ._gaussian import dose_adaptive_gaussian
+from ._validate import check_frames, check_values_of, host_dtype
 
 __all__ = ["Pipeline", "PreprocessResult", "FLAG_NONFINITE", "FLAG_EMPTY", "FLAG_NEGATIVE", "FLAG_REFINE"]
-
 
 
 @dataclasses.dataclass
@@ -49,6 +50,9 @@ class PreprocessResult:
     refinement : with ``refine=True``: the ellipse before and after its refinement and
         the azimuthal variance of the corrected mean before and after
         (:class:`prenet_jax.ops.RefinedEllipse`), and how many centre refinements failed
+    descan : with ``descan=``: the :class:`prenet_jax.ops.Descan` fit; ``centers`` are then
+        its chosen centres (the measured ones are ``descan.model + descan.residuals``);
+        its ``outliers`` are not in ``flags``
     """
 
     data: np.ndarray
@@ -57,6 +61,7 @@ class PreprocessResult:
     flags: np.ndarray
     mean_pattern: np.ndarray | None = None
     refinement: dict | None = None
+    descan: Descan | None = None
 
 
 # ----------------------------------------------------------------------------- stages
@@ -256,7 +261,9 @@ def ellipse_stage(cfg: PipelineConfig, params, mean_pattern: jax.Array) -> jax.A
         fit = fit_ellipse_edge(mean_pattern)
         ok = jnp.isfinite(fit["a"]) & jnp.isfinite(fit["b"]) & (fit["b"] > 0)
         return jnp.stack([fit["a"] / fit["b"], fit["angle"], ok.astype(jnp.float32)])
-    out = ResNet(cfg.ellipse_net, dtype=_dtype(cfg)).apply(params["ellipse_net"], ellipse_network_input(cfg, mean_pattern)[None], train=False)[0]
+    out = ResNet(cfg.ellipse_net, dtype=_dtype(cfg)).apply(
+        params["ellipse_net"], ellipse_network_input(cfg, mean_pattern)[None], train=False
+    )[0]
     angle = jnp.mod(0.5 * jnp.arctan2(out[1], out[0]), jnp.pi)
     return jnp.stack([out[2], angle, jnp.float32(1.0)])
 
@@ -310,7 +317,14 @@ class Pipeline:
     >>> res = pipe.preprocess(cube)          # (Rx, Ry, H, W) -> res.data, res.centers, res.ellipse
     """
 
-    def __init__(self, config: PipelineConfig, params: dict | None = None, *, devices: Sequence[jax.Device] | None = None, max_traces: int | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        params: dict | None = None,
+        *,
+        devices: Sequence[jax.Device] | None = None,
+        max_traces: int | None = None,
+    ):
         self.config = config
         params = {} if params is None else params
         needed = {"denoiser": config.denoise_method, "center_net": config.center_method, "ellipse_net": config.ellipse_method}
@@ -318,7 +332,9 @@ class Pipeline:
             needed["center_fine"] = config.center_method
         missing = [k for k, m in needed.items() if m == "network" and k not in params]
         if missing:
-            raise ValueError(f"config asks for the network method but params lack {missing}; use Pipeline.init or from_pretrained, or pick classical methods")
+            raise ValueError(
+                f"config asks for the network method but params lack {missing}; use Pipeline.init or from_pretrained, or pick classical methods"
+            )
         self.devices = list(devices) if devices is not None else jax.local_devices()
         self.mesh = Mesh(np.array(self.devices), ("data",))
         self.data_sharding = NamedSharding(self.mesh, P("data"))
@@ -330,15 +346,31 @@ class Pipeline:
         if max_traces is not None:
             step = chex.assert_max_traces(step, n=max_traces)
         cfg = config
-        self.step_fn = jax.jit(step, in_shardings=(self.replicated, self.data_sharding, self.replicated), out_shardings=(self.data_sharding, self.data_sharding, self.data_sharding))
-        self._centers = jax.jit(lambda p, f: self._centers_fn(p, f), in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.data_sharding, self.data_sharding))
-        self._denoise = jax.jit(lambda p, f: self._denoise_fn(p, f), in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.data_sharding, self.data_sharding))
-        self._calib = jax.jit(lambda p, f, w: self._calib_fn(p, f, w), in_shardings=(self.replicated, self.data_sharding, self.data_sharding), out_shardings=self.replicated)
+        self.step_fn = jax.jit(
+            step,
+            in_shardings=(self.replicated, self.data_sharding, self.replicated),
+            out_shardings=(self.data_sharding, self.data_sharding, self.data_sharding),
+        )
+        self._centers = jax.jit(
+            lambda p, f: self._centers_fn(p, f),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=(self.data_sharding, self.data_sharding),
+        )
+        self._denoise = jax.jit(
+            lambda p, f: self._denoise_fn(p, f),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=(self.data_sharding, self.data_sharding),
+        )
+        self._calib = jax.jit(
+            lambda p, f, w: self._calib_fn(p, f, w),
+            in_shardings=(self.replicated, self.data_sharding, self.data_sharding),
+            out_shardings=self.replicated,
+        )
         self._ellipse = jax.jit(lambda p, m: ellipse_stage(cfg, p, m))
 
     # ---- constructors
     @classmethod
-    def init(cls, key: jax.Array, config: PipelineConfig | None = None, **kwargs) -> "Pipeline":
+    def init(cls, key: jax.Array, config: PipelineConfig | None = None, **kwargs) -> Pipeline:
         """An untrained pipeline: random network weights (classical stages need none)."""
         config = PipelineConfig() if config is None else config
         # The non-partitionable threefry: XLA:CPU compiles the initialisation of the
@@ -348,12 +380,12 @@ class Pipeline:
         return cls(config, params, **kwargs)
 
     @classmethod
-    def classical(cls, **overrides) -> "Pipeline":
+    def classical(cls, **overrides) -> Pipeline:
         """Classical methods at every stage (no weights): Gaussian filter, thresholded CoM, edge fit."""
         return cls(PipelineConfig.classical(**overrides))
 
     @classmethod
-    def from_pretrained(cls, path=None, **kwargs) -> "Pipeline":
+    def from_pretrained(cls, path=None, **kwargs) -> Pipeline:
         """The bundled trained weights (or those exported to ``path``)."""
         from ._weights import load_pretrained
 
@@ -502,7 +534,7 @@ class Pipeline:
         mean = np.asarray(total / count)
         return self.estimate_ellipse(mean), mean
 
-    def with_refinement(self) -> "Pipeline":
+    def with_refinement(self) -> Pipeline:
         """This pipeline with ``center_refine="friedel"`` (the same parameters and devices;
         its own compiled step, made once)."""
         if self.config.center_refine != "none":
@@ -517,7 +549,9 @@ class Pipeline:
         mean_pattern = check_frames(mean_pattern, 2, "mean_pattern", negative=self.config.negative)
         return refine_ellipse(np.asarray(mean_pattern, np.float32), ellipse, **kwargs)
 
-    def preprocess(self, cube, ellipse: Ellipse | None = None, progress: bool = False, refine: bool = False) -> PreprocessResult:
+    def preprocess(
+        self, cube, ellipse: Ellipse | None = None, progress: bool = False, refine: bool = False, descan: str | None = None
+    ) -> PreprocessResult:
         """Denoise, recentre and undo the ellipse of a whole 4D-STEM cube.
 
         Parameters
@@ -529,14 +563,23 @@ class Pipeline:
         refine : self-calibration: refine every centre by Friedel symmetry and the
             estimated ellipse by the azimuthal variance of the corrected mean pattern,
             both through the warp (``result.refinement`` has the values before and after)
+        descan : None: every frame is warped about its own centre (one pass). A mode of
+            :func:`prenet_jax.ops.fit_descan` (``"auto"``, ``"plane"``, ``"quadratic"``,
+            ``"frame"``): the centres of all frames are found first, the descan model is
+            fitted over the scan (frames flagged ``FLAG_NONFINITE`` or ``FLAG_EMPTY`` left
+            out, and given the model's centre), and every frame is warped about its chosen
+            centre; ``result.descan`` holds the fit. The frames are denoised once: they
+            wait, denoised, in the output array between the two passes.
 
         Returns
         -------
         :class:`PreprocessResult` with ``data`` (Rx, Ry, H, W) float32,
         ``centers`` (Rx, Ry, 2) float64, ``ellipse``, ``flags`` (Rx, Ry)
         """
+        if descan not in (None, "auto", "frame", "plane", "quadratic"):  # before the long first pass
+            raise ValueError(f"descan must be None, 'auto', 'frame', 'plane' or 'quadratic', got {descan!r}")
         if refine and self.config.center_refine == "none":
-            return self.with_refinement().preprocess(cube, ellipse, progress, refine=True)
+            return self.with_refinement().preprocess(cube, ellipse, progress, refine=True, descan=descan)
         cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
         rx, ry, h, w = cube.shape
         frames = cube.reshape(rx * ry, h, w)
@@ -545,8 +588,13 @@ class Pipeline:
             ellipse, mean = (Ellipse.identity(), None) if self.config.ellipse_method == "none" else self.calibrate(frames)
             if refine and mean is not None:
                 ref = self.refine_ellipse(mean, ellipse)
-                refinement = {"ellipse_before": ellipse, "ellipse_after": ref.ellipse, "variance_before": ref.variance_before,
-                              "variance_after": ref.variance_after, "ellipse_ok": ref.ok}
+                refinement = {
+                    "ellipse_before": ellipse,
+                    "ellipse_after": ref.ellipse,
+                    "variance_before": ref.variance_before,
+                    "variance_after": ref.variance_after,
+                    "ellipse_ok": ref.ok,
+                }
                 ellipse = ref.ellipse
         matrix = jax.device_put(jnp.asarray(ellipse.matrix(), jnp.float32), self.replicated)
         data = np.empty((rx * ry, h, w), np.float32)
@@ -557,8 +605,12 @@ class Pipeline:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=rx * ry, unit="frame", desc="preprocess")
+        fit = None
         try:
-            self._map(self.step_fn, frames, (data, centers, flags), matrix, progress=bar.update if bar else None)
+            if descan is None:
+                self._map(self.step_fn, frames, (data, centers, flags), matrix, progress=bar.update if bar else None)
+            else:
+                fit = self._descan_passes(frames, data, centers, flags, matrix, descan, (rx, ry), bar.update if bar else None)
         finally:
             if bar:
                 bar.close()
@@ -566,12 +618,46 @@ class Pipeline:
             refinement = {**(refinement or {}), "centers_failed": int(((flags & FLAG_REFINE) != 0).sum())}
         return PreprocessResult(
             data=data.reshape(rx, ry, h, w),
-            centers=centers.astype(np.float64).reshape(rx, ry, 2),
+            centers=centers.astype(np.float64).reshape(rx, ry, 2) if fit is None else fit.centers,
             ellipse=ellipse,
             flags=flags.reshape(rx, ry),
             mean_pattern=mean,
             refinement=refinement,
+            descan=fit,
         )
+
+    def _descan_passes(self, frames, data, centers, flags, matrix, mode: str, scan: tuple[int, int], progress):
+        """``preprocess(descan=mode)``: pass 1 denoises and finds every centre (the denoised
+        frames go to ``data``), the descan is fitted on the host, pass 2 warps ``data`` in
+        place about the chosen centres. Returns the :class:`prenet_jax.ops.Descan`."""
+        if getattr(self, "_descan_fns", None) is None:
+            cfg, ds = self.config, self.data_sharding
+
+            def denoise_centers(p, f):
+                x, fl = as_counts(f)
+                x = denoise_stage(cfg, p, x)
+                c, fl = refine_stage(cfg, x, center_stage(cfg, p, x), fl)
+                return x, c, fl
+
+            self._descan_fns = (
+                jax.jit(denoise_centers, in_shardings=(self.replicated, ds), out_shardings=(ds, ds, ds)),
+                jax.jit(lambda x, c, m: warp_stage(cfg, x, c, m), in_shardings=(ds, ds, self.replicated), out_shardings=ds),
+            )
+        first, warp = self._descan_fns
+        self._map(first, frames, (data, centers, flags), progress=progress)
+        usable = (flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0
+        fit = fit_descan(centers.astype(np.float64).reshape(*scan, 2), mode, valid=usable.reshape(scan))
+        chosen = fit.centers.reshape(-1, 2).astype(np.float32)
+        b = self.batch_size
+        for start in range(0, data.shape[0], b):
+            n = min(b, data.shape[0] - start)
+            x = np.zeros((b,) + data.shape[1:], np.float32)
+            c = np.zeros((b, 2), np.float32)
+            x[:n], c[:n] = data[start : start + n], chosen[start : start + n]
+            data[start : start + n] = np.asarray(
+                warp(jax.device_put(x, self.data_sharding), jax.device_put(c, self.data_sharding), matrix)
+            )[:n]
+        return fit
 
     def step(self, frames: jax.Array, ellipse: Ellipse | None = None):
         """The compiled batch step on one ``(B, H, W)`` device or host batch
