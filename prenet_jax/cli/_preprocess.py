@@ -32,27 +32,30 @@ __all__ = ["add_preprocess_parser", "run_preprocess"]
 _CLASSICAL = {k: getattr(PipelineConfig.classical(), k) for k in ("denoise_method", "center_method", "ellipse_method")}
 
 
-
-def _pair(text: str, name: str, kind=float) -> tuple:
+def _numbers(text: str, kind=float) -> tuple:
+    """``"a,b,..."`` -> a tuple of ``kind`` (any length; empty if one is not a number).
+    Not :func:`prenet_jax._util.min_max`: these are not ``(min, max)`` pairs (a ratio and
+    an angle, three py4DSTEM axes, a scan shape), and the callers check them."""
     try:
-        vals = tuple(kind(v) for v in text.replace(" ", "").split(","))
+        return tuple(kind(v) for v in text.replace(" ", "").split(","))
     except ValueError:
-        vals = ()
-    return vals
+        return ()
 
 
 def _parse_ellipse(args) -> Ellipse | None:
     if args.ellipse and args.ellipse_py4dstem:
         raise InputError("give either --ellipse or --ellipse-py4dstem, not both")
     if args.ellipse:
-        v = _pair(args.ellipse, "--ellipse")
+        v = _numbers(args.ellipse)
         if len(v) != 2 or not all(map(math.isfinite, v)) or v[0] <= 0:
             raise InputError(f"--ellipse {args.ellipse!r}: expected RATIO,ANGLE_DEG with RATIO = a/b > 0, e.g. --ellipse 1.05,30")
         return Ellipse(v[0], math.radians(v[1]))
     if args.ellipse_py4dstem:
-        v = _pair(args.ellipse_py4dstem, "--ellipse-py4dstem")
+        v = _numbers(args.ellipse_py4dstem)
         if len(v) != 3 or not all(map(math.isfinite, v)) or v[0] <= 0 or v[1] <= 0:
-            raise InputError(f"--ellipse-py4dstem {args.ellipse_py4dstem!r}: expected A,B,THETA (semi-axes in px, theta in radians as py4DSTEM gives them), e.g. 30.5,29.8,0.42")
+            raise InputError(
+                f"--ellipse-py4dstem {args.ellipse_py4dstem!r}: expected A,B,THETA (semi-axes in px, theta in radians as py4DSTEM gives them), e.g. 30.5,29.8,0.42"
+            )
         return ellipse_from_py4dstem(*v)
     return None
 
@@ -74,7 +77,9 @@ def _select_devices(args):
     bad = [i for i in ids if i < 0 or i >= len(devs)]
     if bad or len(set(ids)) != len(ids):
         listing = ", ".join(f"{i}: {d.device_kind}" for i, d in enumerate(devs))
-        raise InputError(f"--devices {args.devices}: this machine has {len(devs)} local device(s) ({listing}); give distinct numbers among them")
+        raise InputError(
+            f"--devices {args.devices}: this machine has {len(devs)} local device(s) ({listing}); give distinct numbers among them"
+        )
     return [devs[i] for i in ids]
 
 
@@ -85,7 +90,11 @@ def _build_pipeline(args, log):
 
     devices = _select_devices(args)
     chosen = {"denoise_method": args.denoise_method, "center_method": args.center_method, "ellipse_method": args.ellipse_method}
-    switched_off = {"denoise_method": args.no_denoise, "center_method": args.no_center, "ellipse_method": args.no_ellipse or bool(args.ellipse or args.ellipse_py4dstem)}
+    switched_off = {
+        "denoise_method": args.no_denoise,
+        "center_method": args.no_center,
+        "ellipse_method": args.no_ellipse or bool(args.ellipse or args.ellipse_py4dstem),
+    }
     wanted = {k: ("none" if switched_off[k] else v) for k, v in chosen.items()}
     explicit_net = [k for k, v in wanted.items() if v == "network"]
     needs_net = [k for k, v in wanted.items() if v in (None, "network")]
@@ -103,8 +112,12 @@ def _build_pipeline(args, log):
                 raise InputError(f"--weights {args.weights}: no weights.npz + manifest.json there (export them from training)") from None
             if explicit_net:
                 names = ", ".join("--" + k.replace("_", "-") + " network" for k in explicit_net)
-                raise InputError(f"{names}: this installation ships no trained weights; give exported weights with --weights DIR, or use the classical methods (--denoise-method gaussian --center-method com --ellipse-method fit)")
-            log("note: no trained weights ship with this version: using the classical methods (gaussian denoise, centre of mass, edge-fit ellipse)")
+                raise InputError(
+                    f"{names}: this installation ships no trained weights; give exported weights with --weights DIR, or use the classical methods (--denoise-method gaussian --center-method com --ellipse-method fit)"
+                ) from None
+            log(
+                "note: no trained weights ship with this version: using the classical methods (gaussian denoise, centre of mass, edge-fit ellipse)"
+            )
     if config is None:
         config = PipelineConfig.classical()
         wanted = {k: (_CLASSICAL[k] if v is None else v) for k, v in wanted.items()}
@@ -138,7 +151,7 @@ def _positive_int(text: str) -> int:
 
 
 def _scan(text: str) -> tuple[int, int]:
-    v = _pair(text, "--scan", int)
+    v = _numbers(text, int)
     if len(v) != 2 or min(v) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected RX,RY, e.g. 256,256")
     return v  # type: ignore[return-value]
@@ -172,6 +185,7 @@ examples:
   prenet-jax preprocess stack.npy --scan 128,128 -o out.h5 --output-dtype input
   prenet-jax preprocess scan.mib -o out.h5 --ellipse 1.04,32.5      # fixed ellipse, no pass 0
   prenet-jax preprocess scan.h5 -o out.h5 --ellipse-py4dstem 40.2,38.6,1.12
+  prenet-jax preprocess scan.h5 -o out.h5 --refine                  # self-calibrated centres and ellipse
 
 The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
 and the conventions (centres (row, col) = (qx, qy); the corrected frames are centred
@@ -189,39 +203,111 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EPILOG,
     )
-    p.add_argument("input", help="HDF5 (py4DSTEM/EMD 1.0 or any 4-D dataset), .npy, or a detector file (.mib, .blo, .dm4, EMPAD .xml, ... with the io extra)")
+    p.add_argument(
+        "input",
+        help="HDF5 (py4DSTEM/EMD 1.0 or any 4-D dataset), .npy, or a detector file (.mib, .blo, .dm4, EMPAD .xml, ... with the io extra)",
+    )
     p.add_argument("-o", "--output", required=True, help="the HDF5 file to write (refused if it exists, unless --overwrite)")
     g = p.add_argument_group("input")
-    g.add_argument("--dataset", metavar="PATH", help="dataset inside an HDF5 file (default: the py4DSTEM DataCube, or the only 4-D dataset)")
+    g.add_argument(
+        "--dataset", metavar="PATH", help="dataset inside an HDF5 file (default: the py4DSTEM DataCube, or the only 4-D dataset)"
+    )
     g.add_argument("--scan", metavar="RX,RY", type=_scan, help="scan shape of a 3-D stack of frames (N, H, W), N = RX*RY")
-    g.add_argument("--negative", choices=("clip", "error"), default="clip", help="negative pixels (dark-subtracted data): flag the frame and treat them as 0 (default), or stop with an error")
-    g.add_argument("--saturation", metavar="LEVEL", type=_saturation, default="auto", help="flag frames with a pixel at or above LEVEL; 'auto' (default): the integer dtype's maximum, none for float data; 'none'")
+    g.add_argument(
+        "--negative",
+        choices=("clip", "error"),
+        default="clip",
+        help="negative pixels (dark-subtracted data): flag the frame and treat them as 0 (default), or stop with an error",
+    )
+    g.add_argument(
+        "--saturation",
+        metavar="LEVEL",
+        type=_saturation,
+        default="auto",
+        help="flag frames with a pixel at or above LEVEL; 'auto' (default): the integer dtype's maximum, none for float data; 'none'",
+    )
     g = p.add_argument_group("stages and methods")
-    g.add_argument("--denoise-method", choices=("network", "gaussian"), help="default: network if trained weights are available, else gaussian")
-    g.add_argument("--center-method", choices=("network", "com", "friedel"), help="default: network if trained weights are available, else com (thresholded centre of mass)")
-    g.add_argument("--ellipse-method", choices=("network", "fit"), help="how pass 0 estimates the ellipse; default: network if weights are available, else fit")
+    g.add_argument(
+        "--denoise-method", choices=("network", "gaussian"), help="default: network if trained weights are available, else gaussian"
+    )
+    g.add_argument(
+        "--center-method",
+        choices=("network", "com", "friedel"),
+        help="default: network if trained weights are available, else com (thresholded centre of mass)",
+    )
+    g.add_argument(
+        "--ellipse-method",
+        choices=("network", "fit"),
+        help="how pass 0 estimates the ellipse; default: network if weights are available, else fit",
+    )
     g.add_argument("--no-denoise", action="store_true", help="skip denoising (the frames keep their noise)")
-    g.add_argument("--gaussian-sigma", metavar="PX|auto", type=_sigma, help="sigma of --denoise-method gaussian: 'auto' (default) chooses it per frame from its counts (no filter where none helps), a number fixes it")
+    g.add_argument(
+        "--gaussian-sigma",
+        metavar="PX|auto",
+        type=_sigma,
+        help="sigma of --denoise-method gaussian: 'auto' (default) chooses it per frame from its counts (no filter where none helps), a number fixes it",
+    )
     g.add_argument("--no-center", action="store_true", help="skip recentring")
     g.add_argument("--no-ellipse", action="store_true", help="skip the ellipse correction (and pass 0)")
-    g.add_argument("--ellipse", metavar="RATIO,ANGLE_DEG", help="undo this ellipse instead of estimating it: a/b >= 1 and the a-axis angle in degrees from +col toward +row (prenet-jax convention)")
-    g.add_argument("--ellipse-py4dstem", metavar="A,B,THETA", help="the same in py4DSTEM's convention: semi-axes a, b (px) and theta (radians, from qx = row toward qy = col), e.g. from fit_ellipse_amorphous_ring")
-    g.add_argument("--interpolation", choices=("linear", "cubic"), help="resampling of the corrected frames (default: linear; cubic keeps sharp disks sharper)")
-    g.add_argument("--weights", metavar="DIR", help="trained weights exported by training (weights.npz + manifest.json); default: the bundled ones")
-    g.add_argument("--calibration-frames", metavar="N", type=_positive_int, help="frames sampled across the scan for the ellipse in pass 0 (default 4096)")
+    g.add_argument(
+        "--ellipse",
+        metavar="RATIO,ANGLE_DEG",
+        help="undo this ellipse instead of estimating it: a/b >= 1 and the a-axis angle in degrees from +col toward +row (prenet-jax convention)",
+    )
+    g.add_argument(
+        "--ellipse-py4dstem",
+        metavar="A,B,THETA",
+        help="the same in py4DSTEM's convention: semi-axes a, b (px) and theta (radians, from qx = row toward qy = col), e.g. from fit_ellipse_amorphous_ring",
+    )
+    g.add_argument(
+        "--refine",
+        action="store_true",
+        help="self-calibration: refine every beam centre by Friedel symmetry (a frame where it fails keeps its estimate and is "
+        "flagged 16) and the ellipse of pass 0 by the azimuthal variance of the recentred mean pattern, both through the "
+        "warp; the summary shows the values before and after. A given --ellipse is kept as given",
+    )
+    g.add_argument(
+        "--interpolation",
+        choices=("linear", "cubic"),
+        help="resampling of the corrected frames (default: linear; cubic keeps sharp disks sharper)",
+    )
+    g.add_argument(
+        "--weights", metavar="DIR", help="trained weights exported by training (weights.npz + manifest.json); default: the bundled ones"
+    )
+    g.add_argument(
+        "--calibration-frames",
+        metavar="N",
+        type=_positive_int,
+        help="frames sampled across the scan for the ellipse in pass 0 (default 4096)",
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--output-dtype", default="float32", metavar="DTYPE", help="float32 (default), 'input' (the input's dtype; integers are rounded and clipped to range, no wrap-around), or e.g. uint16")
-    g.add_argument("--compression", choices=("gzip", "none"), default="gzip", help="chunk compression (gzip level 1 with byte shuffle; readable by every HDF5 tool)")
+    g.add_argument(
+        "--output-dtype",
+        default="float32",
+        metavar="DTYPE",
+        help="float32 (default), 'input' (the input's dtype; integers are rounded and clipped to range, no wrap-around), or e.g. uint16",
+    )
+    g.add_argument(
+        "--compression",
+        choices=("gzip", "none"),
+        default="gzip",
+        help="chunk compression (gzip level 1 with byte shuffle; readable by every HDF5 tool)",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file and figures")
     g.add_argument("--no-diagnostics", action="store_true", help="do not write the diagnostic PNGs next to the output")
     g.add_argument("--no-checksum", action="store_true", help="do not record the input's SHA-256 (saves one read of the input file)")
     g = p.add_argument_group("execution")
-    g.add_argument("--batch-size", metavar="B", type=_positive_int, help="frames per compiled step (default 128; rounded up to a multiple of the devices)")
+    g.add_argument(
+        "--batch-size",
+        metavar="B",
+        type=_positive_int,
+        help="frames per compiled step (default 128; rounded up to a multiple of the devices)",
+    )
     dev = g.add_mutually_exclusive_group()
     dev.add_argument("--devices", metavar="I,J", help="local accelerators to use, by number (default: all); see `prenet-jax info`")
     dev.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is present")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_preprocess)
+    p.set_defaults(func=run_preprocess, handles_signals=True)
     return p
 
 
@@ -234,6 +320,8 @@ def run_preprocess(args) -> int:
     cancel = Cancel()
     with catch_signals(cancel):  # from here on a signal only sets the flag
         try:
+            for signum in getattr(args, "startup_signals", ()):  # arrived while the command started
+                cancel.set(signum)
             cancel.enter("startup")
             ellipse = _parse_ellipse(args)
             if args.no_ellipse and ellipse is not None:
@@ -242,7 +330,9 @@ def run_preprocess(args) -> int:
                 try:
                     np.dtype(args.output_dtype)
                 except TypeError:
-                    raise InputError(f"--output-dtype {args.output_dtype!r}: use float32, input, or an integer type such as uint16") from None
+                    raise InputError(
+                        f"--output-dtype {args.output_dtype!r}: use float32, input, or an integer type such as uint16"
+                    ) from None
             # cheap checks first: a typo should not wait for the compiler
             open_input(args.input, args.dataset, args.scan).close()
             check_output_path(Path(args.output), args.overwrite)
@@ -264,6 +354,7 @@ def run_preprocess(args) -> int:
                 compression=args.compression,
                 saturation=args.saturation,
                 negative=args.negative,
+                refine=args.refine,
                 checksum=not args.no_checksum,
                 weights_id=weights_id,
                 options=options,
@@ -282,5 +373,7 @@ def run_preprocess(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         except OSError as e:  # permissions changed mid-run, ...
-            print(f"error: {e.strerror or e}{f': {e.filename}' if getattr(e, 'filename', None) else ''}; nothing was written", file=sys.stderr)
+            print(
+                f"error: {e.strerror or e}{f': {e.filename}' if getattr(e, 'filename', None) else ''}; nothing was written", file=sys.stderr
+            )
             return 1

@@ -10,7 +10,17 @@ from ._cancel import Cancel, Interrupted
 from ._diagnostics import diagnostic_paths, write_diagnostics
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem
 from ._run import FileResult, preprocess_file
-from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, StreamError, StreamStats, stream
+from ._stream import (
+    FLAG_NAMES,
+    FLAG_NEGATIVE,
+    FLAG_SATURATED,
+    FLAGS_EXCLUDED,
+    StreamError,
+    StreamStats,
+    make_post,
+    output_dtype_for,
+    stream,
+)
 
 __all__ = [
     "FLAG_NAMES",
@@ -25,6 +35,8 @@ __all__ = [
     "diagnostic_paths",
     "ellipse_from_py4dstem",
     "ellipse_to_py4dstem",
+    "make_post",
+    "output_dtype_for",
     "preprocess_file",
     "stream",
     "write_diagnostics",

@@ -26,7 +26,7 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["Cancel", "Interrupted", "PHASES", "catch_signals"]
 

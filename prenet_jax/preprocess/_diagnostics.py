@@ -13,15 +13,20 @@ Four PNGs next to the output (``<stem>_mean.png``, ``<stem>_centers.png``,
   (azimuthal standard deviation at each radius) of the mean pattern, before and
   after (4D-PreNet, Figures 4 and 5): misalignment and ellipticity raise the
   standard deviation at the disk and ring edges.
+
+The polar and radial figures carry a ``note`` under their title: the residual
+ellipse fitted to the corrected mean and, for a run that refined it, the ellipse
+before and after its refinement.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .._util import atomic_path
 
 __all__ = ["diagnostic_paths", "radial_measures", "write_diagnostics"]
 
@@ -54,7 +59,9 @@ def radial_measures(mean: np.ndarray, center: tuple[float, float], n_angles: int
     r_max = max(2.0, min(cr, cc, h - 1 - cr, w - 1 - cc) - 1.0)
     n_radii = 2 * int(round(r_max)) + 1  # half-pixel radial steps
     fn = jax.jit(polar_transform, static_argnums=(2, 3, 4, 5))  # one compile, not one per op
-    polar = np.asarray(fn(jnp.asarray(mean, jnp.float32), jnp.asarray([cr, cc], jnp.float32), n_angles, n_radii, float(r_max), "cubic"), np.float64)
+    polar = np.asarray(
+        fn(jnp.asarray(mean, jnp.float32), jnp.asarray([cr, cc], jnp.float32), n_angles, n_radii, float(r_max), "cubic"), np.float64
+    )
     profile = polar.mean(axis=0)
     std = polar.std(axis=0)
     aniso = float(std.sum() / max(abs(profile).sum(), 1e-30))
@@ -63,17 +70,8 @@ def radial_measures(mean: np.ndarray, center: tuple[float, float], n_angles: int
 
 def _save(fig, path: Path) -> None:
     # written under a temporary name first: a figure appears whole or not at all
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def write_diagnostics(
@@ -85,6 +83,7 @@ def write_diagnostics(
     good: np.ndarray,
     title: str = "",
     between=None,
+    note: str = "",
 ) -> tuple[list[Path], dict]:
     """Write the four PNGs for ``output``: all four, or none (a failure removes those
     already written).
@@ -98,6 +97,7 @@ def write_diagnostics(
     good : (Rx, Ry) bool, frames that entered the means (others are greyed out)
     title : first line of every figure (e.g. the input file)
     between : called before each figure; it may raise to stop (an interrupt)
+    note : text shown on the polar and radial figures (e.g. the residual ellipse ratio)
 
     Returns
     -------
@@ -112,7 +112,9 @@ def write_diagnostics(
     paths = diagnostic_paths(output)
     written: list[Path] = []
     try:
-        measures = _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None))
+        measures = _write_figures(
+            plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None), note
+        )
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
@@ -120,7 +122,7 @@ def write_diagnostics(
     return paths, measures
 
 
-def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between) -> dict:
+def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note="") -> dict:
     def save(fig, path):
         _save(fig, path)
         written.append(path)
@@ -177,13 +179,18 @@ def _write_figures(plt, paths, written, mean_before, mean_after, centers, center
     # 3. polar transforms
     between()
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
-    for a, m, name in ((ax[0], before, f"before, about ({c_in[0]:.2f}, {c_in[1]:.2f})"), (ax[1], after, f"after, about ({c0[0]:g}, {c0[1]:g})")):
-        a.imshow(np.sqrt(np.maximum(m["polar"], 0)), aspect="auto", cmap="magma", extent=(0, m["radius"][-1], 360, 0), interpolation="nearest")
+    for a, m, name in (
+        (ax[0], before, f"before, about ({c_in[0]:.2f}, {c_in[1]:.2f})"),
+        (ax[1], after, f"after, about ({c0[0]:g}, {c0[1]:g})"),
+    ):
+        a.imshow(
+            np.sqrt(np.maximum(m["polar"], 0)), aspect="auto", cmap="magma", extent=(0, m["radius"][-1], 360, 0), interpolation="nearest"
+        )
         a.set_title(f"polar transform of the mean, {name}", fontsize=9)
         a.set_xlabel("radius (px)")
         a.set_ylabel("azimuth (deg from +col toward +row)")
     fig.suptitle(suptitle + "straight edges = centred and circular", fontsize=11)
-    fig.tight_layout()
+    _annotate(fig, note)
     save(fig, paths[2])
 
     # 4. radial profile and radial standard deviation
@@ -200,6 +207,17 @@ def _write_figures(plt, paths, written, mean_before, mean_after, centers, center
     ax[0].set_ylabel("intensity (input units)")
     ax[1].set_ylabel("std (input units)")
     fig.suptitle(suptitle + "radial measures of the mean pattern (4D-PreNet Fig. 4/5)", fontsize=11)
-    fig.tight_layout()
+    _annotate(fig, note)
     save(fig, paths[3])
     return {"before": before, "after": after}
+
+
+def _annotate(fig, note: str) -> None:
+    """``tight_layout``, with ``note`` (one or more lines) in a band at the bottom."""
+    if not note:
+        fig.tight_layout()
+        return
+    lines = note.count("\n") + 1
+    band = min(0.06 * lines + 0.02, 0.3)
+    fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8.5, color="0.2")
+    fig.tight_layout(rect=(0, band, 1, 1))

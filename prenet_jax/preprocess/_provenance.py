@@ -67,15 +67,32 @@ def output_calibration(input_calibration: dict, shape: tuple[int, int, int, int]
 
 def versions(devices) -> dict:
     """The software and hardware a result came from."""
-    import jax
+    from .._util import versions as software
 
-    from .. import __version__
-
+    v = software()
     return {
-        "prenet_jax_version": __version__,
-        "jax_version": jax.__version__,
+        "prenet_jax_version": v["prenet_jax"],
+        "jax_version": v["jax"],
         "devices": ", ".join(f"{d.platform}:{d.id} {d.device_kind}" for d in devices),
     }
+
+
+def _refine_items(r: dict) -> dict:
+    out = {}
+    if "ellipse_before" in r:
+        e0, e1 = r["ellipse_before"], r["ellipse_after"]
+        out.update(
+            refine_ellipse_ratio_before=float(e0.ratio), refine_ellipse_angle_before=float(e0.angle),
+            refine_ellipse_ratio_after=float(e1.ratio), refine_ellipse_angle_after=float(e1.angle),
+            refine_ellipse_ok=bool(r["ellipse_ok"]),
+            refine_variance_before=float(r["variance_before"]), refine_variance_after=float(r["variance_after"]),
+        )  # fmt: skip
+    out.update(
+        refine_centers_failed=int(r["centers_failed"]),
+        refine_center_shift_median=float(r["center_shift_median"]),
+        refine_center_shift_frames=int(r["center_shift_frames"]),
+    )
+    return out
 
 
 def preprocessing_record(
@@ -98,9 +115,17 @@ def preprocessing_record(
     input_sha256: str | None,
     output_dtype,
     saturation: float | None,
+    residual_angle: float = float("nan"),
+    refinement: dict | None = None,
 ) -> dict:
     """The ``preprocessing`` metadata: measurements of the INPUT frames (py4DSTEM
-    convention: qx = first detector axis = row) and the provenance of the run."""
+    convention: qx = first detector axis = row) and the provenance of the run.
+
+    ``refinement`` (:attr:`prenet_jax.preprocess.FileResult.refinement`, for a run that
+    refined) adds the ``refine_*`` items: the ellipse before and after its refinement
+    and the azimuthal variance of the corrected pass-0 mean before and after (when
+    pass 0 estimated the ellipse), the frames whose centre refinement fell back, and
+    the median centre shift the refinement applied to the frames sampled in pass 0."""
     a, b, theta = ellipse_to_py4dstem(ellipse, radius)
     h, w = shape[2:]
     rec = {
@@ -121,11 +146,15 @@ def preprocessing_record(
         "ellipse_radius": float(radius),
         "ellipse_source": ellipse_source,
         "residual_ellipse_ratio": float(residual),
+        "residual_ellipse_angle": float(residual_angle),
         "mean_before": st.mean_before.astype(np.float32),
         "mean_after": st.mean_after.astype(np.float32),
         "frames_in_means": int(st.n_good),
         "denoise": denoise.get("description", ""),
     }
+    rec["refine"] = refinement is not None
+    if refinement is not None:
+        rec.update(_refine_items(refinement))
     if denoise.get("sigma") is not None:
         rec["denoise_sigma"] = np.asarray(denoise["sigma"], np.float32)
     if st.counts is not None:
@@ -145,7 +174,7 @@ def preprocessing_record(
             "input_sha256": input_sha256 or "not computed",
             "output_dtype": str(output_dtype),
             "saturation_level": float("nan") if saturation is None else float(saturation),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
     )
     return rec

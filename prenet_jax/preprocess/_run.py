@@ -4,7 +4,9 @@ A run is five steps, each a function below::
 
     validate  -> open the input read-only, check the options and the output path
     calibrate -> pass 0: the dataset's ellipse from frames sampled across the scan
-                 (:meth:`prenet_jax.Pipeline.calibrate`), unless one is given
+                 (:meth:`prenet_jax.Pipeline.calibrate`), unless one is given; with
+                 ``refine=True`` refined by the azimuthal variance of the recentred
+                 mean (:func:`prenet_jax.ops.refine_ellipse`)
     stream    -> pass 1: every frame through the compiled step into a temporary file
                  (:func:`prenet_jax.preprocess._stream.stream`)
     finish    -> metadata (:mod:`._provenance`), figures, then the atomic rename
@@ -18,17 +20,19 @@ whatever stops it: an error, a full disk, or SIGINT/SIGTERM (:mod:`._cancel`). S
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..config import PipelineConfig
-from ..conventions import Ellipse
+from ..conventions import FLAG_REFINE, Ellipse
 from ..io._readers import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
@@ -48,11 +52,19 @@ class FileResult:
     figures : diagnostic PNGs written
     ellipse : the distortion undone (our convention)
     ellipse_py4dstem : ``(a, b, theta)`` of it in py4DSTEM's convention
-    residual_ratio : a/b of the ellipse fitted to the corrected mean pattern
+    residual_ratio : a/b of the ellipse fitted to the corrected mean pattern (1: circular)
     centers, centers_after, flags, mean_before, mean_after : see :class:`prenet_jax.preprocess._stream.StreamStats`
     seconds : wall, pass0, read, compute, write
     frames : frames processed
     lines : the summary printed
+    residual_angle : a-axis angle (rad, our convention) of that fitted ellipse;
+        meaningless when ``residual_ratio`` is 1
+    refinement : with ``refine=True``, as :attr:`prenet_jax.PreprocessResult.refinement`:
+        ``ellipse_before``, ``ellipse_after``, ``variance_before``, ``variance_after``,
+        ``ellipse_ok`` (when pass 0 estimated the ellipse), ``centers_failed`` (frames
+        flagged ``FLAG_REFINE``), ``center_shift_median`` (px, median distance between
+        the estimated and the refined centres of the frames sampled in pass 0; NaN
+        without pass 0) and ``center_shift_frames`` (how many); else None
     """
 
     output: Path
@@ -68,6 +80,8 @@ class FileResult:
     seconds: dict
     frames: int
     lines: list
+    residual_angle: float = float("nan")
+    refinement: dict | None = None
 
 
 @dataclasses.dataclass
@@ -85,6 +99,7 @@ class _Job:
     diagnostics: bool
     compression: str
     block_bytes: int
+    refine: bool = False
 
     @property
     def config(self) -> PipelineConfig:
@@ -97,6 +112,7 @@ class _Calibration:
     source: str  # "fixed", "none", or the pipeline's ellipse method
     seconds: float = 0.0
     estimated: bool = False
+    refinement: dict = dataclasses.field(default_factory=dict)  # refine=True: what pass 0 refined
 
 
 @dataclasses.dataclass
@@ -106,6 +122,8 @@ class _Finished:
     figures: list
     measures: dict | None
     denoise: dict
+    residual_angle: float = float("nan")
+    refinement: dict | None = None  # refine=True: see FileResult.refinement
 
 
 def preprocess_file(
@@ -122,6 +140,7 @@ def preprocess_file(
     compression: str = "gzip",
     saturation: float | str | None = "auto",
     negative: str = "clip",
+    refine: bool = False,
     checksum: bool = True,
     block_bytes: int = 32 << 20,
     weights_id: str = "none (classical methods)",
@@ -150,6 +169,12 @@ def preprocess_file(
     saturation : pixel level flagged as saturated: ``"auto"`` (the integer dtype's
         maximum; none for floats), a number, or None
     negative : ``"clip"`` (flag, treat as 0) or ``"error"``
+    refine : self-calibration, as :meth:`prenet_jax.Pipeline.preprocess` with
+        ``refine=True``: every beam centre refined by Friedel symmetry in the compiled
+        step (``center_refine="friedel"``; a frame where it fails keeps its estimate and
+        is flagged ``FLAG_REFINE``), and the ellipse estimated in pass 0 refined by the
+        azimuthal variance of the recentred mean pattern. A given ``ellipse`` is kept
+        as given. The summary and the record hold the values before and after
     checksum : record the input's SHA-256 (read concurrently with processing)
     block_bytes : size of one read; host memory stays a small multiple of it
     weights_id, options : provenance to record
@@ -173,7 +198,7 @@ def preprocess_file(
     """
     args = dict(
         pipeline=pipeline, dataset=dataset, scan=scan, ellipse=ellipse, output_dtype=output_dtype, overwrite=overwrite,
-        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, checksum=checksum,
+        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, checksum=checksum,
         block_bytes=block_bytes, weights_id=weights_id, options=options, progress=progress, log=log,
     )  # fmt: skip
     if cancel is not None:
@@ -228,6 +253,8 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         seconds=seconds,
         frames=job.source.n_frames,
         lines=lines,
+        residual_angle=done.residual_angle,
+        refinement=done.refinement,
     )
 
 
@@ -243,7 +270,24 @@ def _min_side(cfg: PipelineConfig) -> int:
     return side
 
 
-def _validate(input: Path, output: Path, *, pipeline, dataset, scan, output_dtype, overwrite, diagnostics, compression, saturation, negative, block_bytes, log, fixed_ellipse) -> _Job:
+def _validate(
+    input: Path,
+    output: Path,
+    *,
+    pipeline,
+    dataset,
+    scan,
+    output_dtype,
+    overwrite,
+    diagnostics,
+    compression,
+    saturation,
+    negative,
+    refine,
+    block_bytes,
+    log,
+    fixed_ellipse,
+) -> _Job:
     """Check the options and the output path, open the input and check its frames;
     log what will run. Raises :class:`InputError` before anything is written."""
     from ..pipeline._pipeline import Pipeline
@@ -264,6 +308,12 @@ def _validate(input: Path, output: Path, *, pipeline, dataset, scan, output_dtyp
         pipeline = Pipeline.classical()
     if pipeline.config.negative != "clip":  # the stream flags and clips negatives; it refuses them itself if asked
         pipeline = Pipeline(pipeline.config.replace(negative="clip"), pipeline.params, devices=pipeline.devices)
+    if refine:
+        if pipeline.config.center_method == "none":
+            raise InputError(
+                "--refine refines the beam centres, but the centre stage is off (--no-center, center_method 'none'); drop one of them"
+            )
+        pipeline = pipeline.with_refinement()  # center_refine="friedel" in the compiled step
     cfg = pipeline.config
 
     source = open_input(input, dataset, scan)
@@ -289,12 +339,19 @@ def _validate(input: Path, output: Path, *, pipeline, dataset, scan, output_dtyp
     kinds = sorted({d.platform for d in devs})
     log(f"input: {source.describe()}")
     log(
-        f"methods: denoise={_denoise_name(cfg)}, center={cfg.center_method}, ellipse={'fixed' if fixed_ellipse else cfg.ellipse_method}; "
+        f"methods: denoise={_denoise_name(cfg)}, center={cfg.center_method}{_refine_name(cfg)}, ellipse={'fixed' if fixed_ellipse else cfg.ellipse_method}"
+        f"{' + refinement' if refine and not fixed_ellipse and cfg.ellipse_method != 'none' else ''}; "
         f"interpolation {cfg.interpolation}; batch {pipeline.batch_size} on {len(devs)} {'/'.join(kinds)} device(s)"
     )
     if kinds == ["cpu"]:
         log(f"note: running on the CPU ({os.cpu_count()} cores); a GPU is much faster for full-size cubes")
-    return _Job(input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes)
+    if refine and fixed_ellipse:
+        log("note: the ellipse is given: --refine refines the beam centres only and undoes the given ellipse as it is")
+    return _Job(input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine)
+
+
+def _refine_name(cfg: PipelineConfig) -> str:
+    return "" if cfg.center_refine == "none" else f" + {cfg.center_refine} refinement"
 
 
 def _denoise_name(cfg: PipelineConfig) -> str:
@@ -361,8 +418,12 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
         cancel.check()
 
     view = FrameView(job.source, on_read=on_read, sanitize=True, negative=job.negative)
+    refinement: dict = {}
     try:
-        ellipse, _ = job.pipeline.calibrate(view, n0)
+        if job.refine:
+            ellipse, mean, refinement = _calibrate_refined(job.pipeline, view, n0)
+        else:
+            ellipse, _ = job.pipeline.calibrate(view, n0)
     except ValueError as e:
         if isinstance(e, InputError):
             raise
@@ -372,8 +433,105 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
             bar.close()
     cancel.check()  # a signal during the last compile or the fit
     secs = time.perf_counter() - t0
-    log(f"pass 0: ellipse from {n0} frames sampled across the scan: ratio {ellipse.ratio:.4f}, angle {math.degrees(ellipse.angle):.2f} deg ({secs:.1f} s)")
-    return _Calibration(ellipse, cfg.ellipse_method, secs, estimated=True)
+    log(
+        f"pass 0: ellipse from {n0} frames sampled across the scan: ratio {ellipse.ratio:.4f}, angle {math.degrees(ellipse.angle):.2f} deg ({secs:.1f} s)"
+    )
+    if job.refine:
+        t1 = time.perf_counter()
+        ref = job.pipeline.refine_ellipse(mean, ellipse)
+        cancel.check()
+        refinement.update(
+            ellipse_before=ellipse,
+            ellipse_after=ref.ellipse,
+            variance_before=ref.variance_before,
+            variance_after=ref.variance_after,
+            ellipse_ok=ref.ok,
+        )
+        ellipse = ref.ellipse
+        log(f"pass 0: {_ellipse_refinement_text(refinement)} ({time.perf_counter() - t1:.1f} s)")
+        secs = time.perf_counter() - t0
+    return _Calibration(ellipse, cfg.ellipse_method, secs, estimated=True, refinement=refinement)
+
+
+@functools.lru_cache(maxsize=8)
+def _estimate_fn(cfg: PipelineConfig, data_sharding, replicated):
+    """The beam centres before their refinement: the compiled step's stages up to
+    ``center_stage``, compiled once per configuration and mesh."""
+    import jax
+
+    from ..pipeline._pipeline import as_counts, center_stage, denoise_stage
+
+    def fn(params, frames):
+        x, _ = as_counts(frames)
+        return center_stage(cfg, params, denoise_stage(cfg, params, x))
+
+    return jax.jit(fn, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+
+
+@functools.lru_cache(maxsize=1)
+def _masked_sum():
+    """``(corrected, flags, weights) -> (sum, count, weights used)`` of the frames
+    :meth:`prenet_jax.Pipeline.calibrate` averages (not NaN/Inf, not empty)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ..conventions import FLAG_EMPTY, FLAG_NONFINITE
+
+    def fn(corrected, flags, weights):
+        w = weights * ((flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0)  # negatives were clipped: keep the frame
+        return jnp.einsum("b,bhw->hw", w, corrected, precision=jax.lax.Precision.HIGHEST), w.sum(), w
+
+    return jax.jit(fn)
+
+
+def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict]:
+    """:meth:`prenet_jax.Pipeline.calibrate` of a pipeline that refines its centres, which
+    also measures the shift the refinement applies: ``(ellipse estimate, recentred mean,
+    {center_shift_median, center_shift_frames})``, the median distance (px) between the
+    estimated and the refined centre over the sampled frames whose refinement held.
+
+    The frames are recentred by the compiled step itself (identity ellipse), so pass 1
+    reuses its compilation; the estimates before refinement cost one more, lighter,
+    program (denoise and centre stages)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = min(frames.shape[0], n)
+    idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
+    estimate = _estimate_fn(pipe.config, pipe.data_sharding, pipe.replicated)
+    masked_sum = _masked_sum()
+    eye = jax.device_put(jnp.eye(2, dtype=jnp.float32), pipe.replicated)
+    total = jnp.zeros(frames.shape[-2:], jnp.float32)
+    count = jnp.zeros((), jnp.float32)
+    per_frame = []
+    b = pipe.batch_size
+    for _, nb, batch in pipe._batches(frames, True, idx):
+        w = jax.device_put((np.arange(b) < nb).astype(np.float32), pipe.data_sharding)
+        corrected, refined, flags = pipe.step_fn(pipe.params, batch, eye)
+        s, c, used = masked_sum(corrected, flags, w)
+        total, count = total + s, count + c
+        per_frame.append((estimate(pipe.params, batch), refined, flags, used))
+    if float(count) == 0:
+        raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
+    mean = np.asarray(total / count)
+    est, ref, fl, used = (np.concatenate([np.asarray(a[k]) for a in per_frame]) for k in range(4))
+    held = (used > 0) & ((fl & FLAG_REFINE) == 0)
+    shift = np.linalg.norm(ref[held].astype(np.float64) - est[held], axis=-1)
+    stats = {"center_shift_median": float(np.median(shift)) if shift.size else float("nan"), "center_shift_frames": int(shift.size)}
+    return pipe.estimate_ellipse(mean), mean, stats
+
+
+def _ellipse_refinement_text(r: dict) -> str:
+    e0, e1 = r["ellipse_before"], r["ellipse_after"]
+    text = (
+        f"ellipse refined by the azimuthal variance of the recentred mean: ratio {e0.ratio:.4f} -> {e1.ratio:.4f}, "
+        f"angle {math.degrees(e0.angle):.2f} -> {math.degrees(e1.angle):.2f} deg (variance {r['variance_before']:.3g} -> {r['variance_after']:.3g})"
+    )
+    return (
+        text
+        if r["ellipse_ok"]
+        else text + "; the variance fell too little to tell the ellipse (single-crystal spots?): the estimate is kept"
+    )
 
 
 # ----------------------------------------------------------------------------- 3. stream (pass 1)
@@ -396,21 +554,24 @@ def _stream_pass(job: _Job, writer: EMDWriter, cal: _Calibration, progress: bool
 # ----------------------------------------------------------------------------- 4. finish
 
 
-def _fit_mean(mean: np.ndarray) -> tuple[float, float]:
-    """(a/b, sqrt(a b)) of the steepest edge of a centred mean pattern; NaN if none."""
+def _fit_mean(mean: np.ndarray) -> tuple[float, float, float]:
+    """(a/b, sqrt(a b), a-axis angle in rad) of the ellipse of the steepest edge of a
+    centred mean pattern (the classical estimate, :func:`prenet_jax.ops.fit_ellipse_edge`);
+    NaN if none."""
     import jax
     import jax.numpy as jnp
 
     from ..ops._ellipse_fit import fit_ellipse_edge
 
+    nan = float("nan")
     try:
         fit = jax.jit(fit_ellipse_edge)(jnp.asarray(mean, jnp.float32))  # one compile, not one per op
-        a, b = float(fit["a"]), float(fit["b"])
+        a, b, angle = float(fit["a"]), float(fit["b"]), float(fit["angle"])
     except Exception:
-        return float("nan"), float("nan")
+        return nan, nan, nan
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
-        return float("nan"), float("nan")
-    return a / b, math.sqrt(a * b)
+        return nan, nan, nan
+    return a / b, math.sqrt(a * b), angle
 
 
 def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
@@ -419,14 +580,18 @@ def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
     if cfg.denoise_method == "none":
         return {"description": "none: the counts are as read (negatives and NaN/Inf set to 0)"}
     if cfg.denoise_method == "network":
-        return {"description": f"network (CBAM U-Net, {cfg.transform} transform): each frame replaced by the estimate of its noise-free intensity"}
+        return {
+            "description": f"network (CBAM U-Net, {cfg.transform} transform): each frame replaced by the estimate of its noise-free intensity"
+        }
     if cfg.gaussian_sigma is not None:
         return {"description": f"gaussian filter, sigma {cfg.gaussian_sigma:g} px for every frame (fixed)"}
     text = "gaussian filter, sigma chosen per frame from its dose (peak electrons) and feature size; no filter where it would not help"
     return {"description": text} if sigmas is None else {"description": text, "sigma": np.asarray(sigmas, np.float64)}
 
 
-def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, checks, weights_id, options, cancel: Cancel, log, figures: list) -> _Finished:
+def _finish(
+    job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, checks, weights_id, options, cancel: Cancel, log, figures: list
+) -> _Finished:
     """Metadata, figures, then the atomic rename. Figures are written before the
     rename, into ``figures``, so that a failure leaves neither: the caller's
     clean-up removes them."""
@@ -435,12 +600,16 @@ def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, ch
     cancel.enter("finish")
     if st.n_good == 0:
         log("warning: every frame is flagged empty or non-finite: the means and figures are empty")
-    residual, radius = _fit_mean(st.mean_after)
+    residual, radius, residual_angle = _fit_mean(st.mean_after)
     if not np.isfinite(radius):
         radius = 1.0  # no edge to measure: a, b are then the axes of a unit circle
     cfg = job.config
     src = job.source
     denoise = denoise_report(cfg, st.sigmas)
+    refinement = None
+    if job.refine or cfg.center_refine != "none":
+        refinement = {"center_shift_median": float("nan"), "center_shift_frames": 0, **cal.refinement}
+        refinement["centers_failed"] = int(((st.flags & FLAG_REFINE) != 0).sum())
     undone = cfg.ellipse_method != "none" or cal.source == "fixed"
     cal_out = output_calibration(src.calibration, src.shape, radius if undone else None)
     record = preprocessing_record(
@@ -448,6 +617,7 @@ def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, ch
         denoise=denoise, config=cfg.to_dict(), devices=job.pipeline.devices, weights_id=weights_id, options=dict(options or {}),
         input_path=job.input, input_dataset=src.dataset, input_format=src.kind, input_dtype=src.dtype,
         input_sha256=checks.result() if checks is not None else None, output_dtype=job.out_dtype, saturation=job.saturation,
+        residual_angle=residual_angle, refinement=refinement,
     )  # fmt: skip
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
@@ -455,12 +625,20 @@ def _finish(job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, ch
         writer.write_metadata(cal_out, record)
     except OSError as e:
         raise output_error(job.output, "writing the metadata of", e) from e
-    done = _Finished(residual, radius, figures, None, denoise)
+    done = _Finished(residual, radius, figures, None, denoise, residual_angle, refinement)
     if job.diagnostics:
         title = f"{job.input.name}" + (f":{src.dataset}" if src.dataset else "")
         good = (st.flags & FLAGS_EXCLUDED) == 0
+        note = f"residual ellipse of the corrected mean: ratio {residual:.4f}" + (
+            f", angle {math.degrees(residual_angle):.1f} deg" if np.isfinite(residual_angle) else ""
+        )
+        if refinement is not None and "ellipse_before" in refinement:
+            e0, e1 = refinement["ellipse_before"], refinement["ellipse_after"]
+            note += f"\nellipse undone, refined: ratio {e0.ratio:.4f} -> {e1.ratio:.4f}, angle {math.degrees(e0.angle):.2f} -> {math.degrees(e1.angle):.2f} deg"
         try:
-            paths, done.measures = write_diagnostics(job.output, st.mean_before, st.mean_after, st.centers, st.centers_after, good, title, between=cancel.check)
+            paths, done.measures = write_diagnostics(
+                job.output, st.mean_before, st.mean_after, st.centers, st.centers_after, good, title, between=cancel.check, note=note
+            )
             figures.extend(paths)
         except OSError as e:
             raise output_error(job.output.parent, "writing the diagnostic figures in", e) from e
@@ -493,26 +671,48 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
         sb = st.centers[sel].std(0)
         sa = st.centers_after[sel].std(0)
         off = np.abs(st.centers_after[sel] - np.asarray(c0)).mean(0)
-        lines.append(f"beam centre spread (std over the scan): before row {sb[0]:.3f} px, col {sb[1]:.3f} px; after row {sa[0]:.3f} px, col {sa[1]:.3f} px (mean |offset| from the frame centre {off[0]:.3f}, {off[1]:.3f} px)")
+        lines.append(
+            f"beam centre spread (std over the scan): before row {sb[0]:.3f} px, col {sb[1]:.3f} px; after row {sa[0]:.3f} px, col {sa[1]:.3f} px (mean |offset| from the frame centre {off[0]:.3f}, {off[1]:.3f} px)"
+        )
+    ref = done.refinement
+    refined = ref is not None and "ellipse_before" in ref
     lines.append(
-        f"ellipse ({cal.source}): ratio a/b {cal.ellipse.ratio:.4f}, a-axis {math.degrees(cal.ellipse.angle):.2f} deg from +col toward +row "
+        f"ellipse ({cal.source}{', refined' if refined else ''}): ratio a/b {cal.ellipse.ratio:.4f}, a-axis {math.degrees(cal.ellipse.angle):.2f} deg from +col toward +row "
         f"[py4DSTEM: a {a:.3f} px, b {b:.3f} px, theta {theta:.4f} rad]; after correction the mean pattern's ratio is {done.residual:.4f}"
+        + (f" (a-axis {math.degrees(done.residual_angle):.1f} deg)" if np.isfinite(done.residual_angle) else "")
     )
+    if refined:
+        lines.append(f"refinement: {_ellipse_refinement_text(ref)}")
+    if ref is not None:
+        shift = (
+            f"median shift {ref['center_shift_median']:.3f} px over the {ref['center_shift_frames']} frames sampled in pass 0 where it held"
+            if ref["center_shift_frames"]
+            else "shift not measured (measured in pass 0 with refine=True)"
+        )
+        lines.append(
+            f"refinement: beam centres by Friedel symmetry, {shift}; {ref['centers_failed']} of {n} frames fell back to the estimate (flagged {FLAG_REFINE})"
+        )
     if done.measures is not None:
         m = done.measures
-        lines.append(f"radial anisotropy of the mean pattern (azimuthal std / mean): before {m['before']['anisotropy']:.4f}, after {m['after']['anisotropy']:.4f}")
+        lines.append(
+            f"radial anisotropy of the mean pattern (azimuthal std / mean): before {m['before']['anisotropy']:.4f}, after {m['after']['anisotropy']:.4f}"
+        )
     lines.append(_denoise_line(done.denoise, st.counts, good))
     counts = {bit: int(((st.flags & bit) != 0).sum()) for bit in FLAG_NAMES}
     sat = job.saturation
     flag_txt = ", ".join(f"{counts[bit]} {name}" for bit, name in FLAG_NAMES.items())
     lines.append(f"frames flagged: {flag_txt}" + (f" (saturation level {sat:g})" if sat is not None else ""))
     if counts[FLAG_NEGATIVE]:
-        lines.append(f"note: {counts[FLAG_NEGATIVE]} frames had negative pixels (min {st.raw_min:.4g}); they were treated as zero counts (dark-subtracted data?)")
+        lines.append(
+            f"note: {counts[FLAG_NEGATIVE]} frames had negative pixels (min {st.raw_min:.4g}); they were treated as zero counts (dark-subtracted data?)"
+        )
     if counts[FLAG_SATURATED] and sat is not None:
         lines.append(f"note: {counts[FLAG_SATURATED]} frames reach the saturation level {sat:g}: their direct-beam intensity is clipped")
     size = job.output.stat().st_size
     figs = done.figures
-    lines.append(f"wrote {job.output} ({size / 2**20:.1f} MiB)" + (f" and {len(figs)} figures: {', '.join(p.name for p in figs)}" if figs else ""))
+    lines.append(
+        f"wrote {job.output} ({size / 2**20:.1f} MiB)" + (f" and {len(figs)} figures: {', '.join(p.name for p in figs)}" if figs else "")
+    )
     return lines
 
 

@@ -6,7 +6,7 @@ with bounded host memory and reading, computing and writing overlapped.
     reader thread ──blocks──▶ main thread ──results──▶ writer thread
     (chunk-aligned reads)     batches of B frames      block buffers → EMDWriter
                               device_put (async)       (chunks compressed in a pool)
-                              pipe.step_fn + _post
+                              pipe.step_fn + make_post
                               copy_to_host_async
                               ``inflight`` batches queued on the device
 
@@ -24,22 +24,31 @@ import functools
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..ops._centers import com_center
+from ..conventions import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
 from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
-from ..conventions import FLAG_EMPTY, FLAG_NAMES, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, FLAG_SATURATED, FLAGS_EXCLUDED
-from ..pipeline._pipeline import Pipeline
+from ..ops._centers import com_center
 from ..pipeline._gaussian import frame_sigma
+from ..pipeline._pipeline import Pipeline
 from ..pipeline._validate import host_dtype
 from ._cancel import Cancel, Interrupted
 
-__all__ = ["FLAG_SATURATED", "FLAG_NEGATIVE", "FLAG_NAMES", "FLAGS_EXCLUDED", "StreamError", "StreamStats", "stream", "output_dtype_for"]
-
+__all__ = [
+    "FLAG_SATURATED",
+    "FLAG_NEGATIVE",
+    "FLAG_NAMES",
+    "FLAGS_EXCLUDED",
+    "StreamError",
+    "StreamStats",
+    "stream",
+    "output_dtype_for",
+    "make_post",
+]
 
 
 @dataclasses.dataclass
@@ -78,7 +87,21 @@ class StreamStats:
 
 
 def output_dtype_for(name: str, input_dtype) -> np.dtype:
-    """``"float32"`` | ``"input"`` (the input's dtype) | a numpy integer dtype name."""
+    """The dtype an output file is written in.
+
+    Parameters
+    ----------
+    name : ``"float32"``, ``"input"`` (the input's dtype) or a numpy integer dtype name
+    input_dtype : the input's dtype
+
+    Returns
+    -------
+    The dtype in the machine's byte order.
+
+    Raises
+    ------
+    InputError : ``name`` is not a float or integer dtype
+    """
     dt = np.dtype(input_dtype) if name == "input" else np.dtype(name)
     dt = dt.newbyteorder("=")  # a big-endian input is written in the machine's order
     if dt.kind not in "iuf":
@@ -96,12 +119,27 @@ def _int_limits(dt: np.dtype) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=16)
-def _make_post(out_dtype: np.dtype, with_sigma: bool = False):
-    """Jitted per-batch bookkeeping on the device, next to the step's outputs:
-    extra flags, the sums for the mean patterns, the centre of mass of the corrected
-    frames, the cast to the output dtype (an integer output crosses the bus at its
-    own size), the counts of each frame and (``with_sigma``) the width the
-    dose-adaptive Gaussian gave it."""
+def make_post(out_dtype: np.dtype, with_sigma: bool = False):
+    """The jitted per-batch bookkeeping that pass 1 runs on the device after the step.
+
+    It adds the saturation and negative-pixel flags, sums the frames for the mean
+    patterns, takes the centre of mass of the corrected frames and casts them to the
+    output dtype on the device (an integer output crosses the bus at its own size).
+    Cached: one compiled function per ``(out_dtype, with_sigma)`` and batch shape.
+
+    Parameters
+    ----------
+    out_dtype : the output file's dtype (:func:`output_dtype_for`)
+    with_sigma : also return the width the dose-adaptive Gaussian gave each frame
+
+    Returns
+    -------
+    post : ``post(raw, corrected, flags, valid, sat_level)`` with ``raw`` the
+        batch as read, ``corrected, flags`` from :attr:`prenet_jax.Pipeline.step_fn`,
+        ``valid`` (B,) bool (False for padding) and ``sat_level`` the saturation
+        threshold; returns ``(out, flags, sum_raw, sum_out, n_good, com_after,
+        raw_min, raw_max, counts, sigma)``
+    """
     kind = out_dtype.kind
     dev_dtype = jnp.dtype(out_dtype) if (kind in "iu" and out_dtype.itemsize <= 4) else jnp.float32
     lim = _int_limits(out_dtype) if kind in "iu" else None
@@ -155,7 +193,7 @@ def _put(q: queue.Queue, item, stopping: Callable[[], bool]) -> float:
             return time.perf_counter() - t0
         except queue.Full:
             if stopping():
-                raise _Stopped()
+                raise _Stopped() from None
 
 
 def _get(q: queue.Queue, stopping: Callable[[], bool]):
@@ -164,7 +202,7 @@ def _get(q: queue.Queue, stopping: Callable[[], bool]):
             return q.get(timeout=0.1)
         except queue.Empty:
             if stopping():
-                raise _Stopped()
+                raise _Stopped() from None
 
 
 def stream(
@@ -211,7 +249,21 @@ def stream(
     StreamError : any other failure of the reader, the compute step or the writer
     Interrupted : ``cancel`` was set
     """
-    return _Stream(source, pipe, matrix, writer, np.dtype(out_dtype), saturation, negative, block_bytes, inflight, read_ahead, write_queue, progress, cancel or Cancel()).run()
+    return _Stream(
+        source,
+        pipe,
+        matrix,
+        writer,
+        np.dtype(out_dtype),
+        saturation,
+        negative,
+        block_bytes,
+        inflight,
+        read_ahead,
+        write_queue,
+        progress,
+        cancel or Cancel(),
+    ).run()
 
 
 def _scan_order(blocks: list, starts: np.ndarray, n_total: int, ry: int) -> np.ndarray:
@@ -230,7 +282,22 @@ class _Stream:
     the main thread re-raises the first one. ``cancel`` (a signal) stops all three.
     """
 
-    def __init__(self, source, pipe, matrix, writer, out_dtype, saturation, negative, block_bytes, inflight, read_ahead, write_queue, progress, cancel):
+    def __init__(
+        self,
+        source,
+        pipe,
+        matrix,
+        writer,
+        out_dtype,
+        saturation,
+        negative,
+        block_bytes,
+        inflight,
+        read_ahead,
+        write_queue,
+        progress,
+        cancel,
+    ):
         self.source, self.pipe, self.writer = source, pipe, writer
         self.negative, self.inflight, self.progress, self.cancel = negative, inflight, progress, cancel
         rx, ry, h, w = source.shape
@@ -244,7 +311,7 @@ class _Stream:
 
         cfg = pipe.config
         self.auto_sigma = cfg.denoise_method == "gaussian" and cfg.gaussian_sigma is None
-        self.post = _make_post(out_dtype, self.auto_sigma)  # cached: compiled once per dtype and shape
+        self.post = make_post(out_dtype, self.auto_sigma)  # cached: compiled once per dtype and shape
         self.matrix_dev = jax.device_put(jnp.asarray(matrix, jnp.float32), pipe.replicated)
         self.sat = jax.device_put(jnp.float32(np.inf if saturation is None else saturation), pipe.replicated)
         self.valid_full = jax.device_put(np.ones(self.b, bool), pipe.data_sharding)
@@ -372,7 +439,9 @@ class _Stream:
     def _compute_error(self, pos0: int, n: int, e: Exception) -> StreamError:
         text = str(e)
         hint = "; lower --batch-size" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else ""
-        return StreamError(f"the compute step failed on frames {pos0}..{pos0 + n - 1} (in reading order): {type(e).__name__}: {text.splitlines()[0] if text else ''}{hint}; nothing was written")
+        return StreamError(
+            f"the compute step failed on frames {pos0}..{pos0 + n - 1} (in reading order): {type(e).__name__}: {text.splitlines()[0] if text else ''}{hint}; nothing was written"
+        )
 
     def retire(self) -> None:
         """Collect the oldest batch in flight and queue it for the writer."""
@@ -382,7 +451,9 @@ class _Stream:
         except Exception as e:  # a failure on the device surfaces when its results are fetched
             raise self._compute_error(pos0, n, e) from e
         if self.negative == "error" and (fl[:n] & FLAG_NEGATIVE).any():
-            raise InputError(f"{self.source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)")
+            raise InputError(
+                f"{self.source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
+            )
         self.wait_out += _put(self.q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg), self.stopping)
         if self.progress is not None:
             self.progress(n)
@@ -483,7 +554,12 @@ class _Stream:
             n_good=n_good,
             raw_min=float(self.acc["min"]),
             raw_max=float(self.acc["max"]),
-            seconds={"wall": wall, "read": self.secs["read"], "write": self.secs["write"], "compute": max(wall - self.wait_in - self.wait_out, 0.0)},
+            seconds={
+                "wall": wall,
+                "read": self.secs["read"],
+                "write": self.secs["write"],
+                "compute": max(wall - self.wait_in - self.wait_out, 0.0),
+            },
             counts=self.counts.reshape(shp),
             sigmas=self.sigmas.reshape(shp) if self.auto_sigma else None,
         )
