@@ -111,7 +111,14 @@ def test_library_call_gives_ctrl_c_back_as_keyboard_interrupt(tmp_path, monkeypa
     monkeypatch.setenv("PRENET_TEST_HOLD", "stream")
     monkeypatch.setenv("PRENET_TEST_HOLD_SIGNAL", "INT")
     with pytest.raises(KeyboardInterrupt):
-        preprocess_file(tmp_path / "in.npy", tmp_path / "out.h5", pipeline=pj.Pipeline.classical(batch_size=8), ellipse=pj.Ellipse(1.06, 0.4), progress=False, log=lambda s: None)
+        preprocess_file(
+            tmp_path / "in.npy",
+            tmp_path / "out.h5",
+            pipeline=pj.Pipeline.classical(batch_size=8),
+            ellipse=pj.Ellipse(1.06, 0.4),
+            progress=False,
+            log=lambda s: None,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
@@ -123,7 +130,14 @@ def test_library_call_hands_sigterm_to_the_callers_handler(tmp_path, monkeypatch
     old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
     try:
         with pytest.raises(Interrupted) as e:
-            preprocess_file(tmp_path / "in.npy", tmp_path / "out.h5", pipeline=pj.Pipeline.classical(batch_size=8), ellipse=pj.Ellipse(1.06, 0.4), progress=False, log=lambda s: None)
+            preprocess_file(
+                tmp_path / "in.npy",
+                tmp_path / "out.h5",
+                pipeline=pj.Pipeline.classical(batch_size=8),
+                ellipse=pj.Ellipse(1.06, 0.4),
+                progress=False,
+                log=lambda s: None,
+            )
     finally:
         signal.signal(signal.SIGTERM, old)
     assert got == [signal.SIGTERM]  # once: after the clean-up, under the caller's own handler
@@ -160,3 +174,50 @@ def test_a_real_signal_to_a_real_process(tmp_path, cube, phase, sig):
     assert "Traceback" not in err and "Exception ignored" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
     assert sha(src) == before
+
+
+@pytest.mark.parametrize("sig", sorted(SIGNALS))
+@pytest.mark.parametrize("command", ["preprocess", "info"])
+def test_a_signal_while_the_command_starts_up(tmp_path, monkeypatch, cube, command, sig):
+    """Before any command runs (imports, the parser: seconds on a busy machine) a signal
+    is recorded, not fatal: one line, the shell's exit code, nothing written. For
+    ``preprocess`` it is handed to the run's own stop flag."""
+    import prenet_jax.cli as cli
+
+    src = tmp_path / "in.npy"
+    np.save(src, cube)
+    before = sha(src)
+    real = cli.build_parser
+
+    def build_parser_interrupted():
+        signal.raise_signal(SIGNALS[sig][0])  # delivered now, inside the start-up
+        return real()
+
+    monkeypatch.setattr(cli, "build_parser", build_parser_interrupted)
+    argv = ["preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--no-progress"] if command == "preprocess" else ["info"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    assert rc == SIGNALS[sig][1]
+    assert err.getvalue().strip() == f"interrupted by SIG{sig} during start-up: nothing was done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"] and sha(src) == before
+    # the handlers the command found are back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_signal_handed_over_to_preprocess(tmp_path, cube):
+    """A signal recorded by the start-up after its own check (``args.startup_signals``)
+    stops the run at its first check, in the words of the run."""
+    from prenet_jax.cli import build_parser
+
+    src = tmp_path / "in.npy"
+    np.save(src, cube)
+    args = build_parser().parse_args(["preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--no-progress"])
+    assert args.handles_signals
+    args.startup_signals = [signal.SIGTERM]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = args.func(args)
+    assert rc == 143
+    assert err.getvalue().strip().splitlines()[-1] == "interrupted by SIGTERM during start-up: nothing was written, the input is unchanged"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]

@@ -8,7 +8,11 @@ library code); this module only assembles them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 __all__ = ["main", "build_parser"]
 
@@ -22,6 +26,7 @@ def _run_info(args) -> int:
     import jax
 
     import prenet_jax as pj
+
     from ..pipeline._weights import WEIGHTS_DIR
 
     print(f"prenet-jax {pj.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
@@ -36,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prenet-jax", description="4D-PreNet preprocessing of 4D-STEM data in JAX")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
+    from ..data._figures import add_figure_parser
+    from ..data._simulate import add_simulate_parser
     from ._demo import add_demo_parser
     from ._evaluate import add_evaluate_parser
-    from ..data._figures import add_figure_parser
     from ._preprocess import add_preprocess_parser
-    from ..data._simulate import add_simulate_parser
     from ._train import add_train_parser
 
     add_demo_parser(sub)
@@ -53,12 +58,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _startup_signals() -> Iterator[list[int]]:
+    """Record SIGINT and SIGTERM while the command starts up (the block), instead of
+    dying on them: importing jax and building the parser take seconds on a busy
+    machine, where SIGTERM would kill the process without a word and SIGINT print a
+    traceback. The block gets the list of signals received; the previous handlers are
+    restored after it. Only the main thread can install handlers; a signal ignored
+    before (a background job's SIGINT) stays ignored."""
+    caught: list[int] = []
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            prev = signal.getsignal(s)
+            if prev is not signal.SIG_IGN:
+                old[s] = prev
+                signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for s, prev in old.items():
+            signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    with _startup_signals() as caught:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if caught:
+            name = signal.Signals(caught[0]).name
+            print(f"interrupted by {name} during start-up: nothing was done", file=sys.stderr)
+            return 128 + caught[0]
+        if getattr(args, "handles_signals", False):
+            # The command installs its own handling (``preprocess``: a stop flag) over
+            # this one, so that no moment is unguarded; a signal that arrives before it
+            # does is handed over in ``args.startup_signals``.
+            args.startup_signals = caught
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
