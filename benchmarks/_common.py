@@ -25,7 +25,9 @@ def environment() -> str:
 def append_result(title: str, lines: list[str]) -> None:
     """Append a dated section to benchmarks/RESULTS.md (creating it if needed)."""
     if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEvery entry: date, device, versions, batch size. GPU figures only from the GPU machine.\n")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        RESULTS.write_text(
+            "# Benchmark results\n\nEvery entry: date, device, versions, batch size. GPU figures only from the GPU machine.\n"
+        )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     with RESULTS.open("a") as f:
         f.write(f"\n## {title} ({stamp})\n\n{environment()}\n\n" + "\n".join(lines) + "\n")

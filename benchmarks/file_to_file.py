@@ -42,10 +42,20 @@ def make_cube(path: Path, scan, frame, dtype, dose: float, seed: int = 0) -> Non
     rng = np.random.default_rng(seed)
     rx, ry = scan
     # a small set of distinct patterns, shifted by a descan ramp: cheap to make at any size
-    base = pj.synthetic_cube(scan=(4, 4), shape=frame, radius=frame[0] / 12, ellipse=pj.Ellipse(1.05, 0.4), jitter=0.6, seed=seed)["cube"].reshape(16, *frame)
+    base = pj.synthetic_cube(scan=(4, 4), shape=frame, radius=frame[0] / 12, ellipse=pj.Ellipse(1.05, 0.4), jitter=0.6, seed=seed)[
+        "cube"
+    ].reshape(16, *frame)
     base = base / base.reshape(16, -1).sum(1)[:, None, None] * dose
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset("data", shape=(rx, ry) + tuple(frame), dtype=dtype, chunks=(1, max(1, min(ry, (1 << 20) // (frame[0] * frame[1] * np.dtype(dtype).itemsize))), *frame), compression="gzip", compression_opts=1, shuffle=True)
+        ds = f.create_dataset(
+            "data",
+            shape=(rx, ry) + tuple(frame),
+            dtype=dtype,
+            chunks=(1, max(1, min(ry, (1 << 20) // (frame[0] * frame[1] * np.dtype(dtype).itemsize))), *frame),
+            compression="gzip",
+            compression_opts=1,
+            shuffle=True,
+        )
         for i in range(rx):
             row = base[(i * ry + np.arange(ry)) % 16]
             ds[i] = rng.poisson(row).astype(dtype)
@@ -68,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     import prenet_jax as pj
-    from prenet_jax.io._readers import EMDWriter, open_input, plan_blocks
-    from prenet_jax.preprocess._run import preprocess_file
-    from prenet_jax.preprocess._stream import _make_post, output_dtype_for
+    from prenet_jax.io import EMDWriter, open_input, plan_blocks
+    from prenet_jax.preprocess import make_post, output_dtype_for, preprocess_file
 
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="prenet_bench_"))
     src, dst = scratch / "cube.h5", scratch / "cube_pre.h5"
@@ -78,17 +87,43 @@ def main(argv: list[str] | None = None) -> int:
     make_cube(src, tuple(args.scan), tuple(args.frame), args.dtype, args.dose)
     n = args.scan[0] * args.scan[1]
     mib = n * args.frame[0] * args.frame[1] * np.dtype(args.dtype).itemsize / 2**20
-    print(f"cube {tuple(args.scan) + tuple(args.frame)} {args.dtype}: {mib:.0f} MiB raw, {src.stat().st_size / 2**20:.0f} MiB on disk ({time.perf_counter() - t0:.0f} s to make)")
+    print(
+        f"cube {tuple(args.scan) + tuple(args.frame)} {args.dtype}: {mib:.0f} MiB raw, {src.stat().st_size / 2**20:.0f} MiB on disk ({time.perf_counter() - t0:.0f} s to make)"
+    )
 
     pipe = pj.Pipeline.classical(batch_size=args.batch_size)
     ell = pj.Ellipse(1.05, 0.4)
     # warm-up on a tiny file: the end-to-end time below is not compile time
     with h5py.File(scratch / "warm.h5", "w") as f:
         f["data"] = h5py.File(src, "r")["data"][:1, : min(args.scan[1], 2 * args.batch_size)]
-    preprocess_file(scratch / "warm.h5", scratch / "warm_pre.h5", pipeline=pipe, ellipse=ell, diagnostics=False, checksum=False, progress=False, log=lambda s: None, compression=args.compression, output_dtype=args.output_dtype, overwrite=True)
+    preprocess_file(
+        scratch / "warm.h5",
+        scratch / "warm_pre.h5",
+        pipeline=pipe,
+        ellipse=ell,
+        diagnostics=False,
+        checksum=False,
+        progress=False,
+        log=lambda s: None,
+        compression=args.compression,
+        output_dtype=args.output_dtype,
+        overwrite=True,
+    )
 
     # ---- end to end (pass 1 with the ellipse given; pass 0 timed separately)
-    res = preprocess_file(src, dst, pipeline=pipe, ellipse=ell, diagnostics=False, checksum=False, progress=False, log=lambda s: None, compression=args.compression, output_dtype=args.output_dtype, overwrite=True)
+    res = preprocess_file(
+        src,
+        dst,
+        pipeline=pipe,
+        ellipse=ell,
+        diagnostics=False,
+        checksum=False,
+        progress=False,
+        log=lambda s: None,
+        compression=args.compression,
+        output_dtype=args.output_dtype,
+        overwrite=True,
+    )
     wall = res.seconds["wall"]
     t0 = time.perf_counter()
     with open_input(src) as s:
@@ -113,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         host = np.concatenate([host, np.zeros((b - host.shape[0],) + host.shape[1:], host.dtype)])
     dev = jax.device_put(host, pipe.data_sharding)
     m = jax.device_put(np.asarray(ell.matrix(), np.float32), pipe.replicated)
-    post = _make_post(np.dtype(out_dt))
+    post = make_post(np.dtype(out_dt))
     valid = jax.device_put(np.ones(b, bool), pipe.data_sharding)
     sat = jax.device_put(np.float32(np.inf), pipe.replicated)
     steps = -(-n // b)
@@ -142,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| {datetime.date.today()} | {dev_txt} x{len(pipe.devices)} ({os.cpu_count()} cores) | {tuple(args.scan) + tuple(args.frame)} {args.dtype} -> {out_dt}, {args.compression} "
         f"| {args.batch_size} | **{n / wall:.0f}** | {n / t_pass0:.0f} | {t_read / total:.0%} / {t_compute / total:.0%} / {t_write / total:.0%} | {total / wall:.2f} |"
     )
-    print(f"end to end: {n} frames in {wall:.2f} s = {n / wall:.0f} frames/s ({mib / wall:.0f} MiB/s of raw input); pass 0 alone {t_pass0:.2f} s for {min(n, pipe.config.calibration_frames)} frames")
-    print(f"alone: read {t_read:.2f} s, compute {t_compute:.2f} s, write {t_write:.2f} s -> shares {t_read / total:.0%} / {t_compute / total:.0%} / {t_write / total:.0%}; overlap {total / wall:.2f}x")
+    print(
+        f"end to end: {n} frames in {wall:.2f} s = {n / wall:.0f} frames/s ({mib / wall:.0f} MiB/s of raw input); pass 0 alone {t_pass0:.2f} s for {min(n, pipe.config.calibration_frames)} frames"
+    )
+    print(
+        f"alone: read {t_read:.2f} s, compute {t_compute:.2f} s, write {t_write:.2f} s -> shares {t_read / total:.0%} / {t_compute / total:.0%} / {t_write / total:.0%}; overlap {total / wall:.2f}x"
+    )
     print(f"output {dst.stat().st_size / 2**20:.0f} MiB")
     if not args.no_append:
         results = HERE / "RESULTS.md"

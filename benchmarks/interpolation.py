@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import append_result, environment
 
 import prenet_jax as pj
-from _common import append_result, environment
 
 METHODS = ("linear", "cubic", "fourier")
 
@@ -43,7 +43,10 @@ def main(argv=None) -> int:
     fns = {m: jax.jit(jax.vmap(lambda x, s, m=m: pj.ops.translate(x, s, m))) for m in METHODS}
     shifts = rng.uniform(-4, 4, (args.n, 2)).astype(np.float32)
     half = np.tile(np.array([[0.5, 0.5]], np.float32), (args.n, 1))
-    rows = ["| method | spot peak after (0.5, 0.5) px shift | sharp disk RMS / max error | soft disk RMS / max error | CoM error (px) | CPU us/frame (64x64) |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| method | spot peak after (0.5, 0.5) px shift | sharp disk RMS / max error | soft disk RMS / max error | CoM error (px) | CPU us/frame (64x64) |",
+        "|---|---|---|---|---|---|",
+    ]
     base_spot = np.stack([spot(shape, c0)] * args.n)
     for m in METHODS:
         peak = float(np.asarray(fns[m](base_spot, half)).max(axis=(1, 2)).mean())

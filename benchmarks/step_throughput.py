@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import append_result, environment
 
 import prenet_jax as pj
-from _common import append_result, environment
 
 
 def _config(name: str, dtype: str, batch: int) -> pj.PipelineConfig:
@@ -99,8 +99,10 @@ def main(argv=None) -> int:
     table.append("")
     table.append(f"fused / sum of stages: {fused / total:.2f}")
     if refined is not None:
-        table.append(f"fused step with center_refine='friedel' (window {cfg.refine_window} px, {cfg.refine_steps} steps): "
-                     f"{refined * 1e3:.2f} ms / batch, {b / refined:,.0f} frames/s: +{100 * (refined / fused - 1):.0f} % over the fused step")
+        table.append(
+            f"fused step with center_refine='friedel' (window {cfg.refine_window} px, {cfg.refine_steps} steps): "
+            f"{refined * 1e3:.2f} ms / batch, {b / refined:,.0f} frames/s: +{100 * (refined / fused - 1):.0f} % over the fused step"
+        )
     print(environment())
     print("\n".join(table))
     if args.record:

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import append_result, environment
 
 import prenet_jax as pj
-from _common import append_result, environment
-from prenet_jax.pipeline import as_counts
+from prenet_jax.pipeline import as_counts, center_stage, denoise_stage
 
 
 def _median_time(fn, sync, repeats: int) -> float:
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
         frames = jax.device_put(host, pipe.data_sharding)
         m = jax.device_put(jnp.asarray(pj.Ellipse(1.05, 0.3).matrix(), jnp.float32), pipe.replicated)
         xf = jax.jit(lambda f: as_counts(f)[0])(frames)
-        den = jax.jit(lambda p, x: P.denoise_stage(cfg, p, x))
-        cen = jax.jit(lambda p, x: P.center_stage(cfg, p, x))
+        den = jax.jit(lambda p, x: denoise_stage(cfg, p, x))
+        cen = jax.jit(lambda p, x: center_stage(cfg, p, x))
         jax_fns = {
             "denoiser": (den, (pipe.params, xf)),
             "centre net + CoM": (cen, (pipe.params, xf)),
@@ -143,7 +143,9 @@ def main(argv=None) -> int:
             c = tt.get("compile", {}).get(k)
             cell = lambda t: f"{n / t:,.0f}" if t else "-"
             ratio = lambda t: f"{t / jt[k]:.2f}x" if t else "-"
-            lines.append(f"| {n} | {k} | {jt[k] * 1e3:.2f} | {n / jt[k]:,.0f} | {fl[k] / jt[k] / 1e12:.3g} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} |")
+            lines.append(
+                f"| {n} | {k} | {jt[k] * 1e3:.2f} | {n / jt[k]:,.0f} | {fl[k] / jt[k] / 1e12:.3g} | {cell(e)} | {cell(c)} | {ratio(e)} | {ratio(c)} |"
+            )
         nets = jt["denoiser"] + jt["centre net + CoM"]
         lines.append(f"| {pipe.batch_size} | fused / (denoiser + centre) | {jt['fused step'] / nets:.2f} | | | | | | |")
     lines.append("")

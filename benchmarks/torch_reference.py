@@ -239,7 +239,7 @@ class TorchPipeline(nn.Module):
         self.center_net = UNet(cfg.center_net, sigmoid=True)
 
     @classmethod
-    def from_pipeline(cls, pipe: "pj.Pipeline") -> "TorchPipeline":
+    def from_pipeline(cls, pipe: pj.Pipeline) -> TorchPipeline:
         import jax
 
         tp = cls(pipe.config)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax
 import numpy as np
-
 from _common import append_result, environment
+
 from prenet_jax.training import AugmentConfig, augment, load_config, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -76,8 +76,12 @@ def main(argv=None) -> int:
     aug = augment_rate(256)
     print(f"augmentation alone (256 px, cubic, Poisson): {aug:.0f} frames/s")
     if args.record:
-        lines = [f"`python benchmarks/train_throughput.py --size {args.size} --steps {args.steps}` (float32; median of the logged windows after the compile)", "",
-                 "| task | batch (samples) | steps/s | samples/s |", "|---|---|---|---|"]
+        lines = [
+            f"`python benchmarks/train_throughput.py --size {args.size} --steps {args.steps}` (float32; median of the logged windows after the compile)",
+            "",
+            "| task | batch (samples) | steps/s | samples/s |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {r['task']} | {r['batch']} | {r['steps_per_s']:.3f} | {r['samples_per_s']:.1f} |" for r in rows]
         lines += ["", f"Augmentation alone, 256 px frames, cubic warp + Poisson: {aug:.0f} frames/s."]
         append_result(f"Training throughput, {args.size} configs", lines)

@@ -111,7 +111,9 @@ class PipelineConfig:
             raise ValueError(f"transform={self.transform!r}: use 'sqrt' or 'linear'")
         if self.negative not in ("error", "clip"):
             raise ValueError(f"negative={self.negative!r}: use 'clip' or 'error'")
-        if self.gaussian_sigma is not None and not (isinstance(self.gaussian_sigma, (int, float)) and 0 <= self.gaussian_sigma < float("inf")):
+        if self.gaussian_sigma is not None and not (
+            isinstance(self.gaussian_sigma, (int, float)) and 0 <= self.gaussian_sigma < float("inf")
+        ):
             raise ValueError(f"gaussian_sigma={self.gaussian_sigma!r}: use None (chosen per frame from its counts) or a width in px >= 0")
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: use 'float32' or 'bfloat16'")
@@ -128,7 +130,7 @@ class PipelineConfig:
             raise ValueError("polar_angles, polar_radii and fine_size must be at least 8")
 
     @classmethod
-    def tiny(cls, **overrides: Any) -> "PipelineConfig":
+    def tiny(cls, **overrides: Any) -> PipelineConfig:
         """A configuration small enough for CPU tests (32 px networks, a few thousand weights)."""
         base = dict(
             image_size=32,
@@ -142,7 +144,7 @@ class PipelineConfig:
         return cls(**base)
 
     @classmethod
-    def release(cls, **overrides: Any) -> "PipelineConfig":
+    def release(cls, **overrides: Any) -> PipelineConfig:
         """The architecture of the bundled weights, sized to train on two CPU cores.
 
         - Denoiser: CBAM U-Net (width 16, depth 4), residual in the sqrt space,
@@ -173,7 +175,7 @@ class PipelineConfig:
         return cls(**base)
 
     @classmethod
-    def paper(cls, **overrides: Any) -> "PipelineConfig":
+    def paper(cls, **overrides: Any) -> PipelineConfig:
         """The paper-size architecture for GPU training: 256 px inputs, one centre
         pass, U-Nets of width 32 and ResNet-50 of width 64 (the defaults)."""
         base = dict(image_size=256, transform="sqrt", interpolation="linear")
@@ -181,20 +183,20 @@ class PipelineConfig:
         return cls(**base)
 
     @classmethod
-    def classical(cls, **overrides: Any) -> "PipelineConfig":
+    def classical(cls, **overrides: Any) -> PipelineConfig:
         """Classical methods at every stage: Gaussian filter, thresholded CoM, edge fit."""
         base = dict(denoise_method="gaussian", center_method="com", ellipse_method="fit")
         base.update(overrides)
         return cls(**base)
 
-    def replace(self, **changes: Any) -> "PipelineConfig":
+    def replace(self, **changes: Any) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
+    def from_dict(cls, d: dict) -> PipelineConfig:
         d = dict(d)
         d["denoiser"] = UNetConfig(**d["denoiser"])
         d["center_net"] = UNetConfig(**d["center_net"])

@@ -46,8 +46,13 @@ FLAG_EMPTY = 2  #: the frame has no counts: its centre is the frame centre
 FLAG_SATURATED = 4  #: a pixel reached the saturation level (detector count limit)
 FLAG_NEGATIVE = 8  #: negative pixels (read noise, dark subtraction): counted as 0
 FLAG_REFINE = 16  #: the centre refinement failed: the frame keeps the estimate
-FLAG_NAMES = {FLAG_NONFINITE: "NaN/Inf pixels", FLAG_EMPTY: "empty", FLAG_SATURATED: "saturated",
-              FLAG_NEGATIVE: "negative pixels", FLAG_REFINE: "centre refinement failed"}
+FLAG_NAMES = {
+    FLAG_NONFINITE: "NaN/Inf pixels",
+    FLAG_EMPTY: "empty",
+    FLAG_SATURATED: "saturated",
+    FLAG_NEGATIVE: "negative pixels",
+    FLAG_REFINE: "centre refinement failed",
+}
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY
 
@@ -110,7 +115,7 @@ def ellipse_matrix(ratio, angle):
     return s[..., None, None] * uu + (1.0 / s)[..., None, None] * (eye - uu)
 
 
-def ellipse_from_matrix(matrix) -> "Ellipse":
+def ellipse_from_matrix(matrix) -> Ellipse:
     """Inverse of :func:`ellipse_matrix` for one symmetric positive-definite matrix.
 
     The determinant is divided out, so any positive multiple of ``D`` gives the
@@ -157,17 +162,17 @@ class Ellipse:
         object.__setattr__(self, "angle", normalize_angle(angle))
 
     @classmethod
-    def identity(cls) -> "Ellipse":
+    def identity(cls) -> Ellipse:
         return cls(1.0, 0.0)
 
     @classmethod
-    def from_axes(cls, a: float, b: float, angle: float) -> "Ellipse":
+    def from_axes(cls, a: float, b: float, angle: float) -> Ellipse:
         """From semi-axes and the direction of ``a`` (either axis may be the larger)."""
         ratio, angle = axes_to_ratio_angle(a, b, angle)
         return cls(ratio, angle)
 
     @classmethod
-    def from_cos_sin(cls, cos2, sin2, ratio) -> "Ellipse":
+    def from_cos_sin(cls, cos2, sin2, ratio) -> Ellipse:
         """From the regression target ``(cos 2 theta, sin 2 theta, ratio)``."""
         return cls(float(ratio), 0.5 * math.atan2(float(sin2), float(cos2)))
 

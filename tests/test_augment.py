@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prenet_jax.training._augment import AugmentConfig, augment, distort, poisson
 from prenet_jax.conventions import ellipse_matrix
 from prenet_jax.ops._warp import frame_center, recenter_and_correct
+from prenet_jax.training._augment import AugmentConfig, augment, distort, poisson
 
 S = 128  # small frames keep the tests fast; the zero angle sits at (S/2, S/2) as in abTEM
 Z = S / 2
@@ -72,7 +72,7 @@ def test_inverting_the_warp_with_the_label_recovers_the_clean_pattern():
     for b in range(clean.shape[0]):
         d = ellipse_matrix(out.ellipse[0][b], out.ellipse[1][b])
         back = recenter_and_correct(out.target[b], out.center[b], d, method="cubic")
-        inner = (np.hypot(r - c0[0], c - c0[1]) < S / 2 - 20)  # away from what left the frame
+        inner = np.hypot(r - c0[0], c - c0[1]) < S / 2 - 20  # away from what left the frame
         err = np.abs(np.asarray(back) - want)[inner].max()
         assert err < 5e-3, f"frame {b}: max error {err:.2e} of a unit peak"
 
@@ -123,8 +123,14 @@ def test_noise_statistics_match_the_dose():
     right half 40 e/pixel (expansion branch): mean 2 lam, variance 4 (lam + 0.49)."""
     lam = np.where(np.arange(S) < S // 2, 0.5, 40.0)[None, None, :] * np.ones((8, S, 1))
     dose, gain, read = float(lam[0].sum()), 2.0, 0.7
-    cfg = AugmentConfig(max_shift=0.0, ratio_range=(1.0, 1.0), rotate=False, scale_range=(gain, gain),
-                        dose_range=(dose, dose), read_noise_range=(read, read))
+    cfg = AugmentConfig(
+        max_shift=0.0,
+        ratio_range=(1.0, 1.0),
+        rotate=False,
+        scale_range=(gain, gain),
+        dose_range=(dose, dose),
+        read_noise_range=(read, read),
+    )
     out, _ = augment(jax.random.key(4), jnp.asarray(lam / dose, jnp.float32), jnp.array([Z, Z]), cfg, return_info=True)
     np.testing.assert_allclose(np.asarray(out.target), gain * lam, rtol=1e-4)
     for half, level in ((slice(0, S // 2), 0.5), (slice(S // 2, S), 40.0)):
@@ -138,8 +144,7 @@ def test_noise_statistics_match_the_dose():
 def test_dose_is_log_uniform_in_range_and_total_counts_follow_it():
     disk = _disk()
     disk = disk / disk.sum()  # all electrons inside the frame
-    out, info = augment(jax.random.key(2), jnp.asarray(np.broadcast_to(disk, (16, S, S))), jnp.array([Z, Z]),
-                        return_info=True)
+    out, info = augment(jax.random.key(2), jnp.asarray(np.broadcast_to(disk, (16, S, S))), jnp.array([Z, Z]), return_info=True)
     dose, scale, read = (np.asarray(info[k], np.float64) for k in ("dose", "scale", "read_noise"))
     assert dose.min() >= 1e2 and dose.max() <= 1e6
     assert 2.0 < np.median(np.log10(dose)) < 6.0
@@ -158,8 +163,15 @@ def test_fast_poisson_sampler():
 
 
 def test_hot_and_dead_pixels():
-    cfg = AugmentConfig(max_shift=0.0, ratio_range=(1.0, 1.0), rotate=False, hot_pixel_fraction=0.01,
-                        dead_pixel_fraction=0.02, read_noise_range=(0, 0), dose_range=(1e6, 1e6))
+    cfg = AugmentConfig(
+        max_shift=0.0,
+        ratio_range=(1.0, 1.0),
+        rotate=False,
+        hot_pixel_fraction=0.01,
+        dead_pixel_fraction=0.02,
+        read_noise_range=(0, 0),
+        dose_range=(1e6, 1e6),
+    )
     flat = jnp.full((4, S, S), 1.0 / (S * S), jnp.float32)
     out, _ = augment(jax.random.key(9), flat, jnp.array([Z, Z]), cfg, return_info=True)
     x, t = np.asarray(out.noisy), np.asarray(out.target)
@@ -170,8 +182,9 @@ def test_hot_and_dead_pixels():
 
 def test_distort_direct_and_config_errors():
     disk = jnp.asarray(_disk()[None])
-    out, center = distort(disk, jnp.array([[Z, Z]]), jnp.array([[2.5, -3.25]]), jnp.array([1.0]), jnp.array([0.0]),
-                          jnp.array([0.0]), "cubic")
+    out, center = distort(
+        disk, jnp.array([[Z, Z]]), jnp.array([[2.5, -3.25]]), jnp.array([1.0]), jnp.array([0.0]), jnp.array([0.0]), "cubic"
+    )
     np.testing.assert_allclose(np.asarray(center), [[Z + 2.5, Z - 3.25]])
     with pytest.raises(ValueError, match="ratio_range"):
         AugmentConfig(ratio_range=(0.9, 1.1))

@@ -14,15 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_io import write_py4dstem_like
 
 import prenet_jax as pj
+from prenet_jax.cli import main
 from prenet_jax.io._readers import read_result
+from prenet_jax.ops import com_center, fit_ellipse_edge
 from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
 from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
-from prenet_jax.cli import main
-from prenet_jax.ops import com_center, fit_ellipse_edge
-
-from test_io import write_py4dstem_like
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE_ELLIPSE = pj.Ellipse(1.08, 0.5)
@@ -95,7 +94,14 @@ def test_input_is_never_modified(known):
 
 def test_summary_and_diagnostics(known):
     out = known["stdout"]
-    for text in ("beam centre spread", "ellipse (fit): ratio a/b", "py4DSTEM: a", "frames flagged", "running on the CPU", "no trained weights"):
+    for text in (
+        "beam centre spread",
+        "ellipse (fit): ratio a/b",
+        "py4DSTEM: a",
+        "frames flagged",
+        "running on the CPU",
+        "no trained weights",
+    ):
         assert text in out
     # noise-free intensities: the dose-adaptive Gaussian finds no noise to remove, and says so
     assert "denoise: gaussian filter, sigma chosen per frame" in out and "no frame needed a filter (sigma 0 for all 36)" in out
@@ -181,7 +187,16 @@ def test_non_square_odd_frames_are_handled(tmp_path):
     np.save(tmp_path / "odd.npy", d["cube"])
     # a 1 px Gaussian smooths the sharp edges, so that bilinear resampling keeps the centre of
     # mass within 0.05 px (unfiltered: 0.055; the default leaves these noise-free frames unfiltered)
-    rc, out, err = run(tmp_path / "odd.npy", "-o", tmp_path / "odd.h5", "--no-diagnostics", "--gaussian-sigma", "1", "--ellipse", f"{TRUE_ELLIPSE.ratio},{math.degrees(TRUE_ELLIPSE.angle)}")
+    rc, out, err = run(
+        tmp_path / "odd.npy",
+        "-o",
+        tmp_path / "odd.h5",
+        "--no-diagnostics",
+        "--gaussian-sigma",
+        "1",
+        "--ellipse",
+        f"{TRUE_ELLIPSE.ratio},{math.degrees(TRUE_ELLIPSE.angle)}",
+    )
     assert rc == 0, err
     r = read_result(tmp_path / "odd.h5", data=True)
     found = np.stack([r["preprocessing"]["qx0"], r["preprocessing"]["qy0"]], -1)
@@ -294,7 +309,14 @@ def test_host_memory_is_bounded_by_the_batches_not_the_cube(tmp_path):
             ds[i] = np.resize(frame, (48, 128, 128))
     # fewer glibc malloc arenas: less allocator noise (per-thread arenas keep freed memory)
     env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_ARENA_MAX="2")
-    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(src), str(tmp_path / "out.h5")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(src), str(tmp_path / "out.h5")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     warm, peak = (float(x) for x in out.stdout.split("RSS_MIB")[1].split())
     cube_mib = src.stat().st_size / 2**20
@@ -302,8 +324,3 @@ def test_host_memory_is_bounded_by_the_batches_not_the_cube(tmp_path):
     assert cube_mib > 140 and (tmp_path / "out.h5").stat().st_size > 0.9 * src.stat().st_size
     # 115 MiB of frames pass through (read, computed, written) after that point: memory stays put
     assert peak - warm < 24, (warm, peak)
-
-
-def test_infer_entry_point(tmp_path):
-    out = subprocess.run([sys.executable, "infer/preprocess.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "--center-method" in out.stdout and "py4DSTEM" in out.stdout

@@ -6,10 +6,10 @@ import pytest
 
 import prenet_jax as pj
 from prenet_jax.evaluation._metrics import psnr
+from prenet_jax.io import read_result
 from prenet_jax.pipeline._gaussian import frame_sigma, gaussian_per_frame
 from prenet_jax.pipeline._pipeline import FLAG_NEGATIVE
 from prenet_jax.preprocess import preprocess_file
-from prenet_jax.io import read_result
 
 DOSES = [1e2, 1e3, 1e4, 1e5, 1e6]
 
@@ -63,7 +63,9 @@ def mixed_doses():
     rng = np.random.default_rng(11)
     shape = (96, 96)
     patterns = [
-        pj.disk_pattern(shape, (47.3, 48.1), 11.0, pj.Ellipse(1.05, 0.7), lattice=((0.4, 2.2), (2.0, -0.9)), orders=3, edge=0.5, bragg_intensity=0.25),
+        pj.disk_pattern(
+            shape, (47.3, 48.1), 11.0, pj.Ellipse(1.05, 0.7), lattice=((0.4, 2.2), (2.0, -0.9)), orders=3, edge=0.5, bragg_intensity=0.25
+        ),
         pj.disk_pattern(shape, (46.8, 47.9), 6.0, None, lattice=((0.0, 3.1), (2.7, 1.55)), orders=2, edge=0.35),
     ]
     clean, dose = [], []
@@ -120,7 +122,15 @@ def test_the_record_says_what_was_done_to_the_counts(tmp_path):
     counts = np.random.default_rng(0).poisson(cube * np.stack([doses, doses])[..., None, None]).astype(np.float32)
     np.save(tmp_path / "in.npy", counts)
     lines = []
-    preprocess_file(tmp_path / "in.npy", tmp_path / "out.h5", pipeline=pj.Pipeline.classical(batch_size=16), ellipse=pj.Ellipse.identity(), diagnostics=False, progress=False, log=lines.append)
+    preprocess_file(
+        tmp_path / "in.npy",
+        tmp_path / "out.h5",
+        pipeline=pj.Pipeline.classical(batch_size=16),
+        ellipse=pj.Ellipse.identity(),
+        diagnostics=False,
+        progress=False,
+        log=lines.append,
+    )
     p = read_result(tmp_path / "out.h5")["preprocessing"]
     np.testing.assert_allclose(p["denoise_sigma"], np.asarray(frame_sigma(counts.reshape(10, 48, 48))).reshape(2, 5), rtol=1e-6)
     np.testing.assert_allclose(p["frame_counts"], counts.sum(axis=(2, 3)), rtol=1e-6)

@@ -210,14 +210,17 @@ def test_peer_workers_are_package_files_that_run_without_prenet_jax(tmp_path, mo
         "    def get_direct_beam_position(self, method, lazy_output, **kw):\n"
         "        assert method == 'center_of_mass' and lazy_output is False and kw == {'x': [1] * 50000}\n"
         "        return types.SimpleNamespace(data=np.zeros((self.data.shape[0], 2)))\n"
-        "signals = types.SimpleNamespace(Diffraction2D=Diffraction2D)\n")
+        "signals = types.SimpleNamespace(Diffraction2D=Diffraction2D)\n"
+    )
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'fake'} exec {sys.executable} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "fake"} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     monkeypatch.setenv("PRENET_PYXEM_PYTHON", str(python))
     assert available_peers(("pyxem",)) == {"pyxem": "9.9-fake"}
     # Options larger than one command-line argument may be (128 KiB) travel in a file.
-    found, version = run_peer("pyxem", "center_direct_beam", np.zeros((3, 16, 20)), {"method": "center_of_mass", "kwargs": {"x": [1] * 50000}})
+    found, version = run_peer(
+        "pyxem", "center_direct_beam", np.zeros((3, 16, 20)), {"method": "center_of_mass", "kwargs": {"x": [1] * 50000}}
+    )
     assert version == "9.9-fake"
     np.testing.assert_array_equal(found, [[8.0, 10.0]] * 3)
     with pytest.raises(RuntimeError, match="unknown task"):

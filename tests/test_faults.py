@@ -80,7 +80,16 @@ def test_disk_full_during_the_write(data, monkeypatch):
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(EMDWriter, "_store", fail_on_call(3, full, EMDWriter._store))
     rc, out, err = run_cli(data, "-o", data.parent / "out.h5", *FIXED)
-    check_failed(rc, err, data, digest, 1, f"writing {data.parent / 'out.h5'} failed: No space left on device", "the disk is full", "Nothing was written")
+    check_failed(
+        rc,
+        err,
+        data,
+        digest,
+        1,
+        f"writing {data.parent / 'out.h5'} failed: No space left on device",
+        "the disk is full",
+        "Nothing was written",
+    )
 
 
 @pytest.mark.slow
@@ -95,11 +104,26 @@ def test_a_real_write_limit_in_libhdf5(tmp_path, frames):
         "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10)); "
         "runpy.run_module('prenet_jax.cli', run_name='__main__', alter_sys=True)"
     )
-    argv = [sys.executable, "-c", cli, "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--compression", "none", "--no-progress", *FIXED]
+    argv = [
+        sys.executable,
+        "-c",
+        cli,
+        "preprocess",
+        str(src),
+        "-o",
+        str(tmp_path / "out.h5"),
+        "--compression",
+        "none",
+        "--no-progress",
+        *FIXED,
+    ]
     proc = subprocess.run(argv, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900)
     err = proc.stderr.splitlines()
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert err[-1].startswith("error: ") and f"{tmp_path / 'out.h5'} failed: File too large; the file is larger than this file system or process allows" in err[-1], err[-1]
+    assert (
+        err[-1].startswith("error: ")
+        and f"{tmp_path / 'out.h5'} failed: File too large; the file is larger than this file system or process allows" in err[-1]
+    ), err[-1]
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
     assert sha(src) == digest
@@ -139,7 +163,9 @@ def test_output_folder_turns_read_only_before_the_write(data, monkeypatch):
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     rc, out, err = run_cli(data, "-o", data.parent / "out.h5", *FIXED)
-    check_failed(rc, err, data, digest, 1, f"creating {data.parent / 'out.h5'} failed: Permission denied", "choose a writable output folder")
+    check_failed(
+        rc, err, data, digest, 1, f"creating {data.parent / 'out.h5'} failed: Permission denied", "choose a writable output folder"
+    )
 
 
 def test_figures_cannot_be_written(data, monkeypatch):
@@ -228,7 +254,9 @@ def test_input_modified_while_being_read(data, monkeypatch):
 
     monkeypatch.setattr(Source, "_read_block", _after_first_read(touch))
     rc, out, err = run_cli(data, "-o", data.parent / "out.h5", *FIXED)
-    check_failed(rc, err, data, digest, 2, f"{data} changed while it was being read (modification time changed)", "still being written or copied")
+    check_failed(
+        rc, err, data, digest, 2, f"{data} changed while it was being read (modification time changed)", "still being written or copied"
+    )
 
 
 def test_input_growing_while_being_read(data, monkeypatch):
@@ -258,14 +286,22 @@ def test_compute_step_raises(data, monkeypatch):
     digest = sha(data)
     from prenet_jax.preprocess import _stream
 
-    real = _stream._make_post
+    real = _stream.make_post
 
-    def make_post(*args):
+    def failing_post(*args):
         return fail_on_call(2, RuntimeError("XLA went away"), real(*args))
 
-    monkeypatch.setattr(_stream, "_make_post", make_post)
+    monkeypatch.setattr(_stream, "make_post", failing_post)
     rc, out, err = run_cli(data, "-o", data.parent / "out.h5", *FIXED)
-    check_failed(rc, err, data, digest, 1, "the compute step failed on frames 8..15 (in reading order): RuntimeError: XLA went away", "nothing was written")
+    check_failed(
+        rc,
+        err,
+        data,
+        digest,
+        1,
+        "the compute step failed on frames 8..15 (in reading order): RuntimeError: XLA went away",
+        "nothing was written",
+    )
 
 
 def test_writer_thread_raises(data, monkeypatch):

@@ -10,7 +10,6 @@ cases reuse one pipeline, so each (dtype, frame size) compiles once.
 
 import h5py
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

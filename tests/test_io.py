@@ -170,8 +170,17 @@ def test_detector_format_through_rosettasciio(tmp_path):
     pytest.importorskip("dask")
     data = _cube((3, 4, 32, 32), np.uint16, seed=2)
     axes = [dict(name=n, size=s, scale=0.1, offset=0.0, units="1/nm", navigate=False) for n, s in (("ky", 32), ("kx", 32))]
-    axes = [dict(name="y", size=3, scale=1.0, offset=0.0, units="nm", navigate=True), dict(name="x", size=4, scale=1.0, offset=0.0, units="nm", navigate=True)] + axes
-    sig = dict(data=data, axes=axes, metadata={"General": {"title": "t"}, "Signal": {"signal_type": "diffraction"}}, original_metadata={}, attributes={"_lazy": False})
+    axes = [
+        dict(name="y", size=3, scale=1.0, offset=0.0, units="nm", navigate=True),
+        dict(name="x", size=4, scale=1.0, offset=0.0, units="nm", navigate=True),
+    ] + axes
+    sig = dict(
+        data=data,
+        axes=axes,
+        metadata={"General": {"title": "t"}, "Signal": {"signal_type": "diffraction"}},
+        original_metadata={},
+        attributes={"_lazy": False},
+    )
     rsciio_tvips.file_writer(str(tmp_path / "scan.tvips"), sig)
     path = next(tmp_path.glob("scan*.tvips"))  # the writer numbers the file: scan_000.tvips
     with pytest.raises(InputError, match="--scan"):  # TVIPS stores a stack
@@ -203,7 +212,10 @@ def _write(path, cube, **kw):
         cc = w.chunk_cols
         for j0 in range(0, cube.shape[1], 2 * cc):  # blocks of two chunk columns
             w.write_block(0, j0, cube[:, j0 : j0 + 2 * cc])
-        w.write_metadata({"Q_pixel_size": 0.5, "qx0": np.full(cube.shape[:2], 7.5)}, {"note": "hi", "n": 3, "x": 1.5, "flags": np.zeros(cube.shape[:2], np.uint8), "none": None, "ok": True, "names": ["a", "b"]})
+        w.write_metadata(
+            {"Q_pixel_size": 0.5, "qx0": np.full(cube.shape[:2], 7.5)},
+            {"note": "hi", "n": 3, "x": 1.5, "flags": np.zeros(cube.shape[:2], np.uint8), "none": None, "ok": True, "names": ["a", "b"]},
+        )
         assert path.exists() == bool(kw.get("overwrite"))  # nothing at the final name before commit
         w.commit()
 

@@ -15,7 +15,9 @@ import prenet_jax as pj
 
 @pytest.fixture(scope="module")
 def cube():
-    return pj.synthetic_cube(scan=(6, 7), shape=(64, 64), radius=8.0, ellipse=pj.Ellipse(1.1, 0.6), descan=(0.3, -0.2, 0.15, 0.25), jitter=0.7, seed=3)
+    return pj.synthetic_cube(
+        scan=(6, 7), shape=(64, 64), radius=8.0, ellipse=pj.Ellipse(1.1, 0.6), descan=(0.3, -0.2, 0.15, 0.25), jitter=0.7, seed=3
+    )
 
 
 @pytest.mark.parametrize("center_method", ["com", "friedel"])
@@ -40,9 +42,14 @@ def test_preprocess_recovers_known_centres_and_ellipse(cube, center_method):
 
 
 def test_preprocess_compiles_step_once_for_several_cubes(cube):
+    # max_traces=1: a second trace of the step (another scan shape, a padded batch) raises
     pipe = pj.Pipeline(pj.PipelineConfig.classical(batch_size=8), max_traces=1)
-    pipe.preprocess(cube["cube"])  # 42 frames: 5 full batches and a padded one
-    pipe.preprocess(cube["cube"][:2, :3], ellipse=pj.Ellipse(1.05, 0.1))
+    whole = pipe.preprocess(cube["cube"])  # 42 frames: 5 full batches and a padded one
+    part = pipe.preprocess(cube["cube"][:2, :3], ellipse=pj.Ellipse(1.05, 0.1))
+    assert np.abs(whole.centers - cube["centers"]).max() < 0.1
+    # the same frames in other batches: the same centres; the given ellipse is the one undone
+    np.testing.assert_allclose(part.centers, whole.centers[:2, :3], atol=1e-4)
+    assert part.ellipse == pj.Ellipse(1.05, 0.1)
 
 
 def test_stage_switches_share_the_step(cube):
@@ -236,7 +243,9 @@ def test_an_untrained_residual_denoiser_returns_its_input():
     so it cannot blur a frame it has not learned to improve."""
     cfg = pj.PipelineConfig.tiny(denoise_residual=True, center_method="none", ellipse_method="none")
     pipe = pj.Pipeline.init(jax.random.key(1), cfg)
-    frames = np.random.default_rng(0).poisson(50.0 * pj.disk_pattern((32, 32), (15.0, 16.2), 5.0)[None].repeat(3, 0) + 0.5).astype(np.float32)
+    frames = (
+        np.random.default_rng(0).poisson(50.0 * pj.disk_pattern((32, 32), (15.0, 16.2), 5.0)[None].repeat(3, 0) + 0.5).astype(np.float32)
+    )
     np.testing.assert_allclose(pipe.denoise(frames), frames, rtol=2e-6, atol=1e-4)
     sigmoid = pj.Pipeline.init(jax.random.key(1), cfg.replace(denoise_residual=False))
     assert np.abs(sigmoid.denoise(frames) - frames).max() > 1.0  # the sigmoid net starts far from it
@@ -248,8 +257,15 @@ def test_coarse_to_fine_centres_and_polar_ellipse_input_run_in_the_pipeline():
     from prenet_jax.models import UNetConfig
     from prenet_jax.pipeline._pipeline import ellipse_network_input
 
-    cfg = pj.PipelineConfig.tiny(image_size=16, center_fine=UNetConfig(width=4, depth=2, groups=2), fine_size=16,
-                                 ellipse_input="polar", polar_angles=64, polar_radii=32, denoise_residual=True)
+    cfg = pj.PipelineConfig.tiny(
+        image_size=16,
+        center_fine=UNetConfig(width=4, depth=2, groups=2),
+        fine_size=16,
+        ellipse_input="polar",
+        polar_angles=64,
+        polar_radii=32,
+        denoise_residual=True,
+    )
     pipe = pj.Pipeline.init(jax.random.key(0), cfg, max_traces=1)
     assert set(pipe.params) == {"denoiser", "center_net", "center_fine", "ellipse_net"}
     cube = pj.synthetic_cube(scan=(2, 3), shape=(48, 40), radius=6.0, seed=2)["cube"]

@@ -13,8 +13,15 @@ pytest.importorskip("abtem")
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "train" / "configs"
 # abTEM at 32 px on a 48-point grid: a fraction of a second a task.
-TINY_SIM = dict(pattern_size=32, gpts=48, extent_a=(12.0, 20.0), thickness_a=(4.0, 10.0), disk_radius_px=(2.0, 6.0),
-                semiangle_mrad=(0.5, 40.0), slice_thickness_a=2.0)
+TINY_SIM = dict(
+    pattern_size=32,
+    gpts=48,
+    extent_a=(12.0, 20.0),
+    thickness_a=(4.0, 10.0),
+    disk_radius_px=(2.0, 6.0),
+    semiangle_mrad=(0.5, 40.0),
+    slice_thickness_a=2.0,
+)
 
 
 def _recipe(tmp: Path):
@@ -32,8 +39,7 @@ def _recipe(tmp: Path):
         init = {k: str(tmp / "unused" / Path(v).name) for k, v in cfg.init_from.items()}
         stages[name] = cfg.replace(data=data, init_from=init, batch_size=8, **short)
     evalset = EvalSetConfig(n_patterns=8, n_scans=2, scan_frames=4, pattern_size=32, gpts=48)
-    return Recipe(simulation=sim, stages=stages, evalset=evalset, weights=tmp / "shipped", report=tmp / "EVAL.md",
-                  e2e_check_batches=1)
+    return Recipe(simulation=sim, stages=stages, evalset=evalset, weights=tmp / "shipped", report=tmp / "EVAL.md", e2e_check_batches=1)
 
 
 @pytest.mark.slow

@@ -15,13 +15,19 @@ from prenet_jax.data import _simulate as sim  # noqa: E402
 from prenet_jax.data import _structures as st  # noqa: E402
 
 # 32 x 32 patterns from a 48-point grid: the same geometry as 256 from 384, ~100x cheaper.
-TINY = dict(pattern_size=32, gpts=48, extent_a=(12.0, 20.0), thickness_a=(4.0, 10.0), disk_radius_px=(2.0, 6.0),
-            semiangle_mrad=(0.5, 40.0), slice_thickness_a=2.0)
+TINY = dict(
+    pattern_size=32,
+    gpts=48,
+    extent_a=(12.0, 20.0),
+    thickness_a=(4.0, 10.0),
+    disk_radius_px=(2.0, 6.0),
+    semiangle_mrad=(0.5, 40.0),
+    slice_thickness_a=2.0,
+)
 
 
 def _tiny(**kw) -> sim.SimulationConfig:
-    base = dict(structure_ids=("compound:MgO-rocksalt", "ase:Al", "amorphous:a-Si:000"), n_patterns=12,
-                tasks_per_shard=1, **TINY)
+    base = dict(structure_ids=("compound:MgO-rocksalt", "ase:Al", "amorphous:a-Si:000"), n_patterns=12, tasks_per_shard=1, **TINY)
     base.update(kw)
     return sim.SimulationConfig(**base)
 
@@ -38,9 +44,17 @@ def test_vacuum_probe_disk_is_centred_on_the_zero_angle():
     """The bare probe's disk (any energy, semi-angle, defocus, position) is centred at the
     claimed zero angle (S/2, S/2) to 0.01 px, and its radius is alpha L / lambda."""
     size = 64
-    cfg = sim.SimulationConfig(structure_ids=("vacuum",), n_patterns=4, pattern_size=size, gpts=96,
-                               extent_a=(20.0, 30.0), disk_radius_px=(6.0, 14.0), semiangle_mrad=(0.5, 40.0),
-                               thickness_a=(4.0, 8.0), defocus_a=(-100.0, 100.0))
+    cfg = sim.SimulationConfig(
+        structure_ids=("vacuum",),
+        n_patterns=4,
+        pattern_size=size,
+        gpts=96,
+        extent_a=(20.0, 30.0),
+        disk_radius_px=(6.0, 14.0),
+        semiangle_mrad=(0.5, 40.0),
+        thickness_a=(4.0, 8.0),
+        defocus_a=(-100.0, 100.0),
+    )
     r, c = np.mgrid[:size, :size]
     for index in range(3):
         task = sim.draw_task(cfg, ["vacuum"], index)
@@ -75,10 +89,14 @@ def test_shard_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     data = {
         "patterns": rng.random((3, 32, 32), dtype=np.float32),
-        "meta": {"uid": np.array(["a", "b", "c"]), "energy_ev": np.array([6e4, 2e5, 3e5]),
-                 "zone_axis": np.array([[0, 0, 1], [1, 1, 0], [0, 0, 0]], np.int32),
-                 "formula": np.array(["MgO", "Al", "Si1"], dtype=object)},
-        "dataset": "patterns", "shard": 0,
+        "meta": {
+            "uid": np.array(["a", "b", "c"]),
+            "energy_ev": np.array([6e4, 2e5, 3e5]),
+            "zone_axis": np.array([[0, 0, 1], [1, 1, 0], [0, 0, 0]], np.int32),
+            "formula": np.array(["MgO", "Al", "Si1"], dtype=object),
+        },
+        "dataset": "patterns",
+        "shard": 0,
     }
     path = sim.write_shard(tmp_path / "patterns" / "shard-00000.h5", data, attrs={"note": "x"})
     assert not list(path.parent.glob(".*tmp*"))
@@ -102,8 +120,7 @@ def _run(cfg, out, **kw):
 
 
 def test_run_resumes_without_duplicates_or_losses(tmp_path):
-    cfg = _tiny(ellipse_samples=2, ellipse_orientations=2, ellipse_rotations=4, ellipse_per_shard=1,
-                ellipse_thickness_a=(4.0, 8.0))
+    cfg = _tiny(ellipse_samples=2, ellipse_orientations=2, ellipse_rotations=4, ellipse_per_shard=1, ellipse_thickness_a=(4.0, 8.0))
     full = _run(cfg, tmp_path / "full")
     assert full["complete"] and full["total"] == 12 + 2
 
@@ -157,7 +174,8 @@ def test_manifest_splits_by_structure_and_metadata(tmp_path):
         assert r["split"] == st.split_of(r["structure_id"], cfg.split_fractions)
         assert r["zero_angle"] == "16.0 16.0"
         assert float(r["disk_radius_px"]) == pytest.approx(
-            float(r["semiangle_mrad"]) * 1e-3 * float(r["extent_a"]) / float(r["wavelength_a"]))
+            float(r["semiangle_mrad"]) * 1e-3 * float(r["extent_a"]) / float(r["wavelength_a"])
+        )
     kinds = {r["structure_id"]: r["kind"] for r in rows}
     assert kinds["amorphous:a-Si:000"] == "amorphous" and kinds["ase:Al"] == "crystal"
     run = json.loads((tmp_path / "run.json").read_text())
@@ -213,9 +231,34 @@ def test_cli_parser_and_config_errors(tmp_path):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     sim.add_simulate_parser(sub)
-    args = parser.parse_args(["simulate", "-o", str(tmp_path / "cli"), "--patterns", "4", "--structure-ids", "ase:Al",
-                              "--pattern-size", "32", "--gpts", "48", "--extent", "12", "20", "--thickness", "4", "8",
-                              "--disk-radius-px", "2", "6", "--semiangle-mrad", "0.5", "40", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "simulate",
+            "-o",
+            str(tmp_path / "cli"),
+            "--patterns",
+            "4",
+            "--structure-ids",
+            "ase:Al",
+            "--pattern-size",
+            "32",
+            "--gpts",
+            "48",
+            "--extent",
+            "12",
+            "20",
+            "--thickness",
+            "4",
+            "8",
+            "--disk-radius-px",
+            "2",
+            "6",
+            "--semiangle-mrad",
+            "0.5",
+            "40",
+            "--no-progress",
+        ]
+    )
     assert args.func is sim.run_simulate_cli and args.resume is True
     assert args.func(args) == 0
     assert len(sim.read_manifest(tmp_path / "cli")) == 4

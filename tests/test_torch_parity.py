@@ -57,7 +57,9 @@ def test_resnet_parity():
 
 
 def test_pipeline_centres_parity():
-    cfg = pj.PipelineConfig.tiny(image_size=64, batch_size=4, denoiser=pj.UNetConfig(8, 3, cbam=True, groups=4), center_net=pj.UNetConfig(8, 3, groups=4))
+    cfg = pj.PipelineConfig.tiny(
+        image_size=64, batch_size=4, denoiser=pj.UNetConfig(8, 3, cbam=True, groups=4), center_net=pj.UNetConfig(8, 3, groups=4)
+    )
     pipe = pj.Pipeline.init(jax.random.key(0), cfg)
     frames = np.stack([pj.disk_pattern((64, 64), (30 + i, 33 - i), 8.0) * 100 for i in range(4)]).astype(np.float32)
     ell = pj.Ellipse(1.1, 0.4)

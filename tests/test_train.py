@@ -21,8 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "train" / "configs"
 
 # The centre run of the tests: center_tiny with a short schedule and a log line per step.
-CENTER_SETS = ["steps=40", "warmup_steps=5", "lr=3e-3", "log_every=1", "eval_every=40", "eval_batches=2",
-               "checkpoint_every=1000", "patience=None", "batch_size=16"]
+CENTER_SETS = [
+    "steps=40",
+    "warmup_steps=5",
+    "lr=3e-3",
+    "log_every=1",
+    "eval_every=40",
+    "eval_batches=2",
+    "checkpoint_every=1000",
+    "patience=None",
+    "batch_size=16",
+]
 
 
 _CACHE: list[str] = []  # one persistent compilation cache for every subprocess of the session
@@ -39,8 +48,11 @@ def _env(devices: int = 1) -> dict:
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     if _CACHE:  # the runs share most programs: compile each once
-        env.update(JAX_COMPILATION_CACHE_DIR=_CACHE[-1], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=_CACHE[-1],
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     flags = "--xla_backend_optimization_level=0"
     if devices > 1:
         flags += f" --xla_force_host_platform_device_count={devices}"
@@ -51,8 +63,9 @@ def _env(devices: int = 1) -> dict:
 
 def _python(code: str, devices: int = 1, timeout: float = 300) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON object on its last line."""
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(devices), cwd=REPO,
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=_env(devices), cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -98,8 +111,8 @@ def test_synthetic_splits_are_disjoint_by_structure():
 
 
 def test_simulated_source_reads_the_pattern_store(tmp_path):
-    from prenet_jax.training._batches import DataConfig, load_split
     from prenet_jax.data._simulate import write_shard
+    from prenet_jax.training._batches import DataConfig, load_split
 
     rng = np.random.default_rng(0)
     pats = rng.random((5, 16, 16)).astype(np.float32)
@@ -115,13 +128,12 @@ def test_simulated_source_reads_the_pattern_store(tmp_path):
 
 
 def test_configs_load_in_every_size_and_the_release_weights_fit_the_package():
-    from prenet_jax.models._networks import count_params
-    from prenet_jax.training._steps import _fresh_variables
-    from prenet_jax.training.config import TrainConfig, load_config, override
-
     import jax
 
     import prenet_jax as pj
+    from prenet_jax.models._networks import count_params
+    from prenet_jax.training._steps import _fresh_variables
+    from prenet_jax.training.config import TrainConfig, load_config, override
 
     files = sorted(CONFIGS.glob("*.py"))
     assert {f.stem for f in files} == {"denoiser", "center", "ellipse", "e2e"}  # one file per network
@@ -168,7 +180,17 @@ def test_matrix_from_output_is_the_ellipse_matrix():
 
 
 def _center_cmd(workdir: Path, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "prenet_jax.cli", "train", "run", "--config", str(CONFIGS / "center.py") + ":tiny", "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prenet_jax.cli",
+        "train",
+        "run",
+        "--config",
+        str(CONFIGS / "center.py") + ":tiny",
+        "--workdir",
+        str(workdir),
+    ]
     for s in CENTER_SETS:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -183,9 +205,31 @@ def _center_runs(tmp_path_factory):
     stopped at step 3 (``mh``)."""
     wd = tmp_path_factory.mktemp("center_runs")
     port = _free_port()
-    multi = [subprocess.Popen(_center_cmd(wd / "mh", "--stop-at", "3", "--set", "eval_batches=0", "--coordinator", f"localhost:{port}",
-                                          "--num-processes", "2", "--process-id", str(i), "--cpu-collectives", "gloo"),
-                              env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    multi = [
+        subprocess.Popen(
+            _center_cmd(
+                wd / "mh",
+                "--stop-at",
+                "3",
+                "--set",
+                "eval_batches=0",
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--cpu-collectives",
+                "gloo",
+            ),
+            env=_env(2),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     out = _python(f"""
         import json, numpy as np, jax
         from pathlib import Path
@@ -195,7 +239,7 @@ def _center_runs(tmp_path_factory):
         from prenet_jax.training._loop import _Data, evaluate
         from prenet_jax.training._steps import init_state, make_eval_step, make_mesh, make_optimizer
         wd = Path({str(wd)!r})
-        cfg = load_config({str(CONFIGS / 'center.py') + ':tiny'!r})
+        cfg = load_config({str(CONFIGS / "center.py") + ":tiny"!r})
         for s in {CENTER_SETS!r}:
             cfg = override(cfg, *s.split('='))
         mesh = make_mesh()
@@ -288,7 +332,8 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
     """4 simulated CPU devices: the ellipse step (ResNet with BatchNorm over the global
     batch, augmentation, recentring warp) equals the 1-device step; a checkpoint written by
     that 4-device process restores in this 1-device one, as numpy and onto explicit shardings."""
-    out = _python(f"""
+    out = _python(
+        f"""
         import json, numpy as np, jax
         from pathlib import Path
         from prenet_jax.training import load_config, override, train
@@ -296,7 +341,7 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
         from prenet_jax.training._loop import _Data
         from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
         assert jax.device_count() == 4
-        cfg = load_config({str(CONFIGS / 'ellipse.py') + ':tiny'!r})
+        cfg = load_config({str(CONFIGS / "ellipse.py") + ":tiny"!r})
         for s in ('batch_size=8', 'steps=2', 'eval_batches=0', 'pipeline.ellipse_net.stages=(1, 1)'):
             cfg = override(cfg, *s.split('='))
         tx, sched = make_optimizer(cfg)
@@ -316,7 +361,9 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
         train(cfg, Path({str(tmp_path)!r}) / 'ck', log=None)
         print(json.dumps({{'loss': [float(m4['loss']), float(m1['loss'])], 'param_diff': diff(p4, p1),
                           'stats_diff': diff(e4, e1), 'param_scale': max(float(np.abs(b).max()) for b in jax.tree.leaves(p1))}}))
-    """, devices=4)
+    """,
+        devices=4,
+    )
     np.testing.assert_allclose(out["loss"][0], out["loss"][1], rtol=1e-5)
     assert out["param_diff"] < 1e-5 * max(1.0, out["param_scale"]), out
     assert out["stats_diff"] < 1e-4, out  # BatchNorm statistics of the global batch
@@ -352,7 +399,7 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
         from prenet_jax.training._checkpoints import _put_replicated
         from prenet_jax.training._loop import _Data
         from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
-        cfg = load_config({str(CONFIGS / 'e2e.py') + ':tiny'!r})
+        cfg = load_config({str(CONFIGS / "e2e.py") + ":tiny"!r})
         for s in ('init_from={{}}', 'warmup_steps=0', 'lr=1e-2', 'pipeline.denoiser.depth=1', 'pipeline.center_net.depth=1',
                   'pipeline.ellipse_net.stages=(1,)'):
             cfg = override(cfg, *s.split('=', 1))

@@ -46,6 +46,7 @@ def run_demo(args) -> int:
     import jax
 
     import prenet_jax as pj
+
     from ..preprocess._run import preprocess_file
 
     out = Path(args.output)

@@ -38,12 +38,14 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "evaluate",
         help="reproduce the paper's tables on held-out simulations, against classical methods and peer tools",
         description="Evaluate denoising, beam centres, ellipse and the whole pipeline on held-out (test-split) patterns "
-                    "with known truth, beside the classical methods and py4DSTEM / pyxem when installed; writes "
-                    "report.md, results.json and PNG figures. See docs/evaluation.md.",
+        "with known truth, beside the classical methods and py4DSTEM / pyxem when installed; writes "
+        "report.md, results.json and PNG figures. See docs/evaluation.md.",
     )
     g = p.add_argument_group("test set")
     g.add_argument("--data", metavar="DIR", help="held-out set directory (written by --generate)")
-    g.add_argument("--generate", type=int, metavar="N", help="first simulate N single patterns (+ the scan patches) with abTEM into --data (resumable)")
+    g.add_argument(
+        "--generate", type=int, metavar="N", help="first simulate N single patterns (+ the scan patches) with abTEM into --data (resumable)"
+    )
     g.add_argument("--scans", type=int, default=s.n_scans, metavar="M", help="scan patches to generate (default %(default)s)")
     g.add_argument("--scan-frames", type=int, default=s.scan_frames, metavar="F", help="frames per scan patch (default %(default)s)")
     g.add_argument("--gpts", type=int, default=s.gpts, help="abTEM grid of generated patterns (default %(default)s)")
@@ -54,14 +56,32 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation")
     g.add_argument("--doses", type=float, nargs="+", default=list(d.doses), metavar="D", help="electrons per pattern (default %(default)s)")
     g.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), help="tables to compute (default all)")
-    g.add_argument("--methods", nargs="+", metavar="M",
-                   help=f"methods to run (default all available): {', '.join(sorted(set(DENOISE_METHODS + CENTER_METHODS + ELLIPSE_METHODS)))}")
-    g.add_argument("--weights", default="auto", metavar="DIR|auto|untrained|none",
-                   help="networks: exported weights DIR, the bundled ones (auto, default), untrained tiny networks, or none")
-    g.add_argument("--peers", nargs="*", default=["py4dstem", "pyxem"], metavar="PEER",
-                   help="peer tools to try (default py4dstem pyxem; each runs where its interpreter is found: "
-                        "PRENET_PY4DSTEM_PYTHON, PRENET_PYXEM_PYTHON, or this one)")
-    g.add_argument("--peer-max", type=int, metavar="N", help="at most N frames per dose go to each peer (default: all; 128 mean patterns for the ring fit)")
+    g.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="M",
+        help=f"methods to run (default all available): {', '.join(sorted(set(DENOISE_METHODS + CENTER_METHODS + ELLIPSE_METHODS)))}",
+    )
+    g.add_argument(
+        "--weights",
+        default="auto",
+        metavar="DIR|auto|untrained|none",
+        help="networks: exported weights DIR, the bundled ones (auto, default), untrained tiny networks, or none",
+    )
+    g.add_argument(
+        "--peers",
+        nargs="*",
+        default=["py4dstem", "pyxem"],
+        metavar="PEER",
+        help="peer tools to try (default py4dstem pyxem; each runs where its interpreter is found: "
+        "PRENET_PY4DSTEM_PYTHON, PRENET_PYXEM_PYTHON, or this one)",
+    )
+    g.add_argument(
+        "--peer-max",
+        type=int,
+        metavar="N",
+        help="at most N frames per dose go to each peer (default: all; 128 mean patterns for the ring fit)",
+    )
     g.add_argument("--max-shift", type=float, default=d.max_shift, help="centre table shift range, px (default %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("-o", "--output", default="eval_out", help="report directory (default %(default)s)")
@@ -82,12 +102,15 @@ def run_evaluate_cli(args) -> int:
     t0 = time.perf_counter()
     try:
         scfg = EvalSetConfig(scan_frames=args.scan_frames, n_scans=args.scans, gpts=args.gpts)
-        es = load_or_make(args.data, args.generate, args.synthetic, scfg, workers=args.workers,
-                          max_patterns=args.patterns, max_scans=args.max_scans)
+        es = load_or_make(
+            args.data, args.generate, args.synthetic, scfg, workers=args.workers, max_patterns=args.patterns, max_scans=args.max_scans
+        )
     except (ValueError, RuntimeError) as err:
         print(f"prenet-jax evaluate: error: {err}", file=sys.stderr)
         return 2
-    print(f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames ({es.source}, {time.perf_counter() - t0:.0f} s)")
+    print(
+        f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames ({es.source}, {time.perf_counter() - t0:.0f} s)"
+    )
     net, note = load_network(args.weights, es.single.shape[-1])
     peers = available_peers(tuple(args.peers)) if args.peers else {}
     print(f"networks: {note}; peers: {peers or 'none'}")

@@ -13,6 +13,7 @@ from ..training import cache_dir, evaluate_e2e, export, load_config, override, p
 
 __all__ = ["add_train_parser"]
 
+
 def _distributed_init(args) -> None:
     if getattr(args, "cpu_collectives", None):
         jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
@@ -81,20 +82,28 @@ def _release_cli(args) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"prenet-jax train release: error: {err}", file=sys.stderr)
         return 2
-    print(f"recipe {res['status']} ({res['stage']}, {res['seconds']:.0f} s)" + ("" if res["status"] == "finished" else ": run the same command again to continue"))
+    print(
+        f"recipe {res['status']} ({res['stage']}, {res['seconds']:.0f} s)"
+        + ("" if res["status"] == "finished" else ": run the same command again to continue")
+    )
     return 0
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``prenet-jax train {run, release, export, plot, evaluate}``."""
-    p = subparsers.add_parser("train", help="train the networks (optax + orbax) and export inference weights",
-                              description="Train the denoiser, centre and ellipse networks and fine-tune them end to end.")
+    p = subparsers.add_parser(
+        "train",
+        help="train the networks (optax + orbax) and export inference weights",
+        description="Train the denoiser, centre and ellipse networks and fine-tune them end to end.",
+    )
     sub = p.add_subparsers(dest="train_command", required=True, metavar="ACTION")
 
     r = sub.add_parser("run", help="train or resume one experiment (a config file)")
-    r.add_argument("--config", required=True, help="experiment file, e.g. train/configs/denoiser_tiny.py")
+    r.add_argument("--config", required=True, help="experiment file and size, e.g. train/configs/denoiser.py:tiny")
     r.add_argument("--workdir", default=None, help="run directory (default runs/<name>); a checkpoint there is resumed")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set steps=200 --set pipeline.denoiser.width=8")
+    r.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. --set steps=200 --set pipeline.denoiser.width=8"
+    )
     r.add_argument("--time-limit", type=float, default=None, metavar="S", help="checkpoint and stop before S seconds (chunked training)")
     r.add_argument("--stop-at", type=int, default=None, metavar="STEP", help="checkpoint and stop at this step")
     r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() from the cluster environment")
@@ -104,14 +113,22 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--cpu-collectives", default=None, choices=("gloo", "mpi"), help="multi-process CPU runs (tests): gloo")
     r.set_defaults(func=_run_cli)
 
-    rl = sub.add_parser("release", help="the release recipe: simulate, train the three networks, fine-tune end to end, ship, evaluate (resumable)",
-                        description="Run or continue a release recipe (default train/release.py): every stage resumes where the last call "
-                                    "stopped, and the shipped weights are refreshed whenever a network's validation improves.")
+    rl = sub.add_parser(
+        "release",
+        help="the release recipe: simulate, train the three networks, fine-tune end to end, ship, evaluate (resumable)",
+        description="Run or continue a release recipe (default train/release.py): every stage resumes where the last call "
+        "stopped, and the shipped weights are refreshed whenever a network's validation improves.",
+    )
     rl.add_argument("--recipe", default="train/release.py", help="recipe file (default %(default)s, in a checkout)")
     rl.add_argument("--workdir", default=str(cache_dir() / "release"), help="data, runs and reports (default %(default)s)")
     rl.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop (checkpointed) before S seconds; rerun to continue")
     rl.add_argument("--workers", type=int, default=None, help="simulation worker processes (default: the CPU cores)")
-    rl.add_argument("--stop-after", default=None, metavar="STAGE", help="stop after this stage (simulate, denoiser, center, ellipse, e2e, evalset, evaluate)")
+    rl.add_argument(
+        "--stop-after",
+        default=None,
+        metavar="STAGE",
+        help="stop after this stage (simulate, denoiser, center, ellipse, e2e, evalset, evaluate)",
+    )
     rl.set_defaults(func=_release_cli)
 
     e = sub.add_parser("export", help="write inference weights (weights.npz + manifest.json) from run directories")

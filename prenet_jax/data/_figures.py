@@ -28,10 +28,22 @@ __all__ = ["FIGURE_STRUCTURES", "figure_from_dataset", "make_figure", "add_figur
 # A spread of real crystals (cubic, hexagonal, layered, oxide, low symmetry), one random
 # pyxtal crystal, and amorphous metallic, oxide, covalent and molecular boxes.
 FIGURE_STRUCTURES = (
-    "ase:Si", "compound:SrTiO3-perovskite", "compound:GaN-wurtzite", "compound:MoS2-2H",
-    "ase:Au", "compound:Al2O3-corundum", "compound:TiO2-rutile", "compound:ZrO2-baddeleyite",
-    "crystals:vo2-m1", "pyxtal:00007", "compound:Fe3O4-spinel", "ase:Mg",
-    "amorphous:Cu50Zr50:000", "amorphous:a-SiO2:000", "amorphous:a-C:000", "amorphous:vitreous-ice:000",
+    "ase:Si",
+    "compound:SrTiO3-perovskite",
+    "compound:GaN-wurtzite",
+    "compound:MoS2-2H",
+    "ase:Au",
+    "compound:Al2O3-corundum",
+    "compound:TiO2-rutile",
+    "compound:ZrO2-baddeleyite",
+    "crystals:vo2-m1",
+    "pyxtal:00007",
+    "compound:Fe3O4-spinel",
+    "ase:Mg",
+    "amorphous:Cu50Zr50:000",
+    "amorphous:a-SiO2:000",
+    "amorphous:a-C:000",
+    "amorphous:vitreous-ice:000",
 )
 
 
@@ -70,8 +82,9 @@ def _panel(ax, img, meta: dict, floor: float = 1e-7):
     ax.set_yticks([])
 
 
-def figure_from_dataset(root: str | os.PathLike, output: str | os.PathLike, max_panels: int = 16,
-                        augmented: int = 4, seed: int = 0) -> Path:
+def figure_from_dataset(
+    root: str | os.PathLike, output: str | os.PathLike, max_panels: int = 16, augmented: int = 4, seed: int = 0
+) -> Path:
     """Draw up to ``max_panels`` patterns (one per structure, amorphous last), any ellipse
     averages, and ``augmented`` augmented examples from the simulation in ``root``."""
     import matplotlib
@@ -123,15 +136,26 @@ def figure_from_dataset(root: str | os.PathLike, output: str | os.PathLike, max_
             rad = 40.0
             # The a-axis angle is measured from +x towards +y (row); with the image's y
             # axis pointing down, matplotlib's angle (counter-clockwise on screen) is -theta.
-            ax.add_patch(EllipsePatch((cc, cr), 2 * rad * math.sqrt(ratio), 2 * rad / math.sqrt(ratio),
-                                      angle=-math.degrees(angle), fill=False, color="cyan", lw=0.8))
+            ax.add_patch(
+                EllipsePatch(
+                    (cc, cr),
+                    2 * rad * math.sqrt(ratio),
+                    2 * rad / math.sqrt(ratio),
+                    angle=-math.degrees(angle),
+                    fill=False,
+                    color="cyan",
+                    lw=0.8,
+                )
+            )
             ax.plot(cc, cr, "+", color="cyan", ms=9, mew=1.2)
-            ax.set_title(f"augmented: centre ({cr:.2f}, {cc:.2f})\nratio {ratio:.3f}, θ={math.degrees(angle):.0f}°, "
-                         f"{float(noisy.sum()):.0f} counts", fontsize=7, loc="left")
+            ax.set_title(
+                f"augmented: centre ({cr:.2f}, {cc:.2f})\nratio {ratio:.3f}, θ={math.degrees(angle):.0f}°, {float(noisy.sum()):.0f} counts",
+                fontsize=7,
+                loc="left",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("abTEM patterns, log10(fraction of electrons per pixel); + zero angle (label), x disk centre of mass",
-                 fontsize=9)
+    fig.suptitle("abTEM patterns, log10(fraction of electrons per pixel); + zero angle (label), x disk centre of mass", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     output = Path(output)
     with atomic_path(output) as tmp:
@@ -140,16 +164,25 @@ def figure_from_dataset(root: str | os.PathLike, output: str | os.PathLike, max_
     return output
 
 
-def make_figure(output: str | os.PathLike, data: str | os.PathLike | None = None, seed: int = 0,
-                device: str = "cpu", progress: bool = True) -> Path:
+def make_figure(
+    output: str | os.PathLike, data: str | os.PathLike | None = None, seed: int = 0, device: str = "cpu", progress: bool = True
+) -> Path:
     """Simulate :data:`FIGURE_STRUCTURES` (one pattern each, two ellipse averages) into
     ``data`` (a temporary directory when None) and draw them."""
     from ._simulate import SimulationConfig, run_simulation
 
     cfg = SimulationConfig(
-        structure_ids=FIGURE_STRUCTURES, n_patterns=len(FIGURE_STRUCTURES), seed=seed,
-        thicknesses_per_task=1, positions_per_task=1, thickness_a=(50.0, 300.0), tasks_per_shard=4,
-        ellipse_samples=2, ellipse_orientations=8, ellipse_rotations=16, ellipse_thickness_a=(50.0, 100.0),
+        structure_ids=FIGURE_STRUCTURES,
+        n_patterns=len(FIGURE_STRUCTURES),
+        seed=seed,
+        thicknesses_per_task=1,
+        positions_per_task=1,
+        thickness_a=(50.0, 300.0),
+        tasks_per_shard=4,
+        ellipse_samples=2,
+        ellipse_orientations=8,
+        ellipse_rotations=16,
+        ellipse_thickness_a=(50.0, 100.0),
     )
     if data is None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -51,8 +51,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -198,8 +198,16 @@ class SimulationConfig:
     mantissa_bits: int = 12
 
     def __post_init__(self):
-        for name in ("n_structures", "n_patterns", "tasks_per_shard", "thicknesses_per_task", "positions_per_task",
-                     "ellipse_orientations", "ellipse_rotations", "ellipse_per_shard"):
+        for name in (
+            "n_structures",
+            "n_patterns",
+            "tasks_per_shard",
+            "thicknesses_per_task",
+            "positions_per_task",
+            "ellipse_orientations",
+            "ellipse_rotations",
+            "ellipse_per_shard",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.ellipse_samples < 0 or self.frozen_phonons < 0:
@@ -209,8 +217,7 @@ class SimulationConfig:
             raise ValueError(f"pattern_size must be even and >= 8, got {s}")
         if s > (2 * g) // 3:
             raise ValueError(
-                f"pattern_size {s} exceeds the anti-aliasing cutoff of gpts={g} ({(2 * g) // 3} px): "
-                f"use gpts >= {math.ceil(1.5 * s)}"
+                f"pattern_size {s} exceeds the anti-aliasing cutoff of gpts={g} ({(2 * g) // 3} px): use gpts >= {math.ceil(1.5 * s)}"
             )
         for name in ("disk_radius_px", "extent_a", "semiangle_mrad", "thickness_a", "ellipse_thickness_a"):
             object.__setattr__(self, name, min_max(getattr(self, name), name, lowest=1e-30))
@@ -265,7 +272,7 @@ class SimulationConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SimulationConfig":
+    def from_dict(cls, d: dict) -> SimulationConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -312,8 +319,9 @@ def _loguniform(rng, lo, hi):
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def draw_task(config: SimulationConfig, structure_ids: Sequence[str], index: int, dataset: str = PATTERNS,
-              kind: str | None = None) -> TaskSpec:
+def draw_task(
+    config: SimulationConfig, structure_ids: Sequence[str], index: int, dataset: str = PATTERNS, kind: str | None = None
+) -> TaskSpec:
     """Draw the settings of task ``index`` (a pure function of the arguments).
 
     ``kind`` ("crystal" or "amorphous") avoids building the structure to find out;
@@ -332,8 +340,7 @@ def draw_task(config: SimulationConfig, structure_ids: Sequence[str], index: int
             break
     else:
         raise ValueError(
-            "no (disk radius, extent) pair gives a semi-angle inside semiangle_mrad: widen disk_radius_px, "
-            "extent_a or semiangle_mrad"
+            "no (disk radius, extent) pair gives a semi-angle inside semiangle_mrad: widen disk_radius_px, extent_a or semiangle_mrad"
         )
     trange = config.thickness_a if dataset == PATTERNS else config.ellipse_thickness_a
     n_thick = config.thicknesses_per_task if dataset == PATTERNS else 1
@@ -352,11 +359,23 @@ def draw_task(config: SimulationConfig, structure_ids: Sequence[str], index: int
     j = min(config.position_jitter_a, extent / 4)
     pos = tuple((extent / 2 + float(a), extent / 2 + float(b)) for a, b in rng.uniform(-j, j, size=(n_pos, 2)))
     return TaskSpec(
-        dataset=dataset, index=index, structure_id=sid, energy_ev=energy, semiangle_mrad=alpha,
-        extent_a=extent, thicknesses_a=thick, orientation=orientation, zone_axis=tuple(int(u) for u in uvw),
-        inplane_rad=inplane, mistilt_rad=mistilt, mistilt_azimuth_rad=azimuth,
-        rotation_seed=int(rng.integers(2**31)), defocus_a=float(rng.uniform(*config.defocus_a)),
-        positions_a=pos, cut_seed=int(rng.integers(2**31)), phonon_seed=int(rng.integers(2**31)),
+        dataset=dataset,
+        index=index,
+        structure_id=sid,
+        energy_ev=energy,
+        semiangle_mrad=alpha,
+        extent_a=extent,
+        thicknesses_a=thick,
+        orientation=orientation,
+        zone_axis=tuple(int(u) for u in uvw),
+        inplane_rad=inplane,
+        mistilt_rad=mistilt,
+        mistilt_azimuth_rad=azimuth,
+        rotation_seed=int(rng.integers(2**31)),
+        defocus_a=float(rng.uniform(*config.defocus_a)),
+        positions_a=pos,
+        cut_seed=int(rng.integers(2**31)),
+        phonon_seed=int(rng.integers(2**31)),
     )
 
 
@@ -389,17 +408,30 @@ def _import_abtem(device: str, threads: int | None = None):
     return abtem
 
 
-def _diffraction(abtem, atoms, task: TaskSpec, config: SimulationConfig, device: str, phonons: int,
-                 exit_slices: tuple[int, ...] | None, positions, slices: tuple[float, ...] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _diffraction(
+    abtem,
+    atoms,
+    task: TaskSpec,
+    config: SimulationConfig,
+    device: str,
+    phonons: int,
+    exit_slices: tuple[int, ...] | None,
+    positions,
+    slices: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run one multislice: returns patterns ``(n_thick, n_pos, S, S)`` and the exit thicknesses."""
     if phonons > 0:
         source = abtem.FrozenPhonons(atoms, num_configs=phonons, sigmas=config.phonon_sigma_a, seed=task.phonon_seed)
     else:
         source = atoms
     potential = abtem.Potential(
-        source, gpts=config.gpts, slice_thickness=slices or config.slice_thickness_a, exit_planes=exit_slices,
-        projection="infinite", parametrization="lobato", device=device,
+        source,
+        gpts=config.gpts,
+        slice_thickness=slices or config.slice_thickness_a,
+        exit_planes=exit_slices,
+        projection="infinite",
+        parametrization="lobato",
+        device=device,
     )
     probe = abtem.Probe(energy=task.energy_ev, semiangle_cutoff=task.semiangle_mrad, defocus=task.defocus_a, device=device)
     waves = probe.multislice(potential, scan=abtem.CustomScan(np.asarray(positions, dtype=np.float64)), lazy=False)
@@ -423,7 +455,7 @@ def _diffraction(abtem, atoms, task: TaskSpec, config: SimulationConfig, device:
     arr = arr.reshape((arr.shape[0], len(positions)) + arr.shape[-2:])
     g, s = arr.shape[-1], config.pattern_size
     lo = g // 2 - s // 2
-    return arr[..., lo:lo + s, lo:lo + s], thick
+    return arr[..., lo : lo + s, lo : lo + s], thick
 
 
 def _slicing(thicknesses: Sequence[float], total: float, dz: float) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -466,15 +498,29 @@ def _common_meta(task: TaskSpec, structure, config: SimulationConfig, split: str
     lam = wavelength(task.energy_ev)
     zero = config.pattern_size / 2
     return dict(
-        structure_id=task.structure_id, source=task.structure_id.partition(":")[0], kind=structure.kind,
-        formula=structure.formula, spacegroup=int(structure.spacegroup), split=split, task=int(task.index),
-        energy_ev=task.energy_ev, wavelength_a=lam, semiangle_mrad=task.semiangle_mrad,
-        disk_radius_px=task.semiangle_mrad * 1e-3 * task.extent_a / lam, extent_a=task.extent_a,
-        reciprocal_pixel_inv_a=1.0 / task.extent_a, angular_pixel_mrad=1e3 * lam / task.extent_a,
-        orientation=task.orientation, zone_axis=np.asarray(task.zone_axis, np.int32),
-        rotation=np.asarray(rotation, np.float64).reshape(9), mistilt_mrad=1e3 * task.mistilt_rad,
-        defocus_a=task.defocus_a, frozen_phonons=int(config.frozen_phonons), n_atoms=int(n_atoms),
-        gpts=int(config.gpts), zero_angle=np.array([zero, zero], np.float64),
+        structure_id=task.structure_id,
+        source=task.structure_id.partition(":")[0],
+        kind=structure.kind,
+        formula=structure.formula,
+        spacegroup=int(structure.spacegroup),
+        split=split,
+        task=int(task.index),
+        energy_ev=task.energy_ev,
+        wavelength_a=lam,
+        semiangle_mrad=task.semiangle_mrad,
+        disk_radius_px=task.semiangle_mrad * 1e-3 * task.extent_a / lam,
+        extent_a=task.extent_a,
+        reciprocal_pixel_inv_a=1.0 / task.extent_a,
+        angular_pixel_mrad=1e3 * lam / task.extent_a,
+        orientation=task.orientation,
+        zone_axis=np.asarray(task.zone_axis, np.int32),
+        rotation=np.asarray(rotation, np.float64).reshape(9),
+        mistilt_mrad=1e3 * task.mistilt_rad,
+        defocus_a=task.defocus_a,
+        frozen_phonons=int(config.frozen_phonons),
+        n_atoms=int(n_atoms),
+        gpts=int(config.gpts),
+        zero_angle=np.array([zero, zero], np.float64),
     )
 
 
@@ -500,10 +546,12 @@ def simulate_task(task: TaskSpec, config: SimulationConfig, device: str = "cpu",
             p = arr[i_t, i_p]
             m = dict(base)
             m.update(
-                uid=f"p{task.index:07d}-{i_t * arr.shape[1] + i_p}", thickness_a=float(thick[i_t]),
+                uid=f"p{task.index:07d}-{i_t * arr.shape[1] + i_p}",
+                thickness_a=float(thick[i_t]),
                 probe_position_a=np.asarray(task.positions_a[i_p], np.float64),
                 disk_com=np.asarray(_disk_com(p, config.pattern_size / 2, base["disk_radius_px"]), np.float64),
-                total_intensity=float(p.sum(dtype=np.float64)), n_averaged=1,
+                total_intensity=float(p.sum(dtype=np.float64)),
+                n_averaged=1,
             )
             patterns.append(p)
             metas.append(m)
@@ -547,15 +595,25 @@ def simulate_ellipse_sample(task: TaskSpec, config: SimulationConfig, device: st
     split = structures_mod.split_of(task.structure_id, config.split_fractions)
     meta = _common_meta(task, structure, config, split, np.eye(3), n_atoms)
     meta.update(
-        uid=f"e{task.index:07d}", thickness_a=float(total), probe_position_a=np.full(2, np.nan),
+        uid=f"e{task.index:07d}",
+        thickness_a=float(total),
+        probe_position_a=np.full(2, np.nan),
         disk_com=np.asarray(_disk_com(rot, zero, meta["disk_radius_px"]), np.float64),
-        total_intensity=float(rot.sum()), n_averaged=int(n * k), orientation="average",
+        total_intensity=float(rot.sum()),
+        n_averaged=int(n * k),
+        orientation="average",
     )
     return rot.astype(np.float32), meta
 
 
-def simulate_shard(config: SimulationConfig, dataset: str, shard: int, device: str = "cpu",
-                   threads: int | None = None, structure_ids: Sequence[str] | None = None) -> dict:
+def simulate_shard(
+    config: SimulationConfig,
+    dataset: str,
+    shard: int,
+    device: str = "cpu",
+    threads: int | None = None,
+    structure_ids: Sequence[str] | None = None,
+) -> dict:
     """Compute one shard in memory: ``{"patterns": (N, S, S), "meta": {name: (N, ...)}}``.
 
     A pure function of its arguments (this is what dask workers run).
@@ -596,8 +654,7 @@ def round_mantissa(x: np.ndarray, bits: int) -> np.ndarray:
     return u.view(np.float32)
 
 
-def write_shard(path: str | os.PathLike, data: dict, attrs: dict | None = None, compression: int = 4,
-                mantissa_bits: int = 23) -> Path:
+def write_shard(path: str | os.PathLike, data: dict, attrs: dict | None = None, compression: int = 4, mantissa_bits: int = 23) -> Path:
     """Write a shard atomically (temporary name, fsync, rename): it is whole or absent.
 
     ``mantissa_bits < 23`` rounds the patterns first (see ``SimulationConfig.mantissa_bits``).
@@ -608,8 +665,7 @@ def write_shard(path: str | os.PathLike, data: dict, attrs: dict | None = None, 
     pats = round_mantissa(np.asarray(data["patterns"], np.float32), mantissa_bits)
     n, h, w = pats.shape
     with atomic_path(path, fsync=True) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("patterns", data=pats, chunks=(1, h, w), compression="gzip",
-                         compression_opts=compression, shuffle=True)
+        f.create_dataset("patterns", data=pats, chunks=(1, h, w), compression="gzip", compression_opts=compression, shuffle=True)
         g = f.create_group("meta")
         for k, v in data["meta"].items():
             v = np.asarray(v)
@@ -663,11 +719,37 @@ def _shard_ok(path: Path, expected: int) -> bool:
 # --------------------------------------------------------------------------------------
 
 _MANIFEST_COLUMNS = (
-    "uid", "dataset", "shard", "index", "structure_id", "source", "kind", "formula", "spacegroup", "split",
-    "task", "energy_ev", "wavelength_a", "semiangle_mrad", "disk_radius_px", "extent_a",
-    "reciprocal_pixel_inv_a", "angular_pixel_mrad", "thickness_a", "orientation", "zone_axis", "mistilt_mrad",
-    "defocus_a", "frozen_phonons", "n_atoms", "probe_position_a", "zero_angle", "disk_com", "total_intensity",
-    "n_averaged", "gpts",
+    "uid",
+    "dataset",
+    "shard",
+    "index",
+    "structure_id",
+    "source",
+    "kind",
+    "formula",
+    "spacegroup",
+    "split",
+    "task",
+    "energy_ev",
+    "wavelength_a",
+    "semiangle_mrad",
+    "disk_radius_px",
+    "extent_a",
+    "reciprocal_pixel_inv_a",
+    "angular_pixel_mrad",
+    "thickness_a",
+    "orientation",
+    "zone_axis",
+    "mistilt_mrad",
+    "defocus_a",
+    "frozen_phonons",
+    "n_atoms",
+    "probe_position_a",
+    "zero_angle",
+    "disk_com",
+    "total_intensity",
+    "n_averaged",
+    "gpts",
 )
 
 
@@ -717,8 +799,17 @@ def _write_structures(root: Path, ids: Sequence[str], fractions, rows_by_shard: 
     for sid in ids:
         r = info.get(sid, {})
         kind = r.get("kind", "amorphous" if sid.startswith("amorphous:") else "crystal")
-        w.writerow([sid, sid.partition(":")[0], kind, r.get("formula", ""), r.get("spacegroup", ""),
-                    structures_mod.split_of(sid, fractions), counts.get(sid, 0)])
+        w.writerow(
+            [
+                sid,
+                sid.partition(":")[0],
+                kind,
+                r.get("formula", ""),
+                r.get("spacegroup", ""),
+                structures_mod.split_of(sid, fractions),
+                counts.get(sid, 0),
+            ]
+        )
     atomic_write_text(root / "structures.csv", buf.getvalue())
 
 
@@ -769,8 +860,14 @@ def _prepare_output(root: Path, config: SimulationConfig, ids: list[str], resume
     elif root.exists() and any(root.iterdir()) and not overwrite:
         raise ValueError(f"{root} exists and is not empty: choose a new --output or pass --overwrite")
     root.mkdir(parents=True, exist_ok=True)
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "structures": ids,
-              "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "structures": ids,
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     atomic_write_text(run_file, json.dumps(record, indent=1))
 
 
@@ -862,8 +959,15 @@ def run_simulation(
         from tqdm.auto import tqdm
 
         # rate_noinv: always patterns/s (tqdm would switch to s/pattern below 1/s)
-        bar = tqdm(total=n_done + n_todo, initial=n_done, unit="pattern", desc="simulate", dynamic_ncols=True,
-                   smoothing=0.05, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
+        bar = tqdm(
+            total=n_done + n_todo,
+            initial=n_done,
+            unit="pattern",
+            desc="simulate",
+            dynamic_ncols=True,
+            smoothing=0.05,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+        )
     attrs = {"config": json.dumps(config.to_dict())}
     t0 = time.perf_counter()
     out_of_time = (lambda: False) if time_limit is None else (lambda: time.perf_counter() - t0 > time_limit)
@@ -874,8 +978,7 @@ def run_simulation(
     def _store(data: dict) -> None:
         nonlocal written, last_manifest
         ds, k = data["dataset"], data["shard"]
-        write_shard(_shard_path(root, ds, k), data, attrs={**attrs, "dataset": ds, "shard": k},
-                    mantissa_bits=config.mantissa_bits)
+        write_shard(_shard_path(root, ds, k), data, attrs={**attrs, "dataset": ds, "shard": k}, mantissa_bits=config.mantissa_bits)
         rows[(ds, k)] = _manifest_rows(root, ds, k, data["meta"])
         written += len(data["patterns"])
         if bar is not None:
@@ -922,9 +1025,14 @@ def run_simulation(
     cpu = time.process_time() - c0  # this process only: meaningful for in-process runs
     complete = all((ds, k) in rows for ds in (PATTERNS, ELLIPSE) for k in range(config.n_shards(ds)))
     return {
-        "output": str(root), "written": written, "seconds": elapsed,
-        "patterns_per_s": written / elapsed if elapsed > 0 else float("nan"), "cpu_seconds": cpu,
-        "total": sum(len(r) for r in rows.values()), "expected": sum(expected_total.values()), "complete": complete,
+        "output": str(root),
+        "written": written,
+        "seconds": elapsed,
+        "patterns_per_s": written / elapsed if elapsed > 0 else float("nan"),
+        "cpu_seconds": cpu,
+        "total": sum(len(r) for r in rows.values()),
+        "expected": sum(expected_total.values()),
+        "complete": complete,
     }
 
 
@@ -991,7 +1099,7 @@ class PatternStore:
         while epochs is None or e < epochs:
             order = rng.permutation(len(self))
             for s in range(0, len(order) - batch_size + 1, batch_size):
-                yield self.get(order[s:s + batch_size])
+                yield self.get(order[s : s + batch_size])
             e += 1
 
     def close(self) -> None:
@@ -1019,13 +1127,19 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output directory")
     p.add_argument("--structures", type=int, default=d.n_structures, help=f"distinct structures (default {d.n_structures})")
     p.add_argument("--patterns", type=int, default=d.n_patterns, help=f"patterns in the main set (default {d.n_patterns})")
-    p.add_argument("--structure-ids", nargs="+", default=None, metavar="ID", help="use these structure ids (e.g. ase:Si amorphous:a-SiO2:000)")
+    p.add_argument(
+        "--structure-ids", nargs="+", default=None, metavar="ID", help="use these structure ids (e.g. ase:Si amorphous:a-SiO2:000)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--amorphous-fraction", type=float, default=d.amorphous_fraction)
     p.add_argument("--pattern-size", type=int, default=d.pattern_size)
-    p.add_argument("--gpts", type=int, default=d.gpts,
-                   help=f"multislice grid (default {d.gpts}: signal fills the frame; 384 is ~2.5x faster but leaves "
-                        "the corners empty beyond a circle of radius gpts/3 around the zero angle)")
+    p.add_argument(
+        "--gpts",
+        type=int,
+        default=d.gpts,
+        help=f"multislice grid (default {d.gpts}: signal fills the frame; 384 is ~2.5x faster but leaves "
+        "the corners empty beyond a circle of radius gpts/3 around the zero angle)",
+    )
     p.add_argument("--energies-kv", type=float, nargs="+", default=list(d.energies_kv))
     p.add_argument("--disk-radius-px", type=float, nargs=2, default=list(d.disk_radius_px), metavar=("MIN", "MAX"))
     p.add_argument("--extent", type=float, nargs=2, default=list(d.extent_a), metavar=("MIN", "MAX"), help="cell side, Angstrom")
@@ -1037,8 +1151,12 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frozen-phonons", type=int, default=d.frozen_phonons, help="configurations per pattern (0: static)")
     p.add_argument("--split", type=float, nargs=3, default=list(d.split_fractions), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--tasks-per-shard", type=int, default=d.tasks_per_shard)
-    p.add_argument("--mantissa-bits", type=int, default=d.mantissa_bits,
-                   help=f"float32 mantissa bits stored (default {d.mantissa_bits}: relative precision 1.2e-4; 23: lossless)")
+    p.add_argument(
+        "--mantissa-bits",
+        type=int,
+        default=d.mantissa_bits,
+        help=f"float32 mantissa bits stored (default {d.mantissa_bits}: relative precision 1.2e-4; 23: lossless)",
+    )
     p.add_argument("--ellipse", type=int, default=0, metavar="N", help="also make N averaged patterns for the ellipse network (0: off)")
     p.add_argument("--ellipse-orientations", type=int, default=d.ellipse_orientations)
     p.add_argument("--ellipse-rotations", type=int, default=d.ellipse_rotations)
@@ -1046,8 +1164,12 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (dask.distributed LocalCluster when > 1)")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler, e.g. tcp://host:8786")
     p.add_argument("--threads", type=int, default=None, help="FFTW threads when running in-process (default 1)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue a run found in --output (default); --no-resume makes an existing run an error")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue a run found in --output (default); --no-resume makes an existing run an error",
+    )
     p.add_argument("--overwrite", action="store_true", help="delete a previous run in --output first")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many new shards")
     p.add_argument("--no-progress", action="store_true")
@@ -1058,16 +1180,27 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args) -> SimulationConfig:
     return SimulationConfig(
-        n_structures=args.structures, n_patterns=args.patterns, seed=args.seed,
+        n_structures=args.structures,
+        n_patterns=args.patterns,
+        seed=args.seed,
         amorphous_fraction=args.amorphous_fraction,
         structure_ids=tuple(args.structure_ids) if args.structure_ids else None,
-        pattern_size=args.pattern_size, gpts=args.gpts, energies_kv=tuple(args.energies_kv),
-        disk_radius_px=tuple(args.disk_radius_px), extent_a=tuple(args.extent), semiangle_mrad=tuple(args.semiangle_mrad),
-        thickness_a=tuple(args.thickness), thicknesses_per_task=args.thicknesses_per_task,
-        positions_per_task=args.positions_per_task, zone_axis_fraction=args.zone_axis_fraction,
-        frozen_phonons=args.frozen_phonons, split_fractions=tuple(args.split), tasks_per_shard=args.tasks_per_shard,
+        pattern_size=args.pattern_size,
+        gpts=args.gpts,
+        energies_kv=tuple(args.energies_kv),
+        disk_radius_px=tuple(args.disk_radius_px),
+        extent_a=tuple(args.extent),
+        semiangle_mrad=tuple(args.semiangle_mrad),
+        thickness_a=tuple(args.thickness),
+        thicknesses_per_task=args.thicknesses_per_task,
+        positions_per_task=args.positions_per_task,
+        zone_axis_fraction=args.zone_axis_fraction,
+        frozen_phonons=args.frozen_phonons,
+        split_fractions=tuple(args.split),
+        tasks_per_shard=args.tasks_per_shard,
         mantissa_bits=args.mantissa_bits,
-        ellipse_samples=args.ellipse, ellipse_orientations=args.ellipse_orientations,
+        ellipse_samples=args.ellipse,
+        ellipse_orientations=args.ellipse_orientations,
         ellipse_rotations=args.ellipse_rotations,
     )
 
@@ -1079,9 +1212,16 @@ def run_simulate_cli(args) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             result = run_simulation(
-                config, args.output, device=args.device, workers=args.workers, scheduler=args.scheduler,
-                resume=args.resume, overwrite=args.overwrite, max_shards=args.max_shards,
-                progress=not args.no_progress, threads=args.threads,
+                config,
+                args.output,
+                device=args.device,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                max_shards=args.max_shards,
+                progress=not args.no_progress,
+                threads=args.threads,
             )
     except ValueError as err:
         print(f"prenet-jax simulate: error: {err}", file=sys.stderr)

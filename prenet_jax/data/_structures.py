@@ -72,10 +72,7 @@ def _require_ase():
     try:
         import ase  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "building structures needs ase: install the simulation extra, "
-            "`pip install 'prenet-jax[simulate]'`"
-        ) from err
+        raise ImportError("building structures needs ase: install the simulation extra, `pip install 'prenet-jax[simulate]'`") from err
 
 
 # --------------------------------------------------------------------------------------
@@ -102,9 +99,7 @@ def split_of(structure_id: str, fractions: tuple[float, float, float] = (0.8, 0.
     """
     f = np.asarray(fractions, dtype=np.float64)
     if f.shape != (3,) or np.any(f < 0) or not math.isclose(float(f.sum()), 1.0, abs_tol=1e-6):
-        raise ValueError(
-            f"split fractions must be three non-negative numbers summing to 1 (train, val, test), got {fractions}"
-        )
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1 (train, val, test), got {fractions}")
     u = stable_unit("split:" + structure_id)
     if u < f[0]:
         return "train"
@@ -154,37 +149,109 @@ class Structure:
 
 # (formula as ase reads it, a)
 _ROCKSALT = [
-    ("LiF", 4.027), ("LiCl", 5.130), ("NaF", 4.634), ("NaCl", 5.640), ("NaBr", 5.977),
-    ("KF", 5.347), ("KCl", 6.293), ("KBr", 6.600), ("KI", 7.066), ("RbCl", 6.581),
-    ("AgCl", 5.549), ("AgBr", 5.774), ("MgO", 4.212), ("CaO", 4.811), ("SrO", 5.160),
-    ("BaO", 5.523), ("NiO", 4.177), ("CoO", 4.261), ("FeO", 4.332), ("MnO", 4.445),
-    ("CdO", 4.695), ("EuO", 5.144), ("TiN", 4.240), ("TiC", 4.328), ("ZrN", 4.578),
-    ("ZrC", 4.698), ("HfC", 4.640), ("NbC", 4.470), ("TaC", 4.456), ("VN", 4.139),
-    ("VC", 4.165), ("CrN", 4.149), ("ScN", 4.501), ("PbS", 5.936), ("PbSe", 6.124),
-    ("PbTe", 6.462), ("SnTe", 6.327), ("LaN", 5.301),
+    ("LiF", 4.027),
+    ("LiCl", 5.130),
+    ("NaF", 4.634),
+    ("NaCl", 5.640),
+    ("NaBr", 5.977),
+    ("KF", 5.347),
+    ("KCl", 6.293),
+    ("KBr", 6.600),
+    ("KI", 7.066),
+    ("RbCl", 6.581),
+    ("AgCl", 5.549),
+    ("AgBr", 5.774),
+    ("MgO", 4.212),
+    ("CaO", 4.811),
+    ("SrO", 5.160),
+    ("BaO", 5.523),
+    ("NiO", 4.177),
+    ("CoO", 4.261),
+    ("FeO", 4.332),
+    ("MnO", 4.445),
+    ("CdO", 4.695),
+    ("EuO", 5.144),
+    ("TiN", 4.240),
+    ("TiC", 4.328),
+    ("ZrN", 4.578),
+    ("ZrC", 4.698),
+    ("HfC", 4.640),
+    ("NbC", 4.470),
+    ("TaC", 4.456),
+    ("VN", 4.139),
+    ("VC", 4.165),
+    ("CrN", 4.149),
+    ("ScN", 4.501),
+    ("PbS", 5.936),
+    ("PbSe", 6.124),
+    ("PbTe", 6.462),
+    ("SnTe", 6.327),
+    ("LaN", 5.301),
 ]
 _ZINCBLENDE = [
-    ("GaAs", 5.653), ("GaP", 5.451), ("GaSb", 6.096), ("InP", 5.869), ("InAs", 6.058),
-    ("InSb", 6.479), ("AlP", 5.467), ("AlAs", 5.661), ("AlSb", 6.136), ("ZnS", 5.409),
-    ("ZnSe", 5.668), ("ZnTe", 6.101), ("CdTe", 6.482), ("CdSe", 6.052), ("BN", 3.615),
-    ("BP", 4.538), ("SiC", 4.358), ("CuCl", 5.420), ("CuBr", 5.690), ("CuI", 6.054),
+    ("GaAs", 5.653),
+    ("GaP", 5.451),
+    ("GaSb", 6.096),
+    ("InP", 5.869),
+    ("InAs", 6.058),
+    ("InSb", 6.479),
+    ("AlP", 5.467),
+    ("AlAs", 5.661),
+    ("AlSb", 6.136),
+    ("ZnS", 5.409),
+    ("ZnSe", 5.668),
+    ("ZnTe", 6.101),
+    ("CdTe", 6.482),
+    ("CdSe", 6.052),
+    ("BN", 3.615),
+    ("BP", 4.538),
+    ("SiC", 4.358),
+    ("CuCl", 5.420),
+    ("CuBr", 5.690),
+    ("CuI", 6.054),
     ("HgTe", 6.460),
 ]
 # (formula, a, c)
 _WURTZITE = [
-    ("GaN", 3.189, 5.185), ("AlN", 3.112, 4.982), ("InN", 3.545, 5.703), ("ZnO", 3.250, 5.207),
-    ("CdS", 4.136, 6.714), ("CdSe", 4.300, 7.011), ("BeO", 2.698, 4.380), ("ZnS", 3.821, 6.257),
-    ("SiC", 3.076, 5.048), ("AgI", 4.580, 7.494),
+    ("GaN", 3.189, 5.185),
+    ("AlN", 3.112, 4.982),
+    ("InN", 3.545, 5.703),
+    ("ZnO", 3.250, 5.207),
+    ("CdS", 4.136, 6.714),
+    ("CdSe", 4.300, 7.011),
+    ("BeO", 2.698, 4.380),
+    ("ZnS", 3.821, 6.257),
+    ("SiC", 3.076, 5.048),
+    ("AgI", 4.580, 7.494),
 ]
 _CSCL = [
-    ("CsCl", 4.123), ("CsBr", 4.286), ("CsI", 4.567), ("TlCl", 3.842), ("NiAl", 2.887),
-    ("CuZn", 2.952), ("FeAl", 2.908), ("CoAl", 2.862), ("FeTi", 2.976), ("NiTi", 3.015),
+    ("CsCl", 4.123),
+    ("CsBr", 4.286),
+    ("CsI", 4.567),
+    ("TlCl", 3.842),
+    ("NiAl", 2.887),
+    ("CuZn", 2.952),
+    ("FeAl", 2.908),
+    ("CoAl", 2.862),
+    ("FeTi", 2.976),
+    ("NiTi", 3.015),
 ]
 # ase puts the first symbol on the Ca site: "OLi2" is the anti-fluorite Li2O.
 _FLUORITE = [
-    ("CaF2", 5.463), ("SrF2", 5.800), ("BaF2", 6.200), ("CeO2", 5.411), ("ZrO2", 5.070),
-    ("UO2", 5.470), ("ThO2", 5.597), ("HfO2", 5.080), ("OLi2", 4.611), ("ONa2", 5.550),
-    ("SiMg2", 6.351), ("CoSi2", 5.365), ("NiSi2", 5.406), ("PtAl2", 5.910),
+    ("CaF2", 5.463),
+    ("SrF2", 5.800),
+    ("BaF2", 6.200),
+    ("CeO2", 5.411),
+    ("ZrO2", 5.070),
+    ("UO2", 5.470),
+    ("ThO2", 5.597),
+    ("HfO2", 5.080),
+    ("OLi2", 4.611),
+    ("ONa2", 5.550),
+    ("SiMg2", 6.351),
+    ("CoSi2", 5.365),
+    ("NiSi2", 5.406),
+    ("PtAl2", 5.910),
 ]
 # ase.spacegroup.crystal entries: name -> (symbols, basis, spacegroup, cellpar, setting)
 _SPACEGROUP = {
@@ -211,7 +278,13 @@ _SPACEGROUP = {
     "Fe2O3-corundum": (["Fe", "O"], [(0, 0, 0.3553), (0.3059, 0, 0.25)], 167, [5.035, 5.035, 13.747, 90, 90, 120], 1),
     "Cr2O3-corundum": (["Cr", "O"], [(0, 0, 0.3475), (0.3058, 0, 0.25)], 167, [4.959, 4.959, 13.594, 90, 90, 120], 1),
     # spinels AB2O4, Fd-3m origin choice 2: A 8a, B 16d, O 32e (u, u, u)
-    "MgAl2O4-spinel": (["Mg", "Al", "O"], [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.2624, 0.2624, 0.2624)], 227, [8.083] * 3 + [90] * 3, 2),
+    "MgAl2O4-spinel": (
+        ["Mg", "Al", "O"],
+        [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.2624, 0.2624, 0.2624)],
+        227,
+        [8.083] * 3 + [90] * 3,
+        2,
+    ),
     "Fe3O4-spinel": (["Fe", "Fe", "O"], [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.2549, 0.2549, 0.2549)], 227, [8.396] * 3 + [90] * 3, 2),
     "Co3O4-spinel": (["Co", "Co", "O"], [(0.125, 0.125, 0.125), (0.5, 0.5, 0.5), (0.2632, 0.2632, 0.2632)], 227, [8.084] * 3 + [90] * 3, 2),
     # C15 Laves MgCu2 (Fd-3m origin 2: Mg 8a, Cu 16d)
@@ -249,7 +322,9 @@ _SPACEGROUP = {
     "ZrO2-baddeleyite": (
         ["Zr", "O", "O"],
         [(0.2754, 0.0395, 0.2083), (0.0700, 0.3317, 0.3447), (0.4496, 0.7569, 0.4792)],
-        14, [5.1505, 5.2116, 5.3173, 90, 99.23, 90], 1,
+        14,
+        [5.1505, 5.2116, 5.3173, 90, 99.23, 90],
+        1,
     ),
 }
 
@@ -338,17 +413,25 @@ AMORPHOUS_CUBE = 36.0  # Angstrom: side of the periodic amorphous cube (about 2,
 # pyxtal random crystals
 # --------------------------------------------------------------------------------------
 
-_CATIONS = (
-    "Li Na K Mg Ca Sr Ba Sc Y La Ti Zr Hf V Nb Ta Cr Mo W Mn Fe Co Ni Cu Zn Cd Al Ga In Sn Pb Bi Ce"
-).split()
+_CATIONS = ("Li Na K Mg Ca Sr Ba Sc Y La Ti Zr Hf V Nb Ta Cr Mo W Mn Fe Co Ni Cu Zn Cd Al Ga In Sn Pb Bi Ce").split()
 _ANIONS = "O O O N S Se F Cl C P".split()  # O weighted: oxides dominate real samples
 _METALS = "Al Ti V Cr Mn Fe Co Ni Cu Zn Zr Nb Mo Ru Rh Pd Ag Hf Ta W Re Os Ir Pt Au Mg Si Ge".split()
 # stoichiometry templates: (number of cation species, counts per formula unit)
 _TEMPLATES = (
-    ("A", (1,)), ("AX", (1, 1)), ("AX2", (1, 2)), ("A2X3", (2, 3)), ("AX3", (1, 3)),
-    ("A2X", (2, 1)), ("ABX3", (1, 1, 3)), ("AB2X4", (1, 2, 4)), ("ABX2", (1, 1, 2)),
-    ("AB", (1, 1)), ("A3B", (3, 1)), ("AB2", (1, 2)),
+    ("A", (1,)),
+    ("AX", (1, 1)),
+    ("AX2", (1, 2)),
+    ("A2X3", (2, 3)),
+    ("AX3", (1, 3)),
+    ("A2X", (2, 1)),
+    ("ABX3", (1, 1, 3)),
+    ("AB2X4", (1, 2, 4)),
+    ("ABX2", (1, 1, 2)),
+    ("AB", (1, 1)),
+    ("A3B", (3, 1)),
+    ("AB2", (1, 2)),
 )
+
 
 @functools.lru_cache(maxsize=1)
 def _space_group_weights() -> np.ndarray:
@@ -359,9 +442,38 @@ def _space_group_weights() -> np.ndarray:
     a floor weight so that any space group is reachable.
     """
     w = np.ones(230)
-    common = {14: 12, 62: 10, 225: 10, 15: 6, 194: 8, 227: 6, 221: 6, 2: 6, 166: 6, 12: 5,
-              139: 5, 63: 4, 167: 4, 136: 4, 61: 3, 191: 3, 216: 4, 186: 4, 164: 3, 148: 3,
-              229: 4, 123: 3, 140: 3, 141: 3, 65: 2, 71: 2, 74: 2, 176: 2, 152: 2, 154: 2}
+    common = {
+        14: 12,
+        62: 10,
+        225: 10,
+        15: 6,
+        194: 8,
+        227: 6,
+        221: 6,
+        2: 6,
+        166: 6,
+        12: 5,
+        139: 5,
+        63: 4,
+        167: 4,
+        136: 4,
+        61: 3,
+        191: 3,
+        216: 4,
+        186: 4,
+        164: 3,
+        148: 3,
+        229: 4,
+        123: 3,
+        140: 3,
+        141: 3,
+        65: 2,
+        71: 2,
+        74: 2,
+        176: 2,
+        152: 2,
+        154: 2,
+    }
     for g, k in common.items():
         w[g - 1] = 1.0 + 4.0 * k
     return w / w.sum()
@@ -654,7 +766,6 @@ def _amorphous_cube(chemistry: str, seed: int):
     return Atoms(symbols=[symbols[t] for t in types], positions=pos, cell=[box] * 3, pbc=True)
 
 
-
 @functools.lru_cache(maxsize=64)
 def build_structure(structure_id: str) -> Structure:
     """Build the structure of an id (see the module docstring for the id forms).
@@ -685,8 +796,7 @@ def build_structure(structure_id: str) -> Structure:
         atoms = _build_deterministic(structure_id)
     else:
         raise ValueError(
-            f"unknown structure source {source!r} in {structure_id!r}: use ase, compound, dcdft, crystals, pyxtal, "
-            "amorphous or vacuum"
+            f"unknown structure source {source!r} in {structure_id!r}: use ase, compound, dcdft, crystals, pyxtal, amorphous or vacuum"
         )
     return Structure(structure_id, "crystal", atoms, _reduced_formula(atoms), _spacegroup_number(atoms), _density(atoms))
 
@@ -697,9 +807,28 @@ def build_structure(structure_id: str) -> Structure:
 
 # Low-index zone axes [uvw] (direct-lattice directions), one of each +/- pair.
 ZONE_AXES: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0), (0, 1, -1), (1, 0, -1),
-    (1, -1, 0), (1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1), (1, 1, 2), (1, 2, 1), (2, 1, 1),
-    (0, 1, 2), (1, 0, 2), (2, 1, 0), (0, 1, 3), (1, 1, 3), (1, 1, 4),
+    (0, 0, 1),
+    (0, 1, 0),
+    (1, 0, 0),
+    (0, 1, 1),
+    (1, 0, 1),
+    (1, 1, 0),
+    (0, 1, -1),
+    (1, 0, -1),
+    (1, -1, 0),
+    (1, 1, 1),
+    (1, 1, -1),
+    (1, -1, 1),
+    (-1, 1, 1),
+    (1, 1, 2),
+    (1, 2, 1),
+    (2, 1, 1),
+    (0, 1, 2),
+    (1, 0, 2),
+    (2, 1, 0),
+    (0, 1, 3),
+    (1, 1, 3),
+    (1, 1, 4),
 )
 
 

@@ -53,6 +53,7 @@ def disk_pattern(
     if ellipse is not None:
         dinv = np.linalg.inv(ellipse.matrix())
         dr, dc = dinv[0, 0] * dr + dinv[0, 1] * dc, dinv[1, 0] * dr + dinv[1, 1] * dc
+
     def disk(d, r):
         return 0.5 * special.erfc((d - r) / (np.sqrt(2.0) * edge))
 

@@ -89,6 +89,9 @@ def pca_search(noisy: np.ndarray, target: np.ndarray, ranks: Sequence[int] = PCA
     Returns ``(best rank, {rank: mean PSNR})``.
     """
     frame = noisy.shape[-2:]
-    scores = {r: float(np.mean(metrics.psnr(pca_patches(noisy, r).reshape(-1, *frame), target.reshape(-1, *frame))))
-              for r in ranks if r < noisy.shape[1]}
+    scores = {
+        r: float(np.mean(metrics.psnr(pca_patches(noisy, r).reshape(-1, *frame), target.reshape(-1, *frame))))
+        for r in ranks
+        if r < noisy.shape[1]
+    }
     return max(scores, key=scores.get), scores

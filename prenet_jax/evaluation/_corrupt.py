@@ -64,8 +64,15 @@ def corrupt_single(es: EvalSet, dose: float, cfg: EvalConfig) -> dict[str, np.nd
     The geometry of pattern ``i`` depends on ``(seed, i)`` only, so it is the same at
     every dose. Returns ``noisy, target (N, S, S)``, ``center (N, 2)``, ``ratio, angle (N,)``.
     """
-    aug = AugmentConfig(max_shift=cfg.max_shift, ratio_range=cfg.ratio_range, rotate=True, scale_range=(1.0, 1.0),
-                        dose_range=(dose, dose), read_noise_range=(0.0, 0.0), method="cubic")
+    aug = AugmentConfig(
+        max_shift=cfg.max_shift,
+        ratio_range=cfg.ratio_range,
+        rotate=True,
+        scale_range=(1.0, 1.0),
+        dose_range=(dose, dose),
+        read_noise_range=(0.0, 0.0),
+        method="cubic",
+    )
     n = es.single.shape[0]
     out = {k: [] for k in ("noisy", "target", "center", "ratio", "angle")}
     base = jax.random.key(cfg.seed)
@@ -120,8 +127,15 @@ def corrupt_scans(es: EvalSet, dose: float, cfg: EvalConfig) -> dict[str, np.nda
     key = _dose_key(jax.random.key(cfg.seed + 1), dose)
     ones = jnp.ones((f,), jnp.float32)
     for i in range(m):
-        d, _ = distort(jnp.asarray(es.scans[i]), jnp.asarray(es.scans_zero[i]), jnp.asarray(g["shift"][i]),
-                       ones * g["ratio"][i], ones * g["angle"][i], ones * g["rotation"][i], "cubic")
+        d, _ = distort(
+            jnp.asarray(es.scans[i]),
+            jnp.asarray(es.scans_zero[i]),
+            jnp.asarray(g["shift"][i]),
+            ones * g["ratio"][i],
+            ones * g["angle"][i],
+            ones * g["rotation"][i],
+            "cubic",
+        )
         expected = jnp.maximum(d, 0.0) * dose
         target[i] = np.asarray(expected)
         noisy[i] = np.asarray(poisson(jax.random.fold_in(key, i), expected))
@@ -146,8 +160,15 @@ def _group_means(es: EvalSet, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, 
         z = es.single_zero[idx[0]]
         start = np.random.default_rng([cfg.seed, 0xE11, gi]).uniform(0, 2 * math.pi)
         phi = (start + 2 * math.pi * np.arange(k) / k).astype(np.float32)
-        rot, _ = distort(jnp.broadcast_to(jnp.asarray(mean), (k,) + mean.shape), jnp.asarray(z), jnp.zeros((k, 2)), ones,
-                         ones * 0, jnp.asarray(phi), "cubic")
+        rot, _ = distort(
+            jnp.broadcast_to(jnp.asarray(mean), (k,) + mean.shape),
+            jnp.asarray(z),
+            jnp.zeros((k, 2)),
+            ones,
+            ones * 0,
+            jnp.asarray(phi),
+            "cubic",
+        )
         means.append(np.asarray(jnp.maximum(rot, 0).mean(0)))
         zeros.append(z)
         kinds.append(es.single_kind[idx[0]])
@@ -171,12 +192,23 @@ def ellipse_samples(es: EvalSet, cfg: EvalConfig) -> dict[str, np.ndarray]:
     out = np.empty((g, e) + means.shape[-2:], np.float32)
     ones = jnp.ones((e,), jnp.float32)
     for i in range(g):
-        d, _ = distort(jnp.broadcast_to(jnp.asarray(means[i]), (e,) + means.shape[-2:]), jnp.asarray(zeros[i]),
-                       jnp.broadcast_to(jnp.asarray(c0 - zeros[i]), (e, 2)), jnp.asarray(ratio[i]), jnp.asarray(angle[i]),
-                       ones * 0, "cubic")
+        d, _ = distort(
+            jnp.broadcast_to(jnp.asarray(means[i]), (e,) + means.shape[-2:]),
+            jnp.asarray(zeros[i]),
+            jnp.broadcast_to(jnp.asarray(c0 - zeros[i]), (e, 2)),
+            jnp.asarray(ratio[i]),
+            jnp.asarray(angle[i]),
+            ones * 0,
+            "cubic",
+        )
         out[i] = np.asarray(jnp.maximum(d, 0))
-    return {"expected": out.reshape(g * e, *means.shape[-2:]), "ratio": ratio.ravel(), "angle": angle.ravel(),
-            "kind": np.repeat(kinds, e), "radius": np.repeat(rad, e)}
+    return {
+        "expected": out.reshape(g * e, *means.shape[-2:]),
+        "ratio": ratio.ravel(),
+        "angle": angle.ravel(),
+        "kind": np.repeat(kinds, e),
+        "radius": np.repeat(rad, e),
+    }
 
 
 def noisy_means(expected: np.ndarray, dose: float, cfg: EvalConfig) -> np.ndarray:
@@ -213,12 +245,15 @@ def e2e_cube(clean: np.ndarray, zero: np.ndarray, dose: float, cfg: EvalConfig, 
     ratio, angle = cfg.e2e_ellipse
     ones = jnp.ones((n,), jnp.float32)
     z = jnp.asarray(zero, jnp.float32)
-    d, c = distort(jnp.asarray(frames), z, jnp.asarray(centers - zero, jnp.float32), ones * ratio, ones * angle,
-                   ones * rot, "cubic")
-    ideal, _ = distort(jnp.asarray(frames), z, jnp.broadcast_to(jnp.asarray(c0 - zero, jnp.float32), (n, 2)), ones,
-                       ones * 0, ones * rot, "cubic")
+    d, c = distort(jnp.asarray(frames), z, jnp.asarray(centers - zero, jnp.float32), ones * ratio, ones * angle, ones * rot, "cubic")
+    ideal, _ = distort(
+        jnp.asarray(frames), z, jnp.broadcast_to(jnp.asarray(c0 - zero, jnp.float32), (n, 2)), ones, ones * 0, ones * rot, "cubic"
+    )
     noisy = poisson(jax.random.key(seed), jnp.maximum(d, 0) * dose)
     s = clean.shape[-2:]
-    return {"cube": np.asarray(noisy).reshape(rx, ry, *s),
-            "ideal": (np.asarray(jnp.maximum(ideal, 0)) * dose).reshape(rx, ry, *s),
-            "centers": np.asarray(c).reshape(rx, ry, 2), "ellipse": Ellipse(ratio, angle)}
+    return {
+        "cube": np.asarray(noisy).reshape(rx, ry, *s),
+        "ideal": (np.asarray(jnp.maximum(ideal, 0)) * dose).reshape(rx, ry, *s),
+        "centers": np.asarray(c).reshape(rx, ry, 2),
+        "ellipse": Ellipse(ratio, angle),
+    }

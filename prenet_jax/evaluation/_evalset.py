@@ -111,8 +111,7 @@ class EvalSet:
 # ----------------------------------------------------------------------------- abTEM
 
 
-def held_out_structures(n: int, amorphous_fraction: float, train_structures: int = 1024, train_seed: int = 0,
-                    offset: int = 0) -> list[str]:
+def held_out_structures(n: int, amorphous_fraction: float, train_structures: int = 1024, train_seed: int = 0, offset: int = 0) -> list[str]:
     """``n`` held-out structure ids (split ``"test"``), crystals and amorphous interleaved.
 
     ``offset`` starts each list further along (the scan set uses other structures than
@@ -120,8 +119,9 @@ def held_out_structures(n: int, amorphous_fraction: float, train_structures: int
     """
     from ..data import _structures as st
 
-    crystals = [s for s in st.select_structures(train_structures, train_seed, 0.1)
-                if st.split_of(s) == "test" and not s.startswith("amorphous:")]
+    crystals = [
+        s for s in st.select_structures(train_structures, train_seed, 0.1) if st.split_of(s) == "test" and not s.startswith("amorphous:")
+    ]
     amorphous = [c.id for c in st.catalogue() if c.kind == "amorphous" and st.split_of(c.id) == "test"]
     n_am = int(round(n * amorphous_fraction))
     n_cr = n - n_am
@@ -151,21 +151,33 @@ def _sim_configs(cfg: EvalSetConfig):
     n_tasks = -(-cfg.n_patterns // per)
     single = SimulationConfig(
         structure_ids=tuple(held_out_structures(n_tasks, cfg.amorphous_fraction, cfg.train_structures, cfg.train_seed)),
-        n_patterns=n_tasks * per, seed=cfg.seed, pattern_size=cfg.pattern_size, gpts=cfg.gpts,
-        thicknesses_per_task=cfg.thicknesses_per_task, positions_per_task=cfg.positions_per_task, tasks_per_shard=2,
+        n_patterns=n_tasks * per,
+        seed=cfg.seed,
+        pattern_size=cfg.pattern_size,
+        gpts=cfg.gpts,
+        thicknesses_per_task=cfg.thicknesses_per_task,
+        positions_per_task=cfg.positions_per_task,
+        tasks_per_shard=2,
     )
     scans = SimulationConfig(
-        structure_ids=tuple(held_out_structures(cfg.n_scans, cfg.scan_amorphous_fraction, cfg.train_structures, cfg.train_seed,
-                                            offset=n_tasks)),
-        n_patterns=cfg.n_scans * cfg.scan_frames, seed=cfg.seed + 1, pattern_size=cfg.pattern_size, gpts=cfg.gpts,
-        thicknesses_per_task=1, positions_per_task=cfg.scan_frames, position_jitter_a=cfg.scan_halfwidth_a,
+        structure_ids=tuple(
+            held_out_structures(cfg.n_scans, cfg.scan_amorphous_fraction, cfg.train_structures, cfg.train_seed, offset=n_tasks)
+        ),
+        n_patterns=cfg.n_scans * cfg.scan_frames,
+        seed=cfg.seed + 1,
+        pattern_size=cfg.pattern_size,
+        gpts=cfg.gpts,
+        thicknesses_per_task=1,
+        positions_per_task=cfg.scan_frames,
+        position_jitter_a=cfg.scan_halfwidth_a,
         tasks_per_shard=1,
     )
     return single, scans
 
 
-def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1, progress: bool = True,
-                   time_limit: float | None = None) -> Path:
+def generate_abtem(
+    root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1, progress: bool = True, time_limit: float | None = None
+) -> Path:
     """Simulate the held-out set with abTEM into ``root`` (resumable: rerun to continue).
 
     Writes ``<root>/single`` and ``<root>/scans`` (each a ``prenet-jax simulate`` run)
@@ -173,6 +185,7 @@ def generate_abtem(root, cfg: EvalSetConfig = EvalSetConfig(), workers: int = 1,
     raises ``TimeoutError`` when the set is not complete yet.
     """
     import time
+
     from ..data._simulate import run_simulation
 
     root = Path(root)
@@ -214,7 +227,7 @@ def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = No
     clean, zero, rows = _read_run(root / "single")
     keep = [i for i, r in enumerate(rows) if r["split"] == "test" or split_of(r["structure_id"]) == "test"]
     if len(keep) < len(rows):
-        warnings.warn(f"{len(rows) - len(keep)} patterns of {root / 'single'} are not of the test split: left out")
+        warnings.warn(f"{len(rows) - len(keep)} patterns of {root / 'single'} are not of the test split: left out", stacklevel=2)
     keep = keep[:max_patterns] if max_patterns else keep
     single_rows = [rows[i] for i in keep]
     sc, sz, srows = _read_run(root / "scans")
@@ -234,12 +247,17 @@ def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = No
     if cfg_file.exists():
         info["config"] = json.loads(cfg_file.read_text()).get("config")
     return EvalSet(
-        single=clean[keep], single_zero=zero[keep],
+        single=clean[keep],
+        single_zero=zero[keep],
         single_kind=np.asarray([r["kind"] for r in single_rows]),
         single_group=np.asarray([int(r["task"]) for r in single_rows]),
         single_id=np.asarray([r["structure_id"] for r in single_rows]),
-        scans=np.stack([p[:f] for p in patches]), scans_zero=np.stack(pz),
-        scans_kind=np.asarray(pk), scans_id=np.asarray(pid), source="abtem", info=info,
+        scans=np.stack([p[:f] for p in patches]),
+        scans_zero=np.stack(pz),
+        scans_kind=np.asarray(pk),
+        scans_id=np.asarray(pid),
+        source="abtem",
+        info=info,
     )
 
 
@@ -253,7 +271,7 @@ def _amorphous_pattern(shape, zero, radius, rng) -> np.ndarray:
     d = np.hypot(rows - zero[0], cols - zero[1])
     out = disk_pattern(shape, zero, radius, None, None).astype(np.float64)
     r1 = radius * rng.uniform(2.0, 2.8)
-    for k, (rr, amp) in enumerate(((r1, rng.uniform(0.05, 0.15)), (1.8 * r1, rng.uniform(0.02, 0.06)))):
+    for rr, amp in ((r1, rng.uniform(0.05, 0.15)), (1.8 * r1, rng.uniform(0.02, 0.06))):
         out += amp * np.exp(-0.5 * ((d - rr) / (0.12 * rr)) ** 2)
     speckle = rng.gamma(8.0, 1.0 / 8.0, size=shape)  # smooth multiplicative texture of the halo
     from scipy.ndimage import gaussian_filter
@@ -280,8 +298,16 @@ def _synthetic_pattern(kind: str, size: int, zero, rng) -> np.ndarray:
         g1 = rng.uniform(1.8, 2.6) * np.array([np.sin(ang), np.cos(ang)])
         ang2 = ang + rng.uniform(np.pi / 3, 2 * np.pi / 3)
         g2 = rng.uniform(1.8, 2.6) * np.array([np.sin(ang2), np.cos(ang2)])
-        p = disk_pattern((size, size), zero, radius, None, (tuple(g1), tuple(g2)), orders=2,
-                         bragg_intensity=float(rng.uniform(0.05, 0.3)), edge=float(rng.uniform(0.5, 1.0)))
+        p = disk_pattern(
+            (size, size),
+            zero,
+            radius,
+            None,
+            (tuple(g1), tuple(g2)),
+            orders=2,
+            bragg_intensity=float(rng.uniform(0.05, 0.3)),
+            edge=float(rng.uniform(0.5, 1.0)),
+        )
     return (p / p.sum(dtype=np.float64)).astype(np.float32)
 
 
@@ -290,14 +316,20 @@ def _kind_at(i: int, fraction: float) -> str:
     return "amorphous" if math.floor((i + 1) * fraction) > math.floor(i * fraction) else "crystal"
 
 
-def make_synthetic(n_patterns: int = 16, n_scans: int = 2, scan_frames: int = 8, size: int = 64,
-                   amorphous_fraction: float = 0.5, per_group: int = 4, seed: int = 0) -> EvalSet:
+def make_synthetic(
+    n_patterns: int = 16,
+    n_scans: int = 2,
+    scan_frames: int = 8,
+    size: int = 64,
+    amorphous_fraction: float = 0.5,
+    per_group: int = 4,
+    seed: int = 0,
+) -> EvalSet:
     """An analytic held-out set (no abTEM): for CI and quick checks.
 
     A scan patch is one pattern whose Bragg-disk intensities vary smoothly over the
     frames (as they do with the probe position in a crystal).
     """
-    rng = np.random.default_rng([seed, 0xE7A1])
     zero = (size / 2.0, size / 2.0)  # the abTEM convention: half a pixel off the geometric centre
     n_groups = -(-n_patterns // per_group)
     kinds_g = [_kind_at(g, amorphous_fraction) for g in range(n_groups)]
@@ -318,17 +350,30 @@ def make_synthetic(n_patterns: int = 16, n_scans: int = 2, scan_frames: int = 8,
         scans.append(((1 - 0.3 * t) * p0 + 0.3 * t * p1).astype(np.float32))
         skind.append(k)
     return EvalSet(
-        single=np.stack(single), single_zero=np.broadcast_to(np.float32(zero), (len(single), 2)).copy(),
-        single_kind=np.asarray(kind), single_group=np.asarray(group), single_id=np.asarray([f"synthetic:{g}" for g in group]),
-        scans=np.stack(scans), scans_zero=np.broadcast_to(np.float32(zero), (n_scans, 2)).copy(),
-        scans_kind=np.asarray(skind), scans_id=np.asarray([f"synthetic-scan:{m}" for m in range(n_scans)]),
-        source="synthetic", info={"size": size, "seed": seed},
+        single=np.stack(single),
+        single_zero=np.broadcast_to(np.float32(zero), (len(single), 2)).copy(),
+        single_kind=np.asarray(kind),
+        single_group=np.asarray(group),
+        single_id=np.asarray([f"synthetic:{g}" for g in group]),
+        scans=np.stack(scans),
+        scans_zero=np.broadcast_to(np.float32(zero), (n_scans, 2)).copy(),
+        scans_kind=np.asarray(skind),
+        scans_id=np.asarray([f"synthetic-scan:{m}" for m in range(n_scans)]),
+        source="synthetic",
+        info={"size": size, "seed": seed},
     )
 
 
-def load_or_make(data=None, generate: int | None = None, synthetic: bool = False, cfg: EvalSetConfig | None = None,
-                 workers: int = 1, max_patterns: int | None = None, max_scans: int | None = None,
-                 progress: bool = True) -> EvalSet:
+def load_or_make(
+    data=None,
+    generate: int | None = None,
+    synthetic: bool = False,
+    cfg: EvalSetConfig | None = None,
+    workers: int = 1,
+    max_patterns: int | None = None,
+    max_scans: int | None = None,
+    progress: bool = True,
+) -> EvalSet:
     """The set an evaluation runs on: read ``data``, or simulate ``generate`` patterns into
     ``data`` with abTEM first, or make an analytic one (``synthetic``)."""
     if synthetic:
@@ -343,4 +388,3 @@ def load_or_make(data=None, generate: int | None = None, synthetic: bool = False
     if not (root / "single" / "manifest.csv").exists():
         raise ValueError(f"{root} holds no evaluation set: create one with --generate N (abTEM) or use --synthetic")
     return load_abtem(root, max_patterns, max_scans)
-

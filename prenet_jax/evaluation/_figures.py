@@ -15,9 +15,22 @@ from ._config import CENTER_METHODS, ELLIPSE_METHODS, LABELS
 __all__ = ["COLORS", "write_figures"]
 
 #: One colour per method (the same in every figure), and for the reference curves.
-COLORS = {"input": "0.5", "network": "C3", "gaussian": "C0", "pca": "C2", "com": "C0", "friedel": "C2",
-          "py4dstem_origin": "C1", "py4dstem_friedel": "C4", "pyxem_com": "C5", "fit": "C0", "py4dstem_ring": "C1", "fit_subset": "C9",
-          "before": "0.5", "true": "k"}
+COLORS = {
+    "input": "0.5",
+    "network": "C3",
+    "gaussian": "C0",
+    "pca": "C2",
+    "com": "C0",
+    "friedel": "C2",
+    "py4dstem_origin": "C1",
+    "py4dstem_friedel": "C4",
+    "pyxem_com": "C5",
+    "fit": "C0",
+    "py4dstem_ring": "C1",
+    "fit_subset": "C9",
+    "before": "0.5",
+    "true": "k",
+}
 
 
 def _middle_dose(res: dict) -> str:
@@ -40,8 +53,15 @@ def _denoise_psnr(plt, res: dict):
         for m in ("input", "gaussian", "pca", "network"):
             pts = [(r["dose"], r["by_kind"][kind]["psnr"]) for r in rows if r["method"] == m and kind in r["by_kind"]]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts], marker="o",
-                            capsize=3, color=COLORS[m], label=LABELS[m])
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1]["mean"] for p in pts],
+                    yerr=[p[1]["std"] for p in pts],
+                    marker="o",
+                    capsize=3,
+                    color=COLORS[m],
+                    label=LABELS[m],
+                )
         ax.set_xscale("log")
         ax.set_xlabel("dose (electrons per pattern)")
         ax.set_title(kind)
@@ -82,9 +102,15 @@ def _centers_error(plt, res: dict):
         for m in CENTER_METHODS:
             pts = [(r["dose"], r["by_kind"][kind]["er"]) for r in rows if r["method"] == m and kind in r["by_kind"]]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1]["median"] for p in pts],
-                            yerr=[[p[1]["median"] * 0 for p in pts], [p[1]["p95"] - p[1]["median"] for p in pts]],
-                            marker="o", capsize=3, color=COLORS[m], label=LABELS[m])
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1]["median"] for p in pts],
+                    yerr=[[p[1]["median"] * 0 for p in pts], [p[1]["p95"] - p[1]["median"] for p in pts]],
+                    marker="o",
+                    capsize=3,
+                    color=COLORS[m],
+                    label=LABELS[m],
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("dose (electrons per pattern)")
@@ -140,8 +166,10 @@ def _ellipse_radial(plt, res: dict):
             ax.set_xlabel("radius (px)")
             ax.grid(alpha=0.3, which="both")
         axes[i, 2].legend(fontsize=7)
-    title = ("Ellipse: radial profile and azimuthal spread per radius before and after correction "
-             f"(dose {float(dk):.0e}); a circular pattern has no spread")
+    title = (
+        "Ellipse: radial profile and azimuthal spread per radius before and after correction "
+        f"(dose {float(dk):.0e}); a circular pattern has no spread"
+    )
     return fig, "ellipse_radial.png", title
 
 
@@ -155,8 +183,15 @@ def _ellipse_error(plt, res: dict):
         if not pts:
             continue
         for ax, stat in zip(axes, ("ratio_err", "angle_err_deg")):
-            ax.errorbar([p[0] for p in pts], [p[1][stat]["mean"] for p in pts], yerr=[p[1][stat]["std"] for p in pts],
-                        marker="o", capsize=3, color=COLORS[m], label=LABELS[m])
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1][stat]["mean"] for p in pts],
+                yerr=[p[1][stat]["std"] for p in pts],
+                marker="o",
+                capsize=3,
+                color=COLORS[m],
+                label=LABELS[m],
+            )
     for ax, lab in zip(axes, ("ratio error", f"angle error (°), ratio ≥ {res['config']['angle_min_ratio']:g}")):
         ax.set_xscale("log")
         ax.set_yscale("log")

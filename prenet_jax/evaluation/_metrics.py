@@ -94,7 +94,9 @@ def summarize(values) -> dict[str, float]:
     }
 
 
-def radial_profile(image: np.ndarray, center=None, n_angles: int = 360, r_max: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def radial_profile(
+    image: np.ndarray, center=None, n_angles: int = 360, r_max: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Azimuthal mean and standard deviation of ``image`` ``(H, W)`` about ``center``.
 
     Returns ``(radii (R,), mean (R,), std (R,))`` with one-pixel radial steps, from the

@@ -49,7 +49,9 @@ def load_network(spec: str | None, frame_size: int) -> tuple[Pipeline | None, st
         while size > 32 and size % 2 == 0:
             size //= 2
         cfg = PipelineConfig.tiny(image_size=max(8, size - size % 4))
-        return Pipeline.init(jax.random.key(0), cfg), "UNTRAINED tiny networks (random weights: the numbers test the harness, not the method)"
+        return Pipeline.init(
+            jax.random.key(0), cfg
+        ), "UNTRAINED tiny networks (random weights: the numbers test the harness, not the method)"
     try:
         pipe = Pipeline.from_pretrained(None if spec in (None, "auto") else spec)
     except FileNotFoundError:
@@ -62,8 +64,16 @@ def load_network(spec: str | None, frame_size: int) -> tuple[Pipeline | None, st
 
 
 def _center_pipeline(center_method: str, batch: int, refine: bool = False) -> Pipeline:
-    return Pipeline(PipelineConfig(denoise_method="none", center_method=center_method, ellipse_method="none",
-                                   gaussian_sigma=1.0, batch_size=batch, center_refine="friedel" if refine else "none"))
+    return Pipeline(
+        PipelineConfig(
+            denoise_method="none",
+            center_method=center_method,
+            ellipse_method="none",
+            gaussian_sigma=1.0,
+            batch_size=batch,
+            center_refine="friedel" if refine else "none",
+        )
+    )
 
 
 def classical_center_pipelines(methods: Methods, batch: int) -> dict[str, Pipeline]:
@@ -110,8 +120,10 @@ def ellipse_pipelines(methods: Methods) -> dict[str, Pipeline]:
         pipes["fit"] = Pipeline(PipelineConfig(denoise_method="none", center_method="none", ellipse_method="fit"))
     if methods.wants("network") and methods.has_net("ellipse_net"):
         net = methods.network
-        pipes["network"] = Pipeline(net.config.replace(denoise_method="none", center_method="none", ellipse_method="network"),
-                                    {"ellipse_net": net.params["ellipse_net"]})
+        pipes["network"] = Pipeline(
+            net.config.replace(denoise_method="none", center_method="none", ellipse_method="network"),
+            {"ellipse_net": net.params["ellipse_net"]},
+        )
     return pipes
 
 
@@ -152,14 +164,19 @@ def refine_ellipses(images: np.ndarray, est: np.ndarray, batch: int = 16) -> np.
 
 def e2e_pipelines(methods: Methods, sigma: float, batch: int) -> dict[str, Pipeline]:
     """The pipelines of table 4; a network that did not ship is replaced by its classical stage."""
-    out = {"none": Pipeline(PipelineConfig(denoise_method="none", center_method="none", ellipse_method="none", batch_size=batch)),
-           "classical": Pipeline(PipelineConfig.classical(gaussian_sigma=sigma, batch_size=batch)),
-           "classical_friedel": Pipeline(PipelineConfig.classical(gaussian_sigma=sigma, center_method="friedel", batch_size=batch))}
+    out = {
+        "none": Pipeline(PipelineConfig(denoise_method="none", center_method="none", ellipse_method="none", batch_size=batch)),
+        "classical": Pipeline(PipelineConfig.classical(gaussian_sigma=sigma, batch_size=batch)),
+        "classical_friedel": Pipeline(PipelineConfig.classical(gaussian_sigma=sigma, center_method="friedel", batch_size=batch)),
+    }
     net = methods.network
     if net is not None and methods.wants("network"):
         cfg = net.config.replace(
             denoise_method="network" if "denoiser" in net.params else "gaussian",
             center_method="network" if "center_net" in net.params else "com",
-            ellipse_method="network" if "ellipse_net" in net.params else "fit", gaussian_sigma=sigma, batch_size=batch)
+            ellipse_method="network" if "ellipse_net" in net.params else "fit",
+            gaussian_sigma=sigma,
+            batch_size=batch,
+        )
         out["network"] = Pipeline(cfg, dict(net.params))
     return out

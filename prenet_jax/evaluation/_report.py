@@ -74,11 +74,13 @@ def _end_paragraph(lines: list[str]) -> None:
 
 
 def _denoise_md(d: dict, res: dict) -> list[str]:
-    intro = (f"{d['n_patches']} scan patches x {d['n_frames'] // max(d['n_patches'], 1)} neighbouring frames = {d['n_frames']} frames "
-             "per dose. MSE is relative to the clean frame's peak (peak = 1); PSNR in dB with that peak. Each cell: mean ± standard "
-             "deviation over the frames; N frames. 'MSE out/in' is the median over frames of the per-frame ratio (below 1: better "
-             "than the input). The Gaussian sigma and the PCA rank are those with the highest mean PSNR at that dose, chosen on "
-             "these frames (an upper bound of each baseline).")
+    intro = (
+        f"{d['n_patches']} scan patches x {d['n_frames'] // max(d['n_patches'], 1)} neighbouring frames = {d['n_frames']} frames "
+        "per dose. MSE is relative to the clean frame's peak (peak = 1); PSNR in dB with that peak. Each cell: mean ± standard "
+        "deviation over the frames; N frames. 'MSE out/in' is the median over frames of the per-frame ratio (below 1: better "
+        "than the input). The Gaussian sigma and the PCA rank are those with the highest mean PSNR at that dose, chosen on "
+        "these frames (an upper bound of each baseline)."
+    )
     lines = ["## 1. Denoising", "", intro, ""]
     lines += _missing_methods({r["method"] for r in d["rows"]}, DENOISE_METHODS, res["network"], {}, {})
     _end_paragraph(lines)
@@ -86,26 +88,33 @@ def _denoise_md(d: dict, res: dict) -> list[str]:
         rows = [r for r in d["rows"] if kind in r["by_kind"]]
         if not rows:
             continue
-        lines += [f"### {kind.capitalize()}", "",
-                  "| dose (e⁻/pattern) | method | MSE | PSNR (dB) | ΔPSNR (dB) | MSE out/in (median) | parameter | N |",
-                  "|---:|---|---:|---:|---:|---:|---|---:|"]
+        lines += [
+            f"### {kind.capitalize()}",
+            "",
+            "| dose (e⁻/pattern) | method | MSE | PSNR (dB) | ΔPSNR (dB) | MSE out/in (median) | parameter | N |",
+            "|---:|---|---:|---:|---:|---:|---|---:|",
+        ]
         for r in rows:
             b = r["by_kind"][kind]
             par = d["params"].get(r["method"], {}).get(str(r["dose"]), {})
             ptxt = f"σ = {par['sigma']:g} px" if "sigma" in par else f"rank {par['rank']}" if "rank" in par else ""
             is_input = r["method"] == "input"
-            lines.append(f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(b['mse'])} | {_mean_std(b['psnr'])} | "
-                         f"{'–' if is_input else _mean_std(b['dpsnr'])} | {'–' if is_input else _number(b['mse_ratio']['median'])} | "
-                         f"{ptxt} | {_count(b['mse'])} |")
+            lines.append(
+                f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(b['mse'])} | {_mean_std(b['psnr'])} | "
+                f"{'–' if is_input else _mean_std(b['dpsnr'])} | {'–' if is_input else _number(b['mse_ratio']['median'])} | "
+                f"{ptxt} | {_count(b['mse'])} |"
+            )
         lines.append("")
     return lines
 
 
 def _centers_md(c: dict, res: dict) -> list[str]:
-    intro = (f"{c['n_patterns']} single patterns per dose, zero angle shifted uniformly by up to ±{res['config']['max_shift']:g} px "
-             "per axis, rotated and elliptically distorted; the label is the zero angle plus the shift. MAE-X = mean |Δcol|, "
-             "MAE-Y = mean |Δrow|, MAE-R = mean distance (px), each ± its standard deviation; median and 95th percentile of the "
-             "distance; N patterns (failures are non-finite answers).")
+    intro = (
+        f"{c['n_patterns']} single patterns per dose, zero angle shifted uniformly by up to ±{res['config']['max_shift']:g} px "
+        "per axis, rotated and elliptically distorted; the label is the zero angle plus the shift. MAE-X = mean |Δcol|, "
+        "MAE-Y = mean |Δrow|, MAE-R = mean distance (px), each ± its standard deviation; median and 95th percentile of the "
+        "distance; N patterns (failures are non-finite answers)."
+    )
     lines = ["## 2. Beam centres", "", intro, ""]
     lines += _missing_methods({r["method"] for r in c["rows"]}, CENTER_METHODS, res["network"], c.get("notes", {}), CENTER_PEERS)
     _end_paragraph(lines)
@@ -113,70 +122,90 @@ def _centers_md(c: dict, res: dict) -> list[str]:
         rows = [r for r in c["rows"] if kind in r["by_kind"]]
         if not rows:
             continue
-        lines += [f"### {kind.capitalize()}", "",
-                  "| dose (e⁻/pattern) | method | MAE-X (px) | MAE-Y (px) | MAE-R (px) | median R | p95 R | N |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### {kind.capitalize()}",
+            "",
+            "| dose (e⁻/pattern) | method | MAE-X (px) | MAE-Y (px) | MAE-R (px) | median R | p95 R | N |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
             b = r["by_kind"][kind]
-            lines.append(f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(b['ex'])} | {_mean_std(b['ey'])} | {_mean_std(b['er'])} | "
-                         f"{_number(b['er']['median'])} | {_number(b['er']['p95'])} | {_count(b['er'])} |")
+            lines.append(
+                f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(b['ex'])} | {_mean_std(b['ey'])} | {_mean_std(b['er'])} | "
+                f"{_number(b['er']['median'])} | {_number(b['er']['p95'])} | {_count(b['er'])} |"
+            )
         lines.append("")
     return lines
 
 
 def _ellipse_md(e: dict, res: dict) -> list[str]:
     cfg = res["config"]
-    intro = (f"{e['n_samples']} recentred mean patterns per dose ({e['n_groups']} tasks x {cfg['ellipses_per_group']} random ellipses, "
-             f"ratio uniform in [{cfg['ratio_range'][0]:g}, {cfg['ratio_range'][1]:g}], angle uniform); each is the task's patterns "
-             f"averaged over {cfg['rotations']} in-plane rotations with the noise of {cfg['mean_frames']} frames at the dose. "
-             f"Angle error (degrees, modulo 180°) only for ratio ≥ {cfg['angle_min_ratio']:g} ({e['n_big']} of {e['n_samples']}). "
-             "RSD: relative radial standard deviation (Σ_r std_φ / Σ_r mean_φ of the polar image; 0 = circular) before correction, "
-             "after correction with the method's ellipse, and with the true ellipse (the floor left by the pattern's own anisotropy).")
+    intro = (
+        f"{e['n_samples']} recentred mean patterns per dose ({e['n_groups']} tasks x {cfg['ellipses_per_group']} random ellipses, "
+        f"ratio uniform in [{cfg['ratio_range'][0]:g}, {cfg['ratio_range'][1]:g}], angle uniform); each is the task's patterns "
+        f"averaged over {cfg['rotations']} in-plane rotations with the noise of {cfg['mean_frames']} frames at the dose. "
+        f"Angle error (degrees, modulo 180°) only for ratio ≥ {cfg['angle_min_ratio']:g} ({e['n_big']} of {e['n_samples']}). "
+        "RSD: relative radial standard deviation (Σ_r std_φ / Σ_r mean_φ of the polar image; 0 = circular) before correction, "
+        "after correction with the method's ellipse, and with the true ellipse (the floor left by the pattern's own anisotropy)."
+    )
     lines = ["## 3. Ellipse", "", intro, ""]
     notes = e.get("notes", {})
     lines += _missing_methods({r["method"] for r in e["rows"]}, ELLIPSE_METHODS, res["network"], notes, ELLIPSE_PEERS)
     if "py4dstem_ring_n" in notes:
-        lines.append(f"- py4DSTEM fit_ellipse_amorphous_ring runs on {notes['py4dstem_ring_n']} evenly chosen mean patterns per "
-                     "dose (a least-squares fit of ~10⁴ pixels each), annulus around the strongest ring outside the direct disk.")
+        lines.append(
+            f"- py4DSTEM fit_ellipse_amorphous_ring runs on {notes['py4dstem_ring_n']} evenly chosen mean patterns per "
+            "dose (a least-squares fit of ~10⁴ pixels each), annulus around the strongest ring outside the direct disk."
+        )
     _end_paragraph(lines)
     for kind in ("crystal", "amorphous"):
         rows = [r for r in e["rows"] if kind in r["by_kind"]]
         if not rows:
             continue
-        lines += [f"### {kind.capitalize()}", "",
-                  "| dose (e⁻/pattern) | method | ratio error | median | p95 | angle error (°) | median | p95 | RSD before | RSD after | RSD true | N (ratio / angle) |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"### {kind.capitalize()}",
+            "",
+            "| dose (e⁻/pattern) | method | ratio error | median | p95 | angle error (°) | median | p95 | RSD before | RSD after | RSD true | N (ratio / angle) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
             b = r["by_kind"][kind]
             ratio, angle = b["ratio_err"], b["angle_err_deg"]
-            lines.append(f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(ratio, 2)} | {_number(ratio['median'], 2)} | "
-                         f"{_number(ratio['p95'], 2)} | {_mean_std(angle, 2)} | {_number(angle['median'], 2)} | "
-                         f"{_number(angle['p95'], 2)} | {_mean_std(b['rsd_before'], 2)} | {_mean_std(b['rsd_after'], 2)} | "
-                         f"{_mean_std(b['rsd_true'], 2)} | {_count(ratio)} / {_count(angle)} |")
+            lines.append(
+                f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(ratio, 2)} | {_number(ratio['median'], 2)} | "
+                f"{_number(ratio['p95'], 2)} | {_mean_std(angle, 2)} | {_number(angle['median'], 2)} | "
+                f"{_number(angle['p95'], 2)} | {_mean_std(b['rsd_before'], 2)} | {_mean_std(b['rsd_after'], 2)} | "
+                f"{_mean_std(b['rsd_true'], 2)} | {_count(ratio)} / {_count(angle)} |"
+            )
         lines.append("")
     return lines
 
 
 def _e2e_md(e: dict, res: dict) -> list[str]:
     cfg = res["config"]
-    intro = (f"Cubes of {e['scan'][0]} x {e['scan'][1]} frames (one scan patch's frames; descan plane {tuple(cfg['e2e_descan'])} px per "
-             f"step, jitter {cfg['e2e_jitter']:g} px, one ellipse ratio {cfg['e2e_ellipse'][0]:g} at {math.degrees(cfg['e2e_ellipse'][1]):.1f}°, "
-             "one in-plane rotation, Poisson noise) through `Pipeline.preprocess`, compared with the ideal corrected cube (the "
-             "noise-free pattern, zero angle on the frame centre, undistorted). PSNR is per frame (mean ± std); the centre error is "
-             "the mean distance to the true centres; RSD is that of the corrected mean pattern (ideal's in the last column). The "
-             "classical Gaussian uses the best sigma of table 1 at that dose.")
+    intro = (
+        f"Cubes of {e['scan'][0]} x {e['scan'][1]} frames (one scan patch's frames; descan plane {tuple(cfg['e2e_descan'])} px per "
+        f"step, jitter {cfg['e2e_jitter']:g} px, one ellipse ratio {cfg['e2e_ellipse'][0]:g} at {math.degrees(cfg['e2e_ellipse'][1]):.1f}°, "
+        "one in-plane rotation, Poisson noise) through `Pipeline.preprocess`, compared with the ideal corrected cube (the "
+        "noise-free pattern, zero angle on the frame centre, undistorted). PSNR is per frame (mean ± std); the centre error is "
+        "the mean distance to the true centres; RSD is that of the corrected mean pattern (ideal's in the last column). The "
+        "classical Gaussian uses the best sigma of table 1 at that dose."
+    )
     lines = ["## 4. End to end", "", intro, ""]
     if not any(r["method"] == "network" for r in e["rows"]):
         lines += [f"- {LABELS['network']}: {res['network']}", ""]
-    lines += ["| dose | cube | method | PSNR vs ideal (dB) | centre error (px) | ratio found | ratio err | angle err (°) | RSD of mean | RSD ideal | N frames |",
-              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| dose | cube | method | PSNR vs ideal (dB) | centre error (px) | ratio found | ratio err | angle err (°) | RSD of mean | RSD ideal | N frames |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in e["rows"]:
         if "error" in r:
             lines.append(f"| {r['dose']:.0e} | {r['cube']} | {LABELS[r['method']]} | failed: {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['dose']:.0e} | {r['cube']} | {LABELS[r['method']]} | {_mean_std(r['psnr'])} | "
-                     f"{_mean_std(r['center_er']) if r['center_er'] else '–'} | {_number(r['ratio'], 4)} | {_number(r['ratio_err'], 2)} | "
-                     f"{_number(r['angle_err_deg'], 2)} | {_number(r['rsd_mean'], 2)} | {_number(r['rsd_ideal'], 2)} | {r['n_frames']} |")
+        lines.append(
+            f"| {r['dose']:.0e} | {r['cube']} | {LABELS[r['method']]} | {_mean_std(r['psnr'])} | "
+            f"{_mean_std(r['center_er']) if r['center_er'] else '–'} | {_number(r['ratio'], 4)} | {_number(r['ratio_err'], 2)} | "
+            f"{_number(r['angle_err_deg'], 2)} | {_number(r['rsd_mean'], 2)} | {_number(r['rsd_ideal'], 2)} | {r['n_frames']} |"
+        )
     lines.append("")
     return lines
 
@@ -184,22 +213,39 @@ def _e2e_md(e: dict, res: dict) -> list[str]:
 def _data_md(res: dict, command: str | None) -> list[str]:
     """The title, how the report was made, and the held-out data it ran on."""
     s = res["set"]
-    generated = (f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by prenet-jax {_version()} "
-                 f"(jax {jax.__version__}, {jax.default_backend()}).") + (f" Command: `{command}`" if command else "")
+    generated = (
+        f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by prenet-jax {_version()} "
+        f"(jax {jax.__version__}, {jax.default_backend()})."
+    ) + (f" Command: `{command}`" if command else "")
     root = f" (`{s['root']}`)" if s.get("root") else ""
-    return ["# prenet-jax evaluation", "", generated, "",
-            "## Data", "",
-            (f"- source: {s['source']}{root}; frames {s['frame'][0]} x {s['frame'][1]}; structures of the test split only "
-             "(split by structure id, never seen in training)."),
-            (f"- single patterns: {s['n_single']} ({s['single_by_kind']['crystal']} crystal, {s['single_by_kind']['amorphous']} amorphous) "
-             f"from {s['n_groups']} tasks of {s['n_structures']} structures: tables 2 and 3."),
-            (f"- scan patches: {s['n_scans']} x {s['scan_frames']} frames ({s['scans_by_kind']['crystal']} crystal, "
-             f"{s['scans_by_kind']['amorphous']} amorphous patches): tables 1 and 4."),
-            f"- doses (incident electrons per pattern, detector gain 1, no read noise): {', '.join(f'{d:g}' for d in res['config']['doses'])}.",
-            f"- networks: {res['network']}.",
-            f"- peer tools run: {', '.join(f'{k} {v}' for k, v in res['peers'].items()) or 'none (not installed here)'}.",
-            ("- conventions: centres (row, col) with pixel centres at integers; ellipse angle of the a-axis from +col toward +row, "
-             "errors modulo 180°; every cell is mean ± standard deviation over the patterns, with N."), ""]
+    return [
+        "# prenet-jax evaluation",
+        "",
+        generated,
+        "",
+        "## Data",
+        "",
+        (
+            f"- source: {s['source']}{root}; frames {s['frame'][0]} x {s['frame'][1]}; structures of the test split only "
+            "(split by structure id, never seen in training)."
+        ),
+        (
+            f"- single patterns: {s['n_single']} ({s['single_by_kind']['crystal']} crystal, {s['single_by_kind']['amorphous']} amorphous) "
+            f"from {s['n_groups']} tasks of {s['n_structures']} structures: tables 2 and 3."
+        ),
+        (
+            f"- scan patches: {s['n_scans']} x {s['scan_frames']} frames ({s['scans_by_kind']['crystal']} crystal, "
+            f"{s['scans_by_kind']['amorphous']} amorphous patches): tables 1 and 4."
+        ),
+        f"- doses (incident electrons per pattern, detector gain 1, no read noise): {', '.join(f'{d:g}' for d in res['config']['doses'])}.",
+        f"- networks: {res['network']}.",
+        f"- peer tools run: {', '.join(f'{k} {v}' for k, v in res['peers'].items()) or 'none (not installed here)'}.",
+        (
+            "- conventions: centres (row, col) with pixel centres at integers; ellipse angle of the a-axis from +col toward +row, "
+            "errors modulo 180°; every cell is mean ± standard deviation over the patterns, with N."
+        ),
+        "",
+    ]
 
 
 _SECTIONS = (("denoise", _denoise_md), ("centers", _centers_md), ("ellipse", _ellipse_md), ("e2e", _e2e_md))

@@ -183,8 +183,9 @@ def _peer_centers(frames: np.ndarray, sel: np.ndarray, jobs: list, notes: dict, 
     return found
 
 
-def _center_rows(found: dict[str, np.ndarray], truth: np.ndarray, kinds: np.ndarray, sel: np.ndarray,
-                 dose: float) -> tuple[list[dict], dict[str, np.ndarray]]:
+def _center_rows(
+    found: dict[str, np.ndarray], truth: np.ndarray, kinds: np.ndarray, sel: np.ndarray, dose: float
+) -> tuple[list[dict], dict[str, np.ndarray]]:
     """The rows of one dose, and ``{method: (N,) distance}`` for the figures."""
     rows, errors = [], {}
     everything = np.ones(len(truth), bool)
@@ -295,8 +296,10 @@ def _radial_stds(noisy: np.ndarray, est: dict[str, np.ndarray], true_matrices: l
     """Relative radial standard deviation of every mean pattern before correction, after
     correction with the true ellipse, and with each method's (NaN where it has none)."""
     n = noisy.shape[0]
-    rsd = {"before": np.array([metrics.radial_std(x) for x in noisy]),
-           "true": np.array([metrics.radial_std(_correct(noisy[i], true_matrices[i])) for i in range(n)])}
+    rsd = {
+        "before": np.array([metrics.radial_std(x) for x in noisy]),
+        "true": np.array([metrics.radial_std(_correct(noisy[i], true_matrices[i])) for i in range(n)]),
+    }
     for name, r in est.items():
         vals = np.full(n, np.nan)
         for i in range(n):
@@ -322,10 +325,16 @@ def _ellipse_rows(dose: float, est: dict, rsd: dict, smp: dict, peer_sel: np.nda
     for name, src, r, scope in scored:
         rerr = metrics.ratio_error(r[:, 0], smp["ratio"])
         aerr = np.degrees(metrics.angle_error(r[:, 1], smp["angle"]))
-        by = {kind: {"ratio_err": metrics.summarize(rerr[s]), "angle_err_deg": metrics.summarize(aerr[s & big]),
-                     "rsd_before": metrics.summarize(rsd["before"][s]), "rsd_after": metrics.summarize(rsd[src][s]),
-                     "rsd_true": metrics.summarize(rsd["true"][s])}
-              for kind, s in _kind_masks(smp["kind"], scope)}
+        by = {
+            kind: {
+                "ratio_err": metrics.summarize(rerr[s]),
+                "angle_err_deg": metrics.summarize(aerr[s & big]),
+                "rsd_before": metrics.summarize(rsd["before"][s]),
+                "rsd_after": metrics.summarize(rsd[src][s]),
+                "rsd_true": metrics.summarize(rsd["true"][s]),
+            }
+            for kind, s in _kind_masks(smp["kind"], scope)
+        }
         rows.append({"dose": dose, "method": name, "by_kind": by})
     return rows
 
@@ -339,8 +348,7 @@ def _ellipse_examples(noisy: np.ndarray, est: dict, smp: dict, true_matrices: li
         if not idx.size:
             continue
         i = int(idx[np.argmax(smp["ratio"][idx])])
-        prof = {"before": metrics.radial_profile(noisy[i])[1:],
-                "true": metrics.radial_profile(_correct(noisy[i], true_matrices[i]))[1:]}
+        prof = {"before": metrics.radial_profile(noisy[i])[1:], "true": metrics.radial_profile(_correct(noisy[i], true_matrices[i]))[1:]}
         for name, r in est.items():
             if np.all(np.isfinite(r[i])):
                 prof[name] = metrics.radial_profile(_corrected(noisy[i], r[i]))[1:]
@@ -373,8 +381,14 @@ def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         profiles[str(dose)] = _ellipse_examples(noisy, est, smp, true_matrices)
         msg = ", ".join(f"{k} ratio err {np.nanmean(metrics.ratio_error(v[:, 0], smp['ratio'])):.4f}" for k, v in est.items())
         log(f"  ellipse dose {dose:g}: {msg} ({time.perf_counter() - t1:.0f} s)")
-    return {"rows": rows, "notes": notes, "profiles": profiles, "n_samples": int(n),
-            "n_groups": int(np.unique(es.single_group).size), "n_big": int((smp["ratio"] >= cfg.angle_min_ratio).sum())}
+    return {
+        "rows": rows,
+        "notes": notes,
+        "profiles": profiles,
+        "n_samples": int(n),
+        "n_groups": int(np.unique(es.single_group).size),
+        "n_big": int((smp["ratio"] >= cfg.angle_min_ratio).sum()),
+    }
 
 
 # ----------------------------------------------------------------------------- table 4: end to end
@@ -399,8 +413,16 @@ def _e2e_data(es: EvalSet, patch: int, dose: float, cfg: EvalConfig, seed: int) 
     from ..data._synthetic import synthetic_cube
 
     s = es.scans.shape[-1]
-    sc = synthetic_cube(scan=cfg.e2e_scan, shape=(s, s), radius=s / 10, ellipse=Ellipse(*cfg.e2e_ellipse),
-                        descan=cfg.e2e_descan, jitter=cfg.e2e_jitter, dose=dose, seed=cfg.seed)
+    sc = synthetic_cube(
+        scan=cfg.e2e_scan,
+        shape=(s, s),
+        radius=s / 10,
+        ellipse=Ellipse(*cfg.e2e_ellipse),
+        descan=cfg.e2e_descan,
+        jitter=cfg.e2e_jitter,
+        dose=dose,
+        seed=cfg.seed,
+    )
     return {"cube": sc["cube"], "ideal": sc["ideal"], "centers": sc["centers"], "ellipse": sc["ellipse"]}
 
 
@@ -410,14 +432,22 @@ def _e2e_row(name: str, res, data: dict, dose: float, label: str, t0: float) -> 
     scores = _frame_scores(res.data, data["ideal"])
     processed = name != "none"
     ce = metrics.center_errors(res.centers.reshape(-1, 2), data["centers"].reshape(-1, 2)) if processed else None
-    return {"dose": dose, "cube": label, "method": name, "n_frames": int(res.data.shape[0] * res.data.shape[1]),
-            "mse": metrics.summarize(scores["mse"]), "psnr": metrics.summarize(scores["psnr"]),
-            "center_er": metrics.summarize(ce["er"]) if ce else None,
-            "ratio": res.ellipse.ratio, "angle_deg": math.degrees(res.ellipse.angle),
-            "ratio_err": float(metrics.ratio_error(res.ellipse.ratio, data["ellipse"].ratio)) if processed else None,
-            "angle_err_deg": float(np.degrees(metrics.angle_error(res.ellipse.angle, data["ellipse"].angle))) if processed else None,
-            "rsd_mean": metrics.radial_std(res.data.mean(axis=(0, 1))), "rsd_ideal": metrics.radial_std(data["ideal"].mean(axis=(0, 1))),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "dose": dose,
+        "cube": label,
+        "method": name,
+        "n_frames": int(res.data.shape[0] * res.data.shape[1]),
+        "mse": metrics.summarize(scores["mse"]),
+        "psnr": metrics.summarize(scores["psnr"]),
+        "center_er": metrics.summarize(ce["er"]) if ce else None,
+        "ratio": res.ellipse.ratio,
+        "angle_deg": math.degrees(res.ellipse.angle),
+        "ratio_err": float(metrics.ratio_error(res.ellipse.ratio, data["ellipse"].ratio)) if processed else None,
+        "angle_err_deg": float(np.degrees(metrics.angle_error(res.ellipse.angle, data["ellipse"].angle))) if processed else None,
+        "rsd_mean": metrics.radial_std(res.data.mean(axis=(0, 1))),
+        "rsd_ideal": metrics.radial_std(data["ideal"].mean(axis=(0, 1))),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def evaluate_end_to_end(es: EvalSet, methods: Methods, cfg: EvalConfig, sigmas: dict | None = None, log: Callable = print) -> dict:
@@ -447,7 +477,9 @@ def evaluate_end_to_end(es: EvalSet, methods: Methods, cfg: EvalConfig, sigmas: 
                     examples[name] = {"mean": res.data.mean(axis=(0, 1)), "frame": res.data[0, 0]}
                     examples["raw"] = {"mean": data["cube"].mean(axis=(0, 1)), "frame": data["cube"][0, 0]}
                     examples["ideal"] = {"mean": data["ideal"].mean(axis=(0, 1)), "frame": data["ideal"][0, 0]}
-        summary = ", ".join(f"{r['method']}@{r['cube'].split()[0]} PSNR {r['psnr']['mean']:.1f}" for r in rows if r["dose"] == dose and "psnr" in r)
+        summary = ", ".join(
+            f"{r['method']}@{r['cube'].split()[0]} PSNR {r['psnr']['mean']:.1f}" for r in rows if r["dose"] == dose and "psnr" in r
+        )
         log(f"  end to end dose {dose:g}: {summary}")
     return {"rows": rows, "examples": examples, "scan": list(cfg.e2e_scan)}
 
@@ -456,22 +488,36 @@ def evaluate_end_to_end(es: EvalSet, methods: Methods, cfg: EvalConfig, sigmas: 
 
 
 def _set_summary(es: EvalSet) -> dict:
-    out = {"source": es.source, "n_single": int(es.single.shape[0]), "frame": list(es.single.shape[-2:]),
-           "n_groups": int(np.unique(es.single_group).size), "n_structures": int(np.unique(es.single_id).size),
-           "single_by_kind": {k: int((es.single_kind == k).sum()) for k in ("crystal", "amorphous")},
-           "n_scans": int(es.scans.shape[0]), "scan_frames": int(es.scans.shape[1]),
-           "scans_by_kind": {k: int((es.scans_kind == k).sum()) for k in ("crystal", "amorphous")},
-           "structures": sorted(set(es.single_id.tolist())), "scan_structures": es.scans_id.tolist()}
+    out = {
+        "source": es.source,
+        "n_single": int(es.single.shape[0]),
+        "frame": list(es.single.shape[-2:]),
+        "n_groups": int(np.unique(es.single_group).size),
+        "n_structures": int(np.unique(es.single_id).size),
+        "single_by_kind": {k: int((es.single_kind == k).sum()) for k in ("crystal", "amorphous")},
+        "n_scans": int(es.scans.shape[0]),
+        "scan_frames": int(es.scans.shape[1]),
+        "scans_by_kind": {k: int((es.scans_kind == k).sum()) for k in ("crystal", "amorphous")},
+        "structures": sorted(set(es.single_id.tolist())),
+        "scan_structures": es.scans_id.tolist(),
+    }
     out.update({k: v for k, v in es.info.items() if k in ("root", "config")})
     return out
 
 
-def run_evaluation(es: EvalSet, methods: Methods, cfg: EvalConfig = _DEFAULT_CONFIG, tables: Sequence[str] = TABLES,
-                   log: Callable = print) -> dict:
+def run_evaluation(
+    es: EvalSet, methods: Methods, cfg: EvalConfig = _DEFAULT_CONFIG, tables: Sequence[str] = TABLES, log: Callable = print
+) -> dict:
     """Run the selected tables; returns everything the report needs (JSON-able except
     the ``examples``/``profiles``/``errors`` arrays, which only the figures use)."""
-    res: dict = {"config": cfg.to_dict(), "set": _set_summary(es), "network": methods.network_note,
-                 "peers": dict(methods.peers), "tables": list(tables), "timing": {}}
+    res: dict = {
+        "config": cfg.to_dict(),
+        "set": _set_summary(es),
+        "network": methods.network_note,
+        "peers": dict(methods.peers),
+        "tables": list(tables),
+        "timing": {},
+    }
     for t in tables:
         t0 = time.perf_counter()
         log(f"{t} ...")
@@ -491,15 +537,25 @@ def run_evaluation(es: EvalSet, methods: Methods, cfg: EvalConfig = _DEFAULT_CON
     return res
 
 
-def evaluate_weights(weights, data, out_dir, *, cfg: EvalConfig = _DEFAULT_CONFIG, tables: Sequence[str] = TABLES,
-                     peers: Sequence[str] = ("py4dstem", "pyxem"), log: Callable = print) -> Path:
+def evaluate_weights(
+    weights,
+    data,
+    out_dir,
+    *,
+    cfg: EvalConfig = _DEFAULT_CONFIG,
+    tables: Sequence[str] = TABLES,
+    peers: Sequence[str] = ("py4dstem", "pyxem"),
+    log: Callable = print,
+) -> Path:
     """Evaluate exported weights on the held-out set in ``data`` (written by
     :func:`prenet_jax.evaluation.load_or_make`) beside the classical methods and the
     peers found; write the report into ``out_dir``. Returns the path of ``report.md``."""
     es = load_or_make(data)
     net, note = load_network(str(weights), es.single.shape[-1])
     found = available_peers(tuple(peers)) if peers else {}
-    log(f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames; networks: {note}; peers: {found or 'none'}")
+    log(
+        f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames; networks: {note}; peers: {found or 'none'}"
+    )
     methods = Methods(network=net, network_note=note, peers=found)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)

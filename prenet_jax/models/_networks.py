@@ -141,7 +141,9 @@ class _Bottleneck(nn.Module):
         norm = lambda name, **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name, **kw)
         # Symmetric padding k // 2, as in the reference ResNet (XLA's "SAME" pads
         # strided convolutions asymmetrically), so PyTorch ports match exactly.
-        conv = lambda f, k, s, name: nn.Conv(f, k, (s, s), padding=[(k[0] // 2,) * 2, (k[1] // 2,) * 2], use_bias=False, dtype=self.dtype, name=name)
+        conv = lambda f, k, s, name: nn.Conv(
+            f, k, (s, s), padding=[(k[0] // 2,) * 2, (k[1] // 2,) * 2], use_bias=False, dtype=self.dtype, name=name
+        )
         y = nn.relu(norm("bn1")(conv(self.features, (1, 1), 1, "conv1")(x)))
         y = nn.relu(norm("bn2")(conv(self.features, (3, 3), self.strides, "conv2")(y)))
         # Zero-initialised last scale: each block starts as the identity (stable training).

@@ -37,7 +37,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SIGMA_RULE", "sigma_for", "feature_size", "electron_size", "equivalent_peak", "frame_sigma", "gaussian_per_frame", "dose_adaptive_gaussian"]
+__all__ = [
+    "SIGMA_RULE",
+    "sigma_for",
+    "feature_size",
+    "electron_size",
+    "equivalent_peak",
+    "frame_sigma",
+    "gaussian_per_frame",
+    "dose_adaptive_gaussian",
+]
 
 #: ``A``, ``B``, ``C``, ``SIGMA_MAX``, ``SIGMA_MIN`` of the rule (module docstring).
 SIGMA_RULE = {"A": 2.0, "B": 0.38, "C": 0.7, "SIGMA_MAX": 4.0, "SIGMA_MIN": 0.3}

@@ -45,7 +45,9 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-def save_weights(path: str | os.PathLike, config: PipelineConfig, params: dict, manifest: dict | None = None, dtype: str = "float32") -> Path:
+def save_weights(
+    path: str | os.PathLike, config: PipelineConfig, params: dict, manifest: dict | None = None, dtype: str = "float32"
+) -> Path:
     """Write ``path`` (a directory) with ``weights.npz`` and ``manifest.json``, atomically.
 
     ``dtype`` may be ``"float16"`` or ``"bfloat16"``-like storage (``"float16"``) to halve the size;

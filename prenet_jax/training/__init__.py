@@ -9,8 +9,8 @@ from ._augment import augment, distort, poisson
 from ._batches import load_split
 from ._checkpoints import load_run_variables
 from ._export import evaluate_e2e, export
-from ._losses import denoise_metrics
 from ._loop import is_finished, plot_curves, train
+from ._losses import denoise_metrics
 from ._recipe import Recipe, load_recipe, run_recipe
 from .config import (
     TASKS,

@@ -194,8 +194,15 @@ def _warp_matrix(ratio: jax.Array, angle: jax.Array, rotation: jax.Array) -> jax
     return jnp.einsum("...ij,...jk->...ik", r_t, d_inv, precision=jax.lax.Precision.HIGHEST)
 
 
-def distort(clean: jax.Array, zero_angle: jax.Array, shift: jax.Array, ratio: jax.Array, angle: jax.Array,
-            rotation: jax.Array, method: str = "cubic") -> tuple[jax.Array, jax.Array]:
+def distort(
+    clean: jax.Array,
+    zero_angle: jax.Array,
+    shift: jax.Array,
+    ratio: jax.Array,
+    angle: jax.Array,
+    rotation: jax.Array,
+    method: str = "cubic",
+) -> tuple[jax.Array, jax.Array]:
     """Rotate, distort and shift clean patterns in one resampling.
 
     Parameters
@@ -218,8 +225,9 @@ def distort(clean: jax.Array, zero_angle: jax.Array, shift: jax.Array, ratio: ja
     return out, center
 
 
-def add_noise(key: jax.Array, expected_electrons: jax.Array, scale: jax.Array, read_noise: jax.Array,
-              config: AugmentConfig, shot_noise: bool = True) -> jax.Array:
+def add_noise(
+    key: jax.Array, expected_electrons: jax.Array, scale: jax.Array, read_noise: jax.Array, config: AugmentConfig, shot_noise: bool = True
+) -> jax.Array:
     """Detector counts for an expectation in electrons per pixel (``(B, H, W)``).
 
     ``counts = scale * (Poisson(expected) + Normal(0, read_noise))``, then hot and dead
@@ -246,8 +254,7 @@ def add_noise(key: jax.Array, expected_electrons: jax.Array, scale: jax.Array, r
 
 
 @functools.partial(jax.jit, static_argnames=("config", "return_info"))
-def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: AugmentConfig = AugmentConfig(),
-            return_info: bool = False):
+def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: AugmentConfig = AugmentConfig(), return_info: bool = False):
     """Make a training batch from clean patterns (jit-compiled; deterministic for ``key``).
 
     Parameters

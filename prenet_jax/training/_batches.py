@@ -37,11 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._util import atomic_path
-from ._augment import AugmentConfig, add_noise, augment, distort, sample_parameters
 from ..config import PipelineConfig
-from ..pipeline._pipeline import as_counts, ellipse_network_input, warp_stage
 from ..data._synthetic import disk_pattern
 from ..ops._warp import frame_center
+from ..pipeline._pipeline import as_counts, ellipse_network_input, warp_stage
+from ._augment import AugmentConfig, add_noise, augment, distort, sample_parameters
 
 __all__ = [
     "DataConfig",
@@ -155,8 +155,16 @@ def _load_synthetic(cfg: DataConfig, split: str) -> Split:
         rng = np.random.default_rng([cfg.seed, 11, i])
         for _ in range(cfg.patterns_per_structure):
             radius = float(np.exp(rng.uniform(*np.log(cfg.radius_range))))
-            p = disk_pattern((s, s), zero, radius, None, tuple(map(tuple, lattice)), orders=2,
-                             bragg_intensity=float(rng.uniform(0.05, 0.4)), edge=float(rng.uniform(0.5, 1.0)))
+            p = disk_pattern(
+                (s, s),
+                zero,
+                radius,
+                None,
+                tuple(map(tuple, lattice)),
+                orders=2,
+                bragg_intensity=float(rng.uniform(0.05, 0.4)),
+                edge=float(rng.uniform(0.5, 1.0)),
+            )
             pats.append(p / p.sum(dtype=np.float64))  # fractions of the incident electrons
             ids.append(sid)
     if not pats:
@@ -236,8 +244,10 @@ def rotation_average(clean: np.ndarray, zero_angle: np.ndarray, n: int, seed: in
         return clean
     offset = np.random.default_rng(seed).uniform(0, 2 * math.pi)
     angles = jnp.asarray(offset + 2 * math.pi * np.arange(n) / n, jnp.float32)
-    outs = [np.asarray(_rotation_average_chunk(jnp.asarray(clean[i : i + chunk]), jnp.asarray(zero_angle[i : i + chunk]), angles))
-            for i in range(0, clean.shape[0], chunk)]
+    outs = [
+        np.asarray(_rotation_average_chunk(jnp.asarray(clean[i : i + chunk]), jnp.asarray(zero_angle[i : i + chunk]), angles))
+        for i in range(0, clean.shape[0], chunk)
+    ]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -285,8 +295,7 @@ def center_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: Augment
     return jnp.where(coin, a.target, a.noisy), a.center
 
 
-def ellipse_batch(key: jax.Array, rings: jax.Array, zero: jax.Array, aug: AugmentConfig, pcfg: PipelineConfig,
-                  center_error: float):
+def ellipse_batch(key: jax.Array, rings: jax.Array, zero: jax.Array, aug: AugmentConfig, pcfg: PipelineConfig, center_error: float):
     """``(inputs (B, S, S), ratio (B,), angle (B,))`` for the ellipse network.
 
     Mimics pass 0 of the pipeline: the averaged pattern is distorted and shifted

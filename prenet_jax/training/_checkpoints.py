@@ -14,12 +14,14 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from .config import TrainConfig
 from ._steps import _merge
+from .config import TrainConfig
 
 __all__ = ["load_run_variables"]
+
 
 def _put_replicated(tree, mesh: Mesh):
     """Host arrays (the same on every process) -> replicated global arrays."""
@@ -53,7 +55,9 @@ class _Checkpoints:
 
     def save(self, step: int, state, meta: dict) -> None:
         ocp = _ocp()
-        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state, ocdbt_target_data_file_size=self.file_size), meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state, ocdbt_target_data_file_size=self.file_size), meta=ocp.args.JsonSave(meta)
+        )
         self.mgr.save(step, args=args, force=True)
 
     def restore(self, step: int | None = None, target=None) -> tuple[Any, dict]:
@@ -134,5 +138,7 @@ def _check_same_tree(network: str, got, want) -> None:
     shapes_g = [np.shape(x) for x in jax.tree.leaves(got)]
     shapes_w = [tuple(x.shape) for x in jax.tree.leaves(want)]
     if g != w or shapes_g != shapes_w:
-        raise ValueError(f"init_from {network}: the stored network does not match this config's {network} size "
-                         "(width, depth, stages); use the same pipeline sizes as the run that trained it")
+        raise ValueError(
+            f"init_from {network}: the stored network does not match this config's {network} size "
+            "(width, depth, stages); use the same pipeline sizes as the run that trained it"
+        )

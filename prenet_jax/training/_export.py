@@ -21,9 +21,13 @@ from .config import TASKS, TrainConfig, resolve_pipeline, task_networks
 
 __all__ = ["export", "evaluate_e2e"]
 
+
 def _versions() -> dict:
-    return {**versions("flax", "optax", "orbax.checkpoint"), "backend": jax.default_backend(),
-            "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"]}
+    return {
+        **versions("flax", "optax", "orbax.checkpoint"),
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"],
+    }
 
 
 # The pipeline settings that belong to each network (its size and how it is fed).
@@ -39,8 +43,14 @@ def _widths(pcfg: PipelineConfig, net: str) -> dict:
     return dataclasses.asdict(getattr(pcfg, net))
 
 
-def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storage_dtype: str = "float32",
-           compute_dtype: Literal["float32", "bfloat16"] = "float32", manifest_extra: dict | None = None) -> Path:
+def export(
+    out: str | os.PathLike,
+    runs: dict[str, str | os.PathLike],
+    *,
+    storage_dtype: str = "float32",
+    compute_dtype: Literal["float32", "bfloat16"] = "float32",
+    manifest_extra: dict | None = None,
+) -> Path:
     """Write the inference weights (:func:`prenet_jax.pipeline._weights.save_weights`) from runs.
 
     Parameters
@@ -72,18 +82,27 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
             base = pc
         for field in ("image_size", "transform"):
             if getattr(pc, field) != getattr(base, field):
-                raise ValueError(f"runs disagree on pipeline.{field} ({getattr(pc, field)} vs {getattr(base, field)}): "
-                                 "the networks were trained for different inputs")
+                raise ValueError(
+                    f"runs disagree on pipeline.{field} ({getattr(pc, field)} vs {getattr(base, field)}): "
+                    "the networks were trained for different inputs"
+                )
         for net in task_networks(kind, pc):
             params[net] = variables[net]
             sizes.update({f: getattr(pc, f) for f in _NETWORK_FIELDS[net]})
             info[net] = {
-                "run": str(runs[kind]), "task": cfg.task, "widths": _widths(pc, net),
+                "run": str(runs[kind]),
+                "task": cfg.task,
+                "widths": _widths(pc, net),
                 "parameters": count_params(variables[net].get("params", {})),
-                "data": dataclasses.asdict(cfg.data), "augment": dataclasses.asdict(cfg.augment),
-                "loss": dataclasses.asdict(cfg.loss), "seed": cfg.seed, "steps": summary.get("step"),
-                "best_step": meta.get("step", summary.get("best_step")), "validation": meta.get("val", summary.get("best_metrics")),
-                "status": summary.get("status"), "train_config": cfg.to_dict(),
+                "data": dataclasses.asdict(cfg.data),
+                "augment": dataclasses.asdict(cfg.augment),
+                "loss": dataclasses.asdict(cfg.loss),
+                "seed": cfg.seed,
+                "steps": summary.get("step"),
+                "best_step": meta.get("step", summary.get("best_step")),
+                "validation": meta.get("val", summary.get("best_metrics")),
+                "status": summary.get("status"),
+                "train_config": cfg.to_dict(),
             }
     # A stage without a trained network: no denoising (the centre network was trained on
     # raw noisy frames), thresholded centre of mass, edge fit of the mean pattern.
@@ -96,15 +115,22 @@ def export(out: str | os.PathLike, runs: dict[str, str | os.PathLike], *, storag
     )
     if "center_fine" not in params:  # a one-pass centre network
         pcfg = pcfg.replace(center_fine=None)
-    manifest = {"format": "prenet-jax-weights", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                **git_commit(), "versions": _versions(), "networks": info, **(manifest_extra or {})}
+    manifest = {
+        "format": "prenet-jax-weights",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **git_commit(),
+        "versions": _versions(),
+        "networks": info,
+        **(manifest_extra or {}),
+    }
     from ..pipeline._weights import save_weights
 
     return save_weights(out, pcfg, params, manifest, dtype=storage_dtype)
 
 
-def evaluate_e2e(pcfg: PipelineConfig, variables: dict, cfg: TrainConfig, split: str = "test", batches: int = 8,
-                 devices=None, per_batch: bool = False) -> dict:
+def evaluate_e2e(
+    pcfg: PipelineConfig, variables: dict, cfg: TrainConfig, split: str = "test", batches: int = 8, devices=None, per_batch: bool = False
+) -> dict:
     """End-to-end metrics of a set of networks on held-out groups (``cfg.augment``,
     ``cfg.group_size``, fixed keys: the same frames for every set of networks).
 
@@ -112,8 +138,9 @@ def evaluate_e2e(pcfg: PipelineConfig, variables: dict, cfg: TrainConfig, split:
     cfg = cfg.replace(task="e2e")
     mesh = make_mesh(devices)
     data = _Data(cfg, split, mesh)
-    pc = pcfg.replace(compute_dtype=resolve_pipeline(cfg).compute_dtype, denoise_method="network", center_method="network",
-                      ellipse_method="network")
+    pc = pcfg.replace(
+        compute_dtype=resolve_pipeline(cfg).compute_dtype, denoise_method="network", center_method="network", ellipse_method="network"
+    )
     ev = make_eval_step(cfg, mesh, pc)
     params, extra = split_variables(cfg, _put_replicated(jax.device_get(variables), mesh))
     b = cfg.eval_batch_size or cfg.batch_size

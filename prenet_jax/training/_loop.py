@@ -12,20 +12,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ..models._networks import count_params
-from ._batches import load_split, batch_indices, cached_rotation_average
-from ._checkpoints import _abstract, _Checkpoints, _load_init, _check_same_tree, _put_replicated
+from ._batches import batch_indices, cached_rotation_average, load_split
+from ._checkpoints import _abstract, _check_same_tree, _Checkpoints, _load_init, _put_replicated
 from ._steps import _eval_key, _fresh_variables, init_state, make_eval_step, make_mesh, make_optimizer, make_train_step
 from .config import _RESUMABLE_CHANGES, TrainConfig, resolve_pipeline
 
 __all__ = ["train", "evaluate", "is_finished", "plot_curves"]
+
 
 class _Data:
     """The clean patterns of one split and the global -> process-local batch slicing."""
@@ -93,8 +95,15 @@ def evaluate(eval_fn: Callable, state: dict, data: _Data, cfg: TrainConfig) -> d
     return _mean_metrics(ms)
 
 
-def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None = None, time_limit: float | None = None,
-          devices=None, log: Callable[[str], None] | None = print) -> dict:
+def train(
+    cfg: TrainConfig,
+    workdir: str | os.PathLike,
+    *,
+    stop_at: int | None = None,
+    time_limit: float | None = None,
+    devices=None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
     """Train (or resume) the experiment ``cfg`` in ``workdir``.
 
     Parameters
@@ -131,15 +140,18 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
         new = cfg.to_dict()
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
         if diff:
-            raise ValueError(f"{wd} holds a run with other settings ({', '.join(diff)}): resume it with the same config, "
-                             "or choose another --workdir")
+            raise ValueError(
+                f"{wd} holds a run with other settings ({', '.join(diff)}): resume it with the same config, or choose another --workdir"
+            )
     if primary:
         (wd / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     train_data = _Data(cfg, "train", mesh)
     val_data = _Data(cfg, "val", mesh)
-    say(f"[{cfg.name}] task {cfg.task}: {train_data.n} train / {val_data.n} val patterns, "
-        f"{jax.device_count()} device(s) ({jax.process_count()} process(es)), compute {pcfg.compute_dtype}")
+    say(
+        f"[{cfg.name}] task {cfg.task}: {train_data.n} train / {val_data.n} val patterns, "
+        f"{jax.device_count()} device(s) ({jax.process_count()} process(es)), compute {pcfg.compute_dtype}"
+    )
 
     repl = NamedSharding(mesh, P())
     key = jax.random.key(cfg.seed)
@@ -196,8 +208,7 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
         if step % cfg.log_every == 0 or step == end:
             last_train = _mean_metrics(window)  # waits for the step: the timing is real
             dt = time.monotonic() - t_win
-            rec = {"step": step, "split": "train", **last_train, "steps_per_s": n_win / dt,
-                   "samples_per_s": n_win * cfg.batch_size / dt}
+            rec = {"step": step, "split": "train", **last_train, "steps_per_s": n_win / dt, "samples_per_s": n_win * cfg.batch_size / dt}
             if first_window:
                 rec["includes_compile"] = True
             else:
@@ -207,8 +218,10 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
         if cfg.eval_batches > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             last_val = evaluate(eval_fn, state, val_data, cfg)
             logf.write({"step": step, "split": "val", **last_val})
-            say(f"[{cfg.name}] step {step}: train loss {last_train.get('loss', float('nan')):.5g}; val "
-                + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items()))
+            say(
+                f"[{cfg.name}] step {step}: train loss {last_train.get('loss', float('nan')):.5g}; val "
+                + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items())
+            )
             best = meta["best_val"]
             if best is None or last_val[cfg.best_metric] < best - cfg.min_delta:
                 meta.update(best_val=last_val[cfg.best_metric], best_step=step, bad_evals=0, best_metrics=last_val)
@@ -217,8 +230,10 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
                 meta["bad_evals"] = int(meta["bad_evals"]) + 1
             if cfg.patience is not None and meta["bad_evals"] >= cfg.patience:
                 meta["stopped_early"] = True
-                say(f"[{cfg.name}] early stop at step {step}: no improvement in {cfg.patience} validations "
-                    f"(best {meta['best_val']:.5g} at step {meta['best_step']})")
+                say(
+                    f"[{cfg.name}] early stop at step {step}: no improvement in {cfg.patience} validations "
+                    f"(best {meta['best_val']:.5g} at step {meta['best_step']})"
+                )
                 break
             t_win = time.monotonic()  # evaluation stays out of the throughput
         if step % cfg.checkpoint_every == 0 and step < end:
@@ -231,13 +246,24 @@ def train(cfg: TrainConfig, workdir: str | os.PathLike, *, stop_at: int | None =
     ckpts.close()
     best_ckpt.close()
     old_summary = json.loads((wd / "summary.json").read_text()) if (wd / "summary.json").exists() else {}
-    summary = {"name": cfg.name, "task": cfg.task, "status": status, "step": step, "steps": cfg.steps,
-               "best_step": meta.get("best_step"), "best_val": meta.get("best_val"), "best_metrics": meta.get("best_metrics"),
-               # A call with nothing left to do keeps the last metrics it finds.
-               "train": last_train or old_summary.get("train", {}), "val": last_val or old_summary.get("val", {}),
-               "elapsed_s": prior + time.monotonic() - t_start,
-               "trained_params": n_params, "devices": jax.device_count(), "processes": jax.process_count(),
-               "compute_dtype": pcfg.compute_dtype}
+    summary = {
+        "name": cfg.name,
+        "task": cfg.task,
+        "status": status,
+        "step": step,
+        "steps": cfg.steps,
+        "best_step": meta.get("best_step"),
+        "best_val": meta.get("best_val"),
+        "best_metrics": meta.get("best_metrics"),
+        # A call with nothing left to do keeps the last metrics it finds.
+        "train": last_train or old_summary.get("train", {}),
+        "val": last_val or old_summary.get("val", {}),
+        "elapsed_s": prior + time.monotonic() - t_start,
+        "trained_params": n_params,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "compute_dtype": pcfg.compute_dtype,
+    }
     if primary:
         (wd / "summary.json").write_text(json.dumps(summary, indent=2))
         try:

@@ -30,12 +30,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..ops._centers import heatmap_center
 from ..config import PipelineConfig
 from ..models._networks import ResNet, UNet
+from ..ops._centers import heatmap_center
+from ..ops._warp import resize, resize_coordinates
 from ..pipeline._pipeline import (
-    as_counts,
     _dtype,
+    as_counts,
     center_fine_stage,
     center_stage,
     crop_frames,
@@ -46,7 +47,6 @@ from ..pipeline._pipeline import (
     normalize,
     warp_stage,
 )
-from ..ops._warp import resize, resize_coordinates
 
 __all__ = [
     "LossConfig",
@@ -150,8 +150,16 @@ def _take_crops(frames: jax.Array, origins: jax.Array, size: int) -> jax.Array:
     return jax.vmap(lambda im, os: jax.vmap(lambda o: one(im, o))(os))(frames, origins)
 
 
-def denoiser_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, noisy: jax.Array, target: jax.Array,
-                  key: jax.Array | None = None, crop: int | None = None, crops_per_frame: int = 1):
+def denoiser_loss(
+    cfg: PipelineConfig,
+    lcfg: LossConfig,
+    variables,
+    noisy: jax.Array,
+    target: jax.Array,
+    key: jax.Array | None = None,
+    crop: int | None = None,
+    crops_per_frame: int = 1,
+):
     """``noisy, target (B, H, W)`` counts -> ``(loss, metrics)``.
 
     The frames are normalised whole, as the pipeline does (the scale is the *noisy*
@@ -203,7 +211,9 @@ def denoise_metrics(out: jax.Array, noisy: jax.Array, target: jax.Array) -> dict
     psnr_in = jnp.mean(_psnr(jnp.mean(jnp.square(noisy - target), axis=(-2, -1)), peak))
     sq = jnp.mean(jnp.square(jnp.sqrt(jax.nn.relu(out) / m) - jnp.sqrt(target / m)), axis=(-2, -1))
     weak = ((target >= 0.005 * m) & (target <= 0.3 * m)).astype(jnp.float32)
-    rel = jnp.sqrt(jnp.sum(weak * jnp.square(out - target), axis=(-2, -1)) / jnp.maximum(jnp.sum(weak * jnp.square(target), axis=(-2, -1)), 1e-30))
+    rel = jnp.sqrt(
+        jnp.sum(weak * jnp.square(out - target), axis=(-2, -1)) / jnp.maximum(jnp.sum(weak * jnp.square(target), axis=(-2, -1)), 1e-30)
+    )
     return {"psnr": psnr, "psnr_gain": psnr - psnr_in, "psnr_sqrt": jnp.mean(_psnr(sq, jnp.ones_like(sq))), "weak_rel_err": jnp.mean(rel)}
 
 
@@ -232,8 +242,15 @@ def _heatmap_loss(lcfg: LossConfig, cfg: PipelineConfig, logits: jax.Array, cent
     return lcfg.heatmap_weight * bce + lcfg.coord_weight * coord, bce, coord, found
 
 
-def center_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, frames: jax.Array, centers: jax.Array,
-                key: jax.Array | None = None, full: bool = False):
+def center_loss(
+    cfg: PipelineConfig,
+    lcfg: LossConfig,
+    variables,
+    frames: jax.Array,
+    centers: jax.Array,
+    key: jax.Array | None = None,
+    full: bool = False,
+):
     """``frames (B, H, W)`` counts, true ``centers (B, 2)`` -> ``(loss, metrics)``.
 
     ``variables``: ``{"center_net": ..., "center_fine": ...}`` (the fine network only
@@ -323,8 +340,9 @@ def _ellipse_metrics(out: jax.Array, ratio: jax.Array, angle: jax.Array) -> dict
     }
 
 
-def ellipse_loss(cfg: PipelineConfig, lcfg: LossConfig, variables, inputs: jax.Array, ratio: jax.Array, angle: jax.Array,
-                 train: bool = True):
+def ellipse_loss(
+    cfg: PipelineConfig, lcfg: LossConfig, variables, inputs: jax.Array, ratio: jax.Array, angle: jax.Array, train: bool = True
+):
     """``inputs (B, S, S)`` network inputs, true ``ratio, angle (B,)`` -> ``(loss, (metrics, batch_stats))``.
 
     With ``train`` the BatchNorm statistics of this (global) batch are used and the
@@ -394,11 +412,14 @@ def e2e_loss(cfg: PipelineConfig, lcfg: LossConfig, variables: dict, batch):
     cerr = centers - batch.center
     t = ellipse_targets(batch.ratio, batch.angle)
     ell = jnp.mean(jnp.sum(jnp.square(out[:, :2] - t[:, :2]), -1)) + lcfg.ratio_weight * jnp.mean(jnp.square(out[:, 2] - t[:, 2]))
-    loss = (lcfg.e2e_image_weight * jnp.mean(img)
-            + lcfg.e2e_center_weight * jnp.mean(jnp.sum(_huber(cerr, lcfg.huber_delta), -1))
-            + lcfg.e2e_ellipse_weight * ell)
+    loss = (
+        lcfg.e2e_image_weight * jnp.mean(img)
+        + lcfg.e2e_center_weight * jnp.mean(jnp.sum(_huber(cerr, lcfg.huber_delta), -1))
+        + lcfg.e2e_ellipse_weight * ell
+    )
     rel = jnp.linalg.norm((corrected - batch.ideal).reshape(-1, corrected.shape[-2] * corrected.shape[-1]), axis=-1) / jnp.maximum(
-        jnp.linalg.norm(batch.ideal.reshape(-1, corrected.shape[-2] * corrected.shape[-1]), axis=-1), 1e-30)
+        jnp.linalg.norm(batch.ideal.reshape(-1, corrected.shape[-2] * corrected.shape[-1]), axis=-1), 1e-30
+    )
     return loss, {
         "loss": loss,
         "image_rmse": jnp.sqrt(jnp.mean(img)),

@@ -30,8 +30,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .._util import atomic_write_text
 from ._checkpoints import load_run_variables
@@ -146,8 +146,12 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
     tmp = recipe.weights.with_name(f".{recipe.weights.name}.new")
     if tmp.exists():
         shutil.rmtree(tmp)
-    export(tmp, {k: str(r) for k, r in runs.items()}, storage_dtype=recipe.storage_dtype,
-           manifest_extra={"recipe": {**extra, "best_steps": best}})
+    export(
+        tmp,
+        {k: str(r) for k, r in runs.items()},
+        storage_dtype=recipe.storage_dtype,
+        manifest_extra={"recipe": {**extra, "best_steps": best}},
+    )
     old_dir = recipe.weights.with_name(f".{recipe.weights.name}.old")
     if old_dir.exists():
         shutil.rmtree(old_dir)
@@ -159,8 +163,15 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
     return True
 
 
-def run_recipe(recipe: Recipe, workdir: str | os.PathLike, *, time_limit: float | None = None, workers: int | None = None,
-               stop_after: str | None = None, log: Callable[[str], None] = print) -> dict:
+def run_recipe(
+    recipe: Recipe,
+    workdir: str | os.PathLike,
+    *,
+    time_limit: float | None = None,
+    workers: int | None = None,
+    stop_after: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run (or continue) ``recipe`` in ``workdir`` for at most ``time_limit`` seconds.
 
     Parameters
@@ -259,7 +270,7 @@ def _judge_e2e(cfg: TrainConfig, separate: dict[str, Path], e2e_run: Path, batch
     """End-to-end error of the separate networks and of the fine-tuned ones on the same
     held-out groups (validation split, fixed keys)."""
     variables = {}
-    for kind, run in separate.items():
+    for run in separate.values():
         _, v, _ = load_run_variables(run)
         variables.update(v)
     _, tuned, _ = load_run_variables(e2e_run)
@@ -267,8 +278,10 @@ def _judge_e2e(cfg: TrainConfig, separate: dict[str, Path], e2e_run: Path, batch
     before = evaluate_e2e(pcfg, variables, cfg, split="val", batches=batches)
     after = evaluate_e2e(pcfg, tuned, cfg, split="val", batches=batches)
     keep = after["image_rmse"] < before["image_rmse"] and after["center_err"] <= before["center_err"] * 1.05
-    log(f"[recipe] end to end on {batches} held-out batches: image_rmse {before['image_rmse']:.5f} -> {after['image_rmse']:.5f}, "
-        f"center_err {before['center_err']:.4f} -> {after['center_err']:.4f} px: {'kept' if keep else 'not kept (the separate networks ship)'}")
+    log(
+        f"[recipe] end to end on {batches} held-out batches: image_rmse {before['image_rmse']:.5f} -> {after['image_rmse']:.5f}, "
+        f"center_err {before['center_err']:.4f} -> {after['center_err']:.4f} px: {'kept' if keep else 'not kept (the separate networks ship)'}"
+    )
     return {"keep": bool(keep), "before": before, "after": after, "batches": batches}
 
 

@@ -11,13 +11,14 @@ one exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ..config import PipelineConfig
 from ..pipeline._pipeline import _init_params
@@ -26,6 +27,7 @@ from ._losses import center_loss, denoiser_loss, e2e_loss, ellipse_loss
 from .config import TrainConfig, resolve_pipeline
 
 __all__ = ["make_mesh", "make_optimizer", "split_variables", "init_state", "make_train_step", "make_eval_step"]
+
 
 def make_mesh(devices=None) -> Mesh:
     """A 1-D ``"data"`` mesh over ``devices`` (default: every device of every process)."""
@@ -109,8 +111,9 @@ def _eval_key(seed: int, i: int | jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), i)
 
 
-def make_train_step(cfg: TrainConfig, tx: optax.GradientTransformation, sched: optax.Schedule, mesh: Mesh,
-                    pcfg: PipelineConfig | None = None) -> Callable:
+def make_train_step(
+    cfg: TrainConfig, tx: optax.GradientTransformation, sched: optax.Schedule, mesh: Mesh, pcfg: PipelineConfig | None = None
+) -> Callable:
     """``step(state, clean, zero) -> (state, metrics)``, jitted, state donated.
 
     ``clean (B', H, W)`` and ``zero (B', 2)`` are sharded over ``"data"`` (``B'`` = the
@@ -124,8 +127,12 @@ def make_train_step(cfg: TrainConfig, tx: optax.GradientTransformation, sched: o
         (_, (metrics, extra)), grads = grad_fn(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": sched(state["step"]),
-                   **{f"grad_norm_{k}": optax.global_norm(v) for k, v in grads.items()}}
+        metrics = {
+            **metrics,
+            "grad_norm": optax.global_norm(grads),
+            "lr": sched(state["step"]),
+            **{f"grad_norm_{k}": optax.global_norm(v) for k, v in grads.items()},
+        }
         return {"step": state["step"] + 1, "params": params, "extra": extra, "opt_state": opt_state}, metrics
 
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

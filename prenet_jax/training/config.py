@@ -45,15 +45,27 @@ ALL_NETWORKS = ("denoiser", "center_net", "center_fine", "ellipse_net")
 def task_networks(task: str, pipeline: PipelineConfig) -> tuple[str, ...]:
     """The networks a task trains: its own, plus the fine centre network where the
     pipeline finds centres coarse to fine."""
-    nets = {"denoiser": ("denoiser",), "center": ("center_net", "center_fine"), "ellipse": ("ellipse_net",),
-            "e2e": ("denoiser", "center_net", "center_fine", "ellipse_net")}[task]
+    nets = {
+        "denoiser": ("denoiser",),
+        "center": ("center_net", "center_fine"),
+        "ellipse": ("ellipse_net",),
+        "e2e": ("denoiser", "center_net", "center_fine", "ellipse_net"),
+    }[task]
     return tuple(n for n in nets if n != "center_fine" or pipeline.center_fine is not None)
 
 
 # Fields that may change when a run is resumed (they change no number of the run).
-_RESUMABLE_CHANGES = {"name", "log_every", "eval_every", "eval_batches", "checkpoint_every", "patience", "min_delta",
-                      "checkpoint_file_size", "init_from"}
-
+_RESUMABLE_CHANGES = {
+    "name",
+    "log_every",
+    "eval_every",
+    "eval_batches",
+    "checkpoint_every",
+    "patience",
+    "min_delta",
+    "checkpoint_file_size",
+    "init_from",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +181,14 @@ class TrainConfig:
         """The networks this task updates."""
         return self.trainable or self.networks
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         tup = lambda x: tuple(x) if isinstance(x, list) else x  # noqa: E731
         d["pipeline"] = PipelineConfig.from_dict(d["pipeline"])

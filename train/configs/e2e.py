@@ -21,8 +21,12 @@ from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConf
 
 
 def _runs(root, suffix: str) -> dict:
-    return {"denoiser": f"{root}/denoiser_{suffix}", "center_net": f"{root}/center_{suffix}",
-            "center_fine": f"{root}/center_{suffix}", "ellipse_net": f"{root}/ellipse_{suffix}"}
+    return {
+        "denoiser": f"{root}/denoiser_{suffix}",
+        "center_net": f"{root}/center_{suffix}",
+        "center_fine": f"{root}/center_{suffix}",
+        "ellipse_net": f"{root}/ellipse_{suffix}",
+    }
 
 
 def get_config(size: str = "release") -> TrainConfig:
@@ -31,31 +35,72 @@ def get_config(size: str = "release") -> TrainConfig:
         init = _runs("runs", "tiny")
         del init["center_fine"]  # the tiny pipeline has one centre pass
         return TrainConfig(
-            name="e2e_tiny", task="e2e", pipeline=PipelineConfig.tiny(),
+            name="e2e_tiny",
+            task="e2e",
+            pipeline=PipelineConfig.tiny(),
             data=DataConfig(source="synthetic", size=32, n_structures=64, patterns_per_structure=4),
             augment=AugmentConfig(max_shift=3.0, ratio_range=(1.0, 1.15), dose_range=(1e3, 1e5), read_noise_range=(0.0, 0.5)),
-            loss=loss, batch_size=16, group_size=8, steps=200, lr=3e-4, warmup_steps=20,
-            log_every=20, eval_every=50, eval_batches=4, checkpoint_every=100, patience=4, init_from=init, seed=0,
+            loss=loss,
+            batch_size=16,
+            group_size=8,
+            steps=200,
+            lr=3e-4,
+            warmup_steps=20,
+            log_every=20,
+            eval_every=50,
+            eval_batches=4,
+            checkpoint_every=100,
+            patience=4,
+            init_from=init,
+            seed=0,
         )
     root = cache_dir() / "release"
     augment = AugmentConfig(max_shift=16.0, ratio_range=(1.0, 1.2), dose_range=(1e2, 1e6), read_noise_range=(0.0, 0.5))
     if size == "release":
         return TrainConfig(
-            name="e2e_release", task="e2e", pipeline=PipelineConfig.release(),
+            name="e2e_release",
+            task="e2e",
+            pipeline=PipelineConfig.release(),
             data=DataConfig(source="simulated", root=str(root / "sim"), dataset="patterns", crop=128),
-            augment=augment, loss=loss, batch_size=16, group_size=8, steps=300, lr=1e-4, warmup_steps=30,
-            log_every=10, eval_every=50, eval_batches=4, checkpoint_every=50, init_from=_runs(root / "runs", "release"), seed=0,
+            augment=augment,
+            loss=loss,
+            batch_size=16,
+            group_size=8,
+            steps=300,
+            lr=1e-4,
+            warmup_steps=30,
+            log_every=10,
+            eval_every=50,
+            eval_batches=4,
+            checkpoint_every=50,
+            init_from=_runs(root / "runs", "release"),
+            seed=0,
             # The networks that see native pixels: on 128 px crops the coarse centre network
             # would see disks at twice its trained scale, and the ellipse network a mean
             # pattern cut at radius 64 px, neither of which it meets on whole frames.
-            trainable=("denoiser", "center_fine"), best_metric="image_rmse",
+            trainable=("denoiser", "center_fine"),
+            best_metric="image_rmse",
         )
     if size == "paper":
         return TrainConfig(
-            name="e2e_paper", task="e2e", pipeline=PipelineConfig.paper(),
+            name="e2e_paper",
+            task="e2e",
+            pipeline=PipelineConfig.paper(),
             data=DataConfig(source="simulated", root=str(root / "sim"), dataset="patterns"),
-            augment=augment, loss=loss, batch_size=32, group_size=8, steps=3000, lr=1e-4, warmup_steps=200,
-            compute_dtype="auto", log_every=50, eval_every=250, eval_batches=16, checkpoint_every=500, patience=4,
-            init_from=_runs(root / "runs", "paper"), seed=0,
+            augment=augment,
+            loss=loss,
+            batch_size=32,
+            group_size=8,
+            steps=3000,
+            lr=1e-4,
+            warmup_steps=200,
+            compute_dtype="auto",
+            log_every=50,
+            eval_every=250,
+            eval_batches=16,
+            checkpoint_every=500,
+            patience=4,
+            init_from=_runs(root / "runs", "paper"),
+            seed=0,
         )
     raise ValueError(f"unknown size {size!r}: use tiny, release or paper")

@@ -26,8 +26,14 @@ from prenet_jax.training import evaluate_e2e, load_config, load_run_variables, o
 HERE = Path(__file__).resolve().parent
 NETS = {"denoiser": "denoiser", "center": "center_net", "ellipse": "ellipse_net"}
 # Networks a little wider than the CI ones, so that each can learn its task at 32 px.
-SIZES = {"pipeline.denoiser.width": 8, "pipeline.denoiser.depth": 3, "pipeline.center_net.width": 8,
-         "pipeline.center_net.depth": 3, "pipeline.ellipse_net.width": 8, "pipeline.ellipse_net.stages": (1, 1, 1, 1)}
+SIZES = {
+    "pipeline.denoiser.width": 8,
+    "pipeline.denoiser.depth": 3,
+    "pipeline.center_net.width": 8,
+    "pipeline.center_net.depth": 3,
+    "pipeline.ellipse_net.width": 8,
+    "pipeline.ellipse_net.stages": (1, 1, 1, 1),
+}
 
 
 def _cfg(name: str, sets: dict):
@@ -51,8 +57,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500, help="S: separate training steps per network")
     p.add_argument("--finetune", type=int, default=300, help="N: fine-tuning steps (end to end, and the control)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of both fine-tunings")
-    p.add_argument("--center-weights", type=float, nargs="+", default=[1e-3, 0.03, 0.3],
-                   help="e2e_center_weight of the end-to-end runs (one fine-tuning each)")
+    p.add_argument(
+        "--center-weights",
+        type=float,
+        nargs="+",
+        default=[1e-3, 0.03, 0.3],
+        help="e2e_center_weight of the end-to-end runs (one fine-tuning each)",
+    )
     p.add_argument("--eval-batches", type=int, default=32)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -68,8 +79,16 @@ def main(argv=None) -> int:
     # 2a. end to end (one run per weight of the centre term)
     e2e_runs = {}
     for w in args.center_weights:
-        e2e = _cfg("e2e", {**common, **ft, "name": f"e2e_finetune_cw{w:g}", "loss.e2e_center_weight": w,
-                           "init_from": {NETS[t]: str(sep[t]) for t in NETS}})
+        e2e = _cfg(
+            "e2e",
+            {
+                **common,
+                **ft,
+                "name": f"e2e_finetune_cw{w:g}",
+                "loss.e2e_center_weight": w,
+                "init_from": {NETS[t]: str(sep[t]) for t in NETS},
+            },
+        )
         train(e2e, out / e2e.name)
         e2e_runs[f"end_to_end (center weight {w:g})"] = out / e2e.name
     # 2b. control: the same schedule, each on its own loss
@@ -80,8 +99,11 @@ def main(argv=None) -> int:
         ctl[task] = out / cfg.name
 
     pcfg = e2e.pipeline
-    sets = {"separate": _variables(sep), "separate_plus_control": _variables(ctl),
-            **{name: _variables({"e2e": path}) for name, path in e2e_runs.items()}}
+    sets = {
+        "separate": _variables(sep),
+        "separate_plus_control": _variables(ctl),
+        **{name: _variables({"e2e": path}) for name, path in e2e_runs.items()},
+    }
     per = {name: evaluate_e2e(pcfg, v, e2e, "test", args.eval_batches, per_batch=True) for name, v in sets.items()}
     res = {name: {k: float(np.mean(v)) for k, v in m.items()} for name, m in per.items()}
     rows = list(res)
@@ -91,8 +113,13 @@ def main(argv=None) -> int:
             d = np.asarray(per[name][k]) - np.asarray(per["separate"][k])
             res[name][f"{k}_change_pct"] = float(100 * d.mean() / np.mean(per["separate"][k]))
             res[name][f"{k}_change_pct_se"] = float(100 * d.std(ddof=1) / np.sqrt(d.size) / np.mean(per["separate"][k]))
-    res["setup"] = {"S": args.steps, "N": args.finetune, "lr": args.lr, "eval_frames": args.eval_batches * e2e.batch_size,
-                    "config": e2e.to_dict()}
+    res["setup"] = {
+        "S": args.steps,
+        "N": args.finetune,
+        "lr": args.lr,
+        "eval_frames": args.eval_batches * e2e.batch_size,
+        "config": e2e.to_dict(),
+    }
     (out / "e2e_study.json").write_text(json.dumps(res, indent=2))
     keys = ("image_rmse", "image_rel_l2", "center_err", "residual_ratio", "ratio_err", "angle_err_deg")
     print("| networks | " + " | ".join(keys) + " |")
@@ -103,8 +130,14 @@ def main(argv=None) -> int:
     print("| networks | image_rmse change | center_err change | residual_ratio change |  (% vs separate, +- standard error, paired)")
     print("|---|---|---|---|")
     for name in rows[1:]:
-        print(f"| {name} | " + " | ".join(f"{res[name][k + '_change_pct']:+.1f} +- {res[name][k + '_change_pct_se']:.1f}"
-                                        for k in ("image_rmse", "center_err", "residual_ratio")) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(
+                f"{res[name][k + '_change_pct']:+.1f} +- {res[name][k + '_change_pct_se']:.1f}"
+                for k in ("image_rmse", "center_err", "residual_ratio")
+            )
+            + " |"
+        )
     return 0
 
 

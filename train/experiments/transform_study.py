@@ -68,7 +68,7 @@ def noise_statistics(clean, zero, seed=0) -> list[dict]:
         for name, f in (("linear", lambda x: x), ("sqrt", np.sqrt)):
             err = f(noisy / m_noisy) - f(target / m_noisy)
             row[f"{name}_disk_over_weak_noise"] = float(err[disk].std() / err[weak].std())
-            row[f"{name}_disk_share_of_sq_noise"] = float((err[disk] ** 2).sum() / (err ** 2).sum())
+            row[f"{name}_disk_share_of_sq_noise"] = float((err[disk] ** 2).sum() / (err**2).sum())
         rows.append(row)
     return rows
 
@@ -79,7 +79,9 @@ def score(pcfg, variables, clean, zero, seed=1) -> list[dict]:
     for dose in DOSES:
         acc: dict = {}
         for i in range(0, clean.shape[0] - 15, 16):
-            noisy, target = _pairs(jax.random.fold_in(jax.random.key(seed), i), jnp.asarray(clean[i:i + 16]), jnp.asarray(zero[i:i + 16]), dose)
+            noisy, target = _pairs(
+                jax.random.fold_in(jax.random.key(seed), i), jnp.asarray(clean[i : i + 16]), jnp.asarray(zero[i : i + 16]), dose
+            )
             for name, out in (("network", fn(noisy)), ("noisy", noisy), ("gaussian", jax.vmap(lambda f: gaussian_filter(f, 1.0))(noisy))):
                 m = denoise_metrics(out, noisy, target)
                 for k in ("psnr", "psnr_sqrt", "weak_rel_err"):
@@ -96,8 +98,16 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(f"{HERE.parent / 'configs' / 'denoiser.py'}:tiny")
-    sets = {"steps": args.steps, "pipeline.denoiser.width": 8, "pipeline.denoiser.depth": 3, "augment.dose_range": (1e2, 1e6),
-            "eval_every": 500, "patience": None, "log_every": 50, "warmup_steps": 100}
+    sets = {
+        "steps": args.steps,
+        "pipeline.denoiser.width": 8,
+        "pipeline.denoiser.depth": 3,
+        "augment.dose_range": (1e2, 1e6),
+        "eval_every": 500,
+        "patience": None,
+        "log_every": 50,
+        "warmup_steps": 100,
+    }
     for k, v in sets.items():
         base = override(base, k, v)
     test = load_split(base.data, "test")
@@ -111,17 +121,23 @@ def main(argv=None) -> int:
     print("| dose (e/pattern) | counts at peak | noise disk/weak, linear | sqrt | disk share of sq. noise, linear | sqrt |")
     print("|---|---|---|---|---|---|")
     for r in result["noise"]:
-        print(f"| {r['dose']:.0e} | {r['counts_at_peak']:.0f} | {r['linear_disk_over_weak_noise']:.2f} | {r['sqrt_disk_over_weak_noise']:.2f} "
-              f"| {r['linear_disk_share_of_sq_noise']:.2f} | {r['sqrt_disk_share_of_sq_noise']:.2f} |")
+        print(
+            f"| {r['dose']:.0e} | {r['counts_at_peak']:.0f} | {r['linear_disk_over_weak_noise']:.2f} | {r['sqrt_disk_over_weak_noise']:.2f} "
+            f"| {r['linear_disk_share_of_sq_noise']:.2f} | {r['sqrt_disk_share_of_sq_noise']:.2f} |"
+        )
     print()
-    print("| dose | PSNR noisy | Gaussian | linear-trained | sqrt-trained | sqrt-space PSNR: noisy | Gaussian | linear | sqrt "
-          "| weak-feature rel. error: noisy | Gaussian | linear | sqrt |")
+    print(
+        "| dose | PSNR noisy | Gaussian | linear-trained | sqrt-trained | sqrt-space PSNR: noisy | Gaussian | linear | sqrt "
+        "| weak-feature rel. error: noisy | Gaussian | linear | sqrt |"
+    )
     print("|---" * 13 + "|")
     s, lin = result["scores"]["sqrt"], result["scores"]["linear"]
     for a, b in zip(s, lin):
-        print(f"| {a['dose']:.0e} | {a['noisy_psnr']:.1f} | {a['gaussian_psnr']:.1f} | {b['network_psnr']:.1f} | {a['network_psnr']:.1f} "
-              f"| {a['noisy_psnr_sqrt']:.1f} | {a['gaussian_psnr_sqrt']:.1f} | {b['network_psnr_sqrt']:.1f} | {a['network_psnr_sqrt']:.1f} "
-              f"| {a['noisy_weak_rel_err']:.3f} | {a['gaussian_weak_rel_err']:.3f} | {b['network_weak_rel_err']:.3f} | {a['network_weak_rel_err']:.3f} |")
+        print(
+            f"| {a['dose']:.0e} | {a['noisy_psnr']:.1f} | {a['gaussian_psnr']:.1f} | {b['network_psnr']:.1f} | {a['network_psnr']:.1f} "
+            f"| {a['noisy_psnr_sqrt']:.1f} | {a['gaussian_psnr_sqrt']:.1f} | {b['network_psnr_sqrt']:.1f} | {a['network_psnr_sqrt']:.1f} "
+            f"| {a['noisy_weak_rel_err']:.3f} | {a['gaussian_weak_rel_err']:.3f} | {b['network_weak_rel_err']:.3f} | {a['network_weak_rel_err']:.3f} |"
+        )
     return 0
 
 

@@ -68,8 +68,14 @@ def run_peer(peer: str, task: str, frames: np.ndarray, options: dict | None = No
         opts.write_text(json.dumps(options or {}))
         env = dict(os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
         env.pop("PYTHONPATH", None)  # our packages must not shadow the peer's
-        out = subprocess.run([py, str(worker_path(peer)), task, str(src), str(dst), str(opts)],
-                             capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        out = subprocess.run(
+            [py, str(worker_path(peer)), task, str(src), str(dst), str(opts)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
         if out.returncode != 0 or not dst.exists():
             raise RuntimeError(f"{peer} {task} failed: {out.stderr.strip()[-1500:]}")
         version = (out.stdout.strip().splitlines() or ["?"])[-1]
