@@ -123,3 +123,20 @@ def min_max(x, name: str, lowest: float | None = 0.0) -> tuple[float, float]:
         bound = "" if lowest is None else f"{lowest} <= "
         raise ValueError(f"{name} must satisfy {bound}min <= max < inf, got ({lo}, {hi})")
     return (lo, hi)
+
+
+def call_from_file(path: str | os.PathLike, function: str, *args, missing: str = ""):
+    """Import the Python file ``path`` as a module of its own and return
+    ``function(*args)`` from it: how configs (``get_config``) and recipes
+    (``get_recipe``) are read. ``missing`` completes the error when the file does not exist."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}{missing}")
+    spec = importlib.util.spec_from_file_location(f"_prenet_{function}_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, function):
+        raise ValueError(f"{path} defines no {function}()")
+    return getattr(mod, function)(*args)

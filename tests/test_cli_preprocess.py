@@ -1,8 +1,5 @@
 """`prenet-jax preprocess`: file in, corrected py4DSTEM-compatible file out; bad input handled."""
 
-import contextlib
-import hashlib
-import io
 import math
 import os
 import subprocess
@@ -14,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import run_preprocess as run
+from _helpers import sha
 from test_io import write_py4dstem_like
 
 import prenet_jax as pj
@@ -25,17 +24,6 @@ from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE_ELLIPSE = pj.Ellipse(1.08, 0.5)
-
-
-def run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["preprocess", *map(str, argv), "--no-progress"])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def refit_ratio(mean: np.ndarray) -> float:

@@ -2,10 +2,7 @@
 non-zero exit status, leaves no partial output (no file, no `.partial`, no figures)
 and leaves the input byte-identical."""
 
-import contextlib
 import errno
-import hashlib
-import io
 import os
 import subprocess
 import sys
@@ -14,9 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _helpers import run_preprocess, sha
 
 import prenet_jax as pj
-from prenet_jax.cli import main
 from prenet_jax.io._readers import EMDWriter, Source
 from prenet_jax.preprocess import preprocess_file
 
@@ -24,15 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 FIXED = ["--ellipse", "1.06,23"]  # no pass 0: the faults hit pass 1 unless a test wants otherwise
 
 
-def sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["preprocess", *map(str, argv), "--no-progress", "--batch-size", "8"])
-    return rc, out.getvalue(), err.getvalue()
+    return run_preprocess(*argv, "--batch-size", "8")
 
 
 @pytest.fixture(scope="module")

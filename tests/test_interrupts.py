@@ -6,7 +6,6 @@ there, or tells the test through a pipe that it is there; no sleep races the run
 """
 
 import contextlib
-import hashlib
 import io
 import os
 import select
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import run_preprocess, sha
 
 import prenet_jax as pj
 from prenet_jax.cli import main
@@ -25,10 +25,6 @@ from prenet_jax.preprocess._cancel import PHASES
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = {"INT": (signal.SIGINT, 130), "TERM": (signal.SIGTERM, 143)}
-
-
-def sha(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +60,7 @@ CLI = (
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["preprocess", *map(str, argv), "--no-progress", "--batch-size", "8"])
-    return rc, out.getvalue(), err.getvalue()
+    return run_preprocess(*argv, "--batch-size", "8")
 
 
 def args_for(phase: str) -> list[str]:

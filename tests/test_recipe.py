@@ -7,21 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _helpers import TINY_SIM
 
 pytest.importorskip("abtem")
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "train" / "configs"
-# abTEM at 32 px on a 48-point grid: a fraction of a second a task.
-TINY_SIM = dict(
-    pattern_size=32,
-    gpts=48,
-    extent_a=(12.0, 20.0),
-    thickness_a=(4.0, 10.0),
-    disk_radius_px=(2.0, 6.0),
-    semiangle_mrad=(0.5, 40.0),
-    slice_thickness_a=2.0,
-)
 
 
 def _recipe(tmp: Path):

@@ -11,19 +11,10 @@ import pytest
 pytest.importorskip("abtem")
 pytest.importorskip("ase")
 
+from _helpers import TINY_SIM as TINY
+
 from prenet_jax.data import _simulate as sim  # noqa: E402
 from prenet_jax.data import _structures as st  # noqa: E402
-
-# 32 x 32 patterns from a 48-point grid: the same geometry as 256 from 384, ~100x cheaper.
-TINY = dict(
-    pattern_size=32,
-    gpts=48,
-    extent_a=(12.0, 20.0),
-    thickness_a=(4.0, 10.0),
-    disk_radius_px=(2.0, 6.0),
-    semiangle_mrad=(0.5, 40.0),
-    slice_thickness_a=2.0,
-)
 
 
 def _tiny(**kw) -> sim.SimulationConfig:

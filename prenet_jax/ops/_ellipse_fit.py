@@ -143,7 +143,8 @@ def fit_ellipse_edge(
     -------
     dict with ``a``, ``b`` (px, ``a >= b``), ``angle`` (a-axis, ``[0, pi)``),
     ``center`` (fitted ellipse centre, ``(row, col)``) and ``residual`` (RMS
-    radial misfit in px) as jax scalars/arrays.
+    radial misfit in px) as jax scalars/arrays; all NaN when too few azimuths show
+    an edge (an empty or flat pattern).
     """
     img = gaussian_filter(jnp.asarray(mean_pattern, jnp.float32), smooth)
     h, w = img.shape
@@ -212,4 +213,8 @@ def fit_ellipse_edge(
     r0 = jax.lax.rsqrt(jnp.maximum(p[0], 1e-12))
     off = -0.5 * r0**3 * jnp.stack([p[4], p[3]])  # (row, col)
     rms = jnp.sqrt(jnp.sum(weight * res**2) / jnp.maximum(jnp.sum(weight), 1e-12))
-    return {"a": a, "b": b, "angle": angle, "center": c + off, "residual": rms}
+    # Five unknowns need well more than five edge points: with fewer (an empty or flat
+    # pattern has none) there is no ellipse, and NaN says so to the caller.
+    found = jnp.sum(weight) >= max(12, n_angles // 8)
+    a, b, angle, rms = (jnp.where(found, v, jnp.nan) for v in (a, b, angle, rms))
+    return {"a": a, "b": b, "angle": angle, "center": jnp.where(found, c + off, jnp.nan), "residual": rms}

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .._util import atomic_write_text
+from .._util import atomic_write_text, call_from_file
 from ._checkpoints import load_run_variables
 from ._export import evaluate_e2e, export
 from ._loop import train
@@ -76,17 +76,7 @@ class Recipe:
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Run ``get_recipe()`` of a Python recipe file (``train/release.py``)."""
-    import importlib.util
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no recipe file {path} (the release recipe is train/release.py in a checkout of prenet-jax)")
-    spec = importlib.util.spec_from_file_location(f"_prenet_recipe_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_recipe"):
-        raise ValueError(f"{path} defines no get_recipe()")
-    recipe = mod.get_recipe()
+    recipe = call_from_file(path, "get_recipe", missing=" (the release recipe is train/release.py in a checkout of prenet-jax)")
     if not isinstance(recipe, Recipe):
         raise ValueError(f"{path}: get_recipe() must return a Recipe, got {type(recipe).__name__}")
     return recipe

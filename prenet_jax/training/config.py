@@ -9,7 +9,6 @@ and :class:`LossConfig`, re-exported here.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 import jax
 
+from .._util import call_from_file
 from ..config import PipelineConfig
 from ._augment import AugmentConfig
 from ._batches import DataConfig
@@ -219,15 +219,7 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     arg = None
     if ":" in Path(text).name:
         text, _, arg = text.rpartition(":")
-    path = Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file {path}")
-    spec = importlib.util.spec_from_file_location(f"_prenet_train_config_{path.stem}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_config"):
-        raise ValueError(f"{path} defines no get_config()")
-    cfg = mod.get_config(arg) if arg is not None else mod.get_config()
+    cfg = call_from_file(text, "get_config", *(() if arg is None else (arg,)), missing=" (a config is a Python file with get_config())")
     if not isinstance(cfg, TrainConfig):
         raise ValueError(f"{path}: get_config() must return a TrainConfig, got {type(cfg).__name__}")
     return cfg
