@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/prenet-jax demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Lint and format check (ruff, configured in pyproject.toml); .ci/run runs it first.
 lint: $(VENV)/.installed

@@ -127,3 +127,20 @@ def test_preprocess_refine_sharpens_the_centres_and_the_ellipse_of_a_cube():
     assert abs(refined.ellipse.ratio - truth.ratio) < 0.001
     assert _angle_err(refined.ellipse.angle, truth.angle) < math.radians(0.3)
     assert plain.refinement is None and not (refined.flags & pj.pipeline.FLAG_REFINE).any()
+
+
+@pytest.mark.parametrize("method", ["cubic", "linear"])
+def test_the_separable_reflection_reads_what_sample_reads(method):
+    """The refinement's slices-and-weights 180° rotation equals the general interpolation
+    (:func:`prenet_jax.ops.sample` at ``2c - q``), value and Jacobian, at whole, half and
+    arbitrary sub-pixel centres, including reflections that reach outside the window."""
+    from prenet_jax.ops._refine import _reflection
+
+    img = jnp.asarray(np.random.default_rng(3).random((48, 40)), jnp.float32)
+    rows, cols = jnp.meshgrid(jnp.arange(48.0), jnp.arange(40.0), indexing="ij")
+    for c in [(23.5, 19.5), (21.27, 22.91), (27.8, 15.1), (20.0, 20.0)]:
+        c = jnp.asarray(c, jnp.float32)
+        ref = lambda c: pj.ops.sample(img, 2 * c[0] - rows, 2 * c[1] - cols, method)  # noqa: E731
+        value, jac = _reflection(img, c, method)
+        np.testing.assert_allclose(value, ref(c), atol=1e-6)
+        np.testing.assert_allclose(jac, jnp.moveaxis(jax.jacfwd(ref)(c), -1, 0), atol=2e-6)

@@ -23,7 +23,7 @@ import optax
 
 from ..conventions import Ellipse
 from ._filters import gaussian_filter
-from ._warp import Interpolation, frame_center, sample
+from ._warp import Interpolation, _keys_weights, frame_center, sample
 
 __all__ = [
     "refine_center",
@@ -64,9 +64,50 @@ def _window(frame: jax.Array, start: jax.Array, window: int) -> tuple[jax.Array,
     return jax.lax.dynamic_slice(padded, (o[0], o[1]), (window, window)), origin.astype(jnp.float32)
 
 
-def _friedel_residual(img: jax.Array, c: jax.Array, rows: jax.Array, cols: jax.Array, method: Interpolation) -> jax.Array:
+def _tap_weights(f: jax.Array, method: Interpolation) -> tuple[jax.Array, jax.Array]:
+    """The weights of the taps at offsets -1, 0, 1, 2 for a fractional position ``f``,
+    and their derivatives in ``f``: exactly those :func:`~prenet_jax.ops.sample` uses."""
+    if method == "cubic":
+        kernel = _keys_weights
+    elif method == "linear":
+        kernel = lambda t: jnp.stack([jnp.zeros_like(t), 1.0 - t, t, jnp.zeros_like(t)])  # noqa: E731
+    else:
+        raise ValueError(f"unknown interpolation {method!r}: use 'linear' or 'cubic'")
+    return jax.jvp(kernel, (f,), (jnp.ones_like(f),))
+
+
+def _reflect_axis(x: jax.Array, s: jax.Array, axis: int, method: Interpolation) -> tuple[jax.Array, jax.Array]:
+    """``y[i] = x(s - i)`` along ``axis`` (zero outside), and ``dy/ds``.
+
+    ``s - i`` has the same fractional part for every pixel ``i``, so the interpolation
+    is four shifted copies of the reversed axis, weighted by four scalars: slices and a
+    weighted sum instead of a gather per pixel and tap (the gather made the refinement
+    cost more than the rest of the classical step).
+    """
+    n = x.shape[axis]
+    pad = n + 4  # room for a reflection point up to n + 3 px outside the window
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (pad, pad)
+    rev = jnp.flip(jnp.pad(x, widths), axis)
+    base = jnp.floor(s)
+    w, dw = _tap_weights(s - base, method)
+    # Tap k reads x[base - i + k] = rev[n + pad - 1 - base - k + i].
+    first = (n + pad - 1 - base).astype(jnp.int32)
+    taps = jnp.stack([jax.lax.dynamic_slice_in_dim(rev, first - k, n, axis) for k in (-1, 0, 1, 2)])
+    return jnp.tensordot(w, taps, 1), jnp.tensordot(dw, taps, 1)
+
+
+def _reflection(img: jax.Array, c: jax.Array, method: Interpolation) -> tuple[jax.Array, jax.Array]:
+    """``img(2c - q)`` over the window's pixels ``q`` (the 180° rotation about ``c``,
+    read as :func:`~prenet_jax.ops.sample` reads it), and its Jacobian in ``c``, (2, H, W)."""
+    by_rows, d_rows = _reflect_axis(img, 2.0 * c[0], 0, method)
+    both, d_cols = _reflect_axis(jnp.stack([by_rows, d_rows]), 2.0 * c[1], 2, method)
+    return both[0], 2.0 * jnp.stack([both[1], d_cols[0]])
+
+
+def _friedel_residual(img: jax.Array, c: jax.Array, method: Interpolation) -> jax.Array:
     """``img(q) - img(2c - q)`` over the window's pixels ``q``."""
-    return img - sample(img, 2.0 * c[0] - rows, 2.0 * c[1] - cols, method)
+    return img - _reflection(img, c, method)[0]
 
 
 def friedel_mismatch(
@@ -80,7 +121,7 @@ def friedel_mismatch(
     rows, cols = jnp.meshgrid(jnp.arange(window, dtype=jnp.float32), jnp.arange(window, dtype=jnp.float32), indexing="ij")
     c = jnp.asarray(center, jnp.float32) - origin
     mask = ((rows - c[0]) ** 2 + (cols - c[1]) ** 2) <= (window / 2.0 - 1.0) ** 2
-    r = _friedel_residual(img, c, rows, cols, method)
+    r = _friedel_residual(img, c, method)
     return jnp.sum(jnp.where(mask, r * r, 0.0)) / jnp.maximum(mask.sum(), 1)
 
 
@@ -131,23 +172,25 @@ def refine_center(
     c0 = start - origin
     radius = window / 2.0 - limit - 2.0
     weight = (((rows - c0[0]) ** 2 + (cols - c0[1]) ** 2) <= radius**2).astype(jnp.float32)
-    resid = lambda c: (weight * _friedel_residual(img, c, rows, cols, method)).ravel()  # noqa: E731
-    cost = lambda c: jnp.sum(jnp.square(resid(c)))  # noqa: E731
+    cost = lambda c: jnp.sum(jnp.square(weight * _friedel_residual(img, c, method)))  # noqa: E731
 
     def step(_, carry):
-        c, lam = carry
-        r, jvp = jax.linearize(resid, c)
-        jac = jnp.stack([jvp(jnp.array([1.0, 0.0])), jvp(jnp.array([0.0, 1.0]))], -1)  # (N, 2)
+        c, lam, now = carry
+        value, jac = _reflection(img, c, method)
+        r = (weight * (img - value)).ravel()
+        jac = -(weight * jac).reshape(2, -1).T  # (N, 2): the residual's Jacobian
         g = jac.T @ r
         h = jac.T @ jac
         d = -jnp.linalg.solve(h + lam * (jnp.trace(h) / 2.0 + 1e-12) * jnp.eye(2), g)
-        better = cost(c + d) < cost(c)
+        after = cost(c + d)
+        better = after < now
         # Levenberg: accept and trust the model more, or reject and damp harder.
-        return jnp.where(better, c + d, c), jnp.where(better, lam * 0.3, lam * 10.0)
+        return jnp.where(better, c + d, c), jnp.where(better, lam * 0.3, lam * 10.0), jnp.where(better, after, now)
 
-    c, _ = jax.lax.fori_loop(0, steps, step, (c0, jnp.float32(1e-3)))
+    first = cost(c0)
+    c, _, last = jax.lax.fori_loop(0, steps, step, (c0, jnp.float32(1e-3), first))
     # No signal in the window (an empty or dark frame): nothing to refine from.
-    ok = (jnp.linalg.norm(c - c0) <= limit) & (cost(c) <= cost(c0)) & jnp.all(jnp.isfinite(c)) & jnp.any(weight * img > 0)
+    ok = (jnp.linalg.norm(c - c0) <= limit) & (last <= first) & jnp.all(jnp.isfinite(c)) & jnp.any(weight * img > 0)
     return jnp.where(ok, c + origin, start), ok
 
 
