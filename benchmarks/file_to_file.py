@@ -140,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     valid = jax.device_put(np.ones(b, bool), pipe.data_sharding)
     sat = jax.device_put(np.float32(np.inf), pipe.replicated)
     steps = -(-n // b)
-    jax.block_until_ready(post(dev, *pipe.step_fn(pipe.params, dev, m)[::2], valid, sat))
+    jax.block_until_ready(post(dev, *pipe.step_fn(pipe.params, dev, m), valid, sat, m))
     t0 = time.perf_counter()
     for _ in range(steps):
         c, cen, fl = pipe.step_fn(pipe.params, dev, m)
-        r = post(dev, c, fl, valid, sat)
+        r = post(dev, c, cen, fl, valid, sat, m)
     jax.block_until_ready((cen, r))
     t_compute = time.perf_counter() - t0
 

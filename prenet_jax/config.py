@@ -66,7 +66,12 @@ class PipelineConfig:
         chosen per frame from its dose and feature size, no filter where none helps
         (``prenet_jax/pipeline/_gaussian.py``: measured never to lower the PSNR from
         1e2 to 1e6 electrons per pattern); a number fixes it for every frame.
-    calibration_frames : frames sampled across the scan for the ellipse (pass 0).
+    calibration_frames : the most frames pass 0 samples across the scan for the ellipse.
+    calibration_counts : the counts (electrons) pass 0 gathers: it samples
+        ``calibration_counts / (counts per frame)`` frames, at least 256 and at most
+        ``calibration_frames`` (:meth:`prenet_jax.Pipeline.calibration_size`; measured:
+        the ellipse to 0.0005 in ratio and about 0.1 degrees from 1e7 counts). 0, or
+        frames that are not counts (non-integer values): always ``calibration_frames``.
     batch_size : frames per compiled step (rounded up to a multiple of the devices).
     """
 
@@ -92,6 +97,7 @@ class PipelineConfig:
     heatmap_threshold: float = 0.2
     heatmap_radius: float = 8.0
     calibration_frames: int = 4096
+    calibration_counts: float = 1e7
     batch_size: int = 128
     center_refine: Literal["none", "friedel"] = "none"
     refine_window: int = 64
@@ -119,6 +125,10 @@ class PipelineConfig:
             raise ValueError(f"compute_dtype={self.compute_dtype!r}: use 'float32' or 'bfloat16'")
         if self.batch_size < 1 or self.calibration_frames < 1:
             raise ValueError("batch_size and calibration_frames must be positive")
+        if not self.calibration_counts >= 0:
+            raise ValueError(
+                f"calibration_counts={self.calibration_counts!r}: give the counts pass 0 gathers (>= 0; 0: always calibration_frames)"
+            )
         for name in ("denoiser", "center_net"):
             if self.image_size % 2 ** getattr(self, name).depth:
                 raise ValueError(f"image_size={self.image_size} must be divisible by 2**{name}.depth")

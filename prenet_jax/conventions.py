@@ -30,6 +30,8 @@ __all__ = [
     "FLAG_SATURATED",
     "FLAG_NEGATIVE",
     "FLAG_REFINE",
+    "FLAG_EDGE",
+    "EDGE_LOSS_FLAG",
     "FLAG_NAMES",
     "FLAGS_EXCLUDED",
     "Ellipse",
@@ -46,12 +48,17 @@ FLAG_EMPTY = 2  #: the frame has no counts: its centre is the frame centre
 FLAG_SATURATED = 4  #: a pixel reached the saturation level (detector count limit)
 FLAG_NEGATIVE = 8  #: negative pixels (read noise, dark subtraction): counted as 0
 FLAG_REFINE = 16  #: the centre refinement failed: the frame keeps the estimate
+FLAG_EDGE = 32  #: over ``EDGE_LOSS_FLAG`` of the frame's counts were moved out of the frame
+#: Fraction of a frame's counts moved out of the output frame by the warp above which
+#: the frame is flagged ``FLAG_EDGE`` (1 %: it biases virtual-detector intensities).
+EDGE_LOSS_FLAG = 0.01
 FLAG_NAMES = {
     FLAG_NONFINITE: "NaN/Inf pixels",
     FLAG_EMPTY: "empty",
     FLAG_SATURATED: "saturated",
     FLAG_NEGATIVE: "negative pixels",
     FLAG_REFINE: "centre refinement failed",
+    FLAG_EDGE: "counts lost at the frame edge",
 }
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY

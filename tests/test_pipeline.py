@@ -283,3 +283,26 @@ def test_coarse_to_fine_centres_and_polar_ellipse_input_run_in_the_pipeline():
     assert abs(np.angle(np.exp(2j * (angle - 0.4)))) / 2 < np.radians(5)
     with pytest.raises(ValueError, match="params lack"):
         pj.Pipeline(cfg, {k: v for k, v in pipe.params.items() if k != "center_fine"})
+
+
+def test_pass_0_samples_frames_for_a_number_of_counts_not_a_number_of_frames():
+    """256 frames at high dose, ``calibration_counts / counts per frame`` at low dose,
+    capped by ``calibration_frames`` and the scan; data that are not counts, or
+    ``calibration_counts=0``, get ``calibration_frames``."""
+    pipe = pj.Pipeline.classical()
+    rng = np.random.default_rng(0)
+
+    def frames(n, dose, integer=True):
+        x = rng.poisson(dose / 256.0, (16, 16, 16)).astype(np.float32)  # 16 frames of 16x16 px at `dose` counts
+        x = x if integer else x / 7.3
+        return np.broadcast_to(x[np.arange(n) % 16], (n, 16, 16))
+
+    assert pipe.calibration_size(frames(8192, 1e5)) == 256  # 1e7 counts in 100 frames: the minimum
+    assert pipe.calibration_size(frames(8192, 1e4)) == pytest.approx(1000, rel=0.03)
+    assert pipe.calibration_size(frames(8192, 1e3)) == 4096  # the cap
+    assert pipe.calibration_size(frames(100, 1e5)) == 100  # the scan
+    assert pipe.calibration_size(frames(8192, 1e5, integer=False)) == 4096  # no known dose
+    exact = pj.Pipeline.classical(calibration_counts=0.0, calibration_frames=512)
+    assert exact.calibration_size(frames(8192, 1e5)) == 512
+    with pytest.raises(ValueError, match="calibration_counts"):
+        pj.PipelineConfig.classical(calibration_counts=-1.0)

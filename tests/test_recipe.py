@@ -17,7 +17,7 @@ CONFIGS = REPO / "train" / "configs"
 
 def _recipe(tmp: Path):
     from prenet_jax.data import SimulationConfig
-    from prenet_jax.evaluation import EvalSetConfig
+    from prenet_jax.evaluation import EvalConfig, EvalSetConfig
     from prenet_jax.training import Recipe, load_config
 
     ids = ("compound:MgO-rocksalt", "ase:Al", "ase:Cu", "compound:GaAs-zincblende", "amorphous:a-Si:000", "ase:Si")
@@ -30,7 +30,18 @@ def _recipe(tmp: Path):
         init = {k: str(tmp / "unused" / Path(v).name) for k, v in cfg.init_from.items()}
         stages[name] = cfg.replace(data=data, init_from=init, batch_size=8, **short)
     evalset = EvalSetConfig(n_patterns=8, n_scans=2, scan_frames=4, pattern_size=32, gpts=48)
-    return Recipe(simulation=sim, stages=stages, evalset=evalset, weights=tmp / "shipped", report=tmp / "EVAL.md", e2e_check_batches=1)
+    # The evaluation's plumbing, not its statistics (tests/test_evaluate.py has those): one
+    # dose, few ellipses and rotations, one end-to-end cube.
+    evaluation = EvalConfig(doses=(1e4,), ellipses_per_group=2, rotations=4, mean_frames=64, e2e_scan=(2, 4), e2e_cubes=("analytic",))
+    return Recipe(
+        simulation=sim,
+        stages=stages,
+        evalset=evalset,
+        evaluation=evaluation,
+        weights=tmp / "shipped",
+        report=tmp / "EVAL.md",
+        e2e_check_batches=1,
+    )
 
 
 @pytest.mark.slow

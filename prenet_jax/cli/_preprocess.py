@@ -128,8 +128,8 @@ def _build_pipeline(args, log):
         changes["interpolation"] = args.interpolation
     if args.batch_size:
         changes["batch_size"] = args.batch_size
-    if args.calibration_frames:
-        changes["calibration_frames"] = args.calibration_frames
+    if args.calibration_frames:  # exactly N frames, whatever the dose
+        changes.update(calibration_frames=args.calibration_frames, calibration_counts=0.0)
     if args.gaussian_sigma is not None:
         changes["gaussian_sigma"] = None if args.gaussian_sigma == "auto" else args.gaussian_sigma
     try:
@@ -140,14 +140,22 @@ def _build_pipeline(args, log):
     return pipe, weights_id
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v}: must be at least 1")
+    if v < least:
+        raise argparse.ArgumentTypeError(f"{v}: must be at least {least}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def _scan(text: str) -> tuple[int, int]:
@@ -278,7 +286,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         "--calibration-frames",
         metavar="N",
         type=_positive_int,
-        help="frames sampled across the scan for the ellipse in pass 0 (default 4096)",
+        help="frames sampled across the scan for the ellipse in pass 0 (default: enough for 1e7 counts at the data's dose, 256 to 4096)",
     )
     g = p.add_argument_group("output")
     g.add_argument(
@@ -292,6 +300,14 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         choices=("gzip", "none"),
         default="gzip",
         help="chunk compression (gzip level 1 with byte shuffle; readable by every HDF5 tool)",
+    )
+    g.add_argument(
+        "--pad",
+        metavar="PX",
+        type=_nonnegative_int,
+        default=0,
+        help="add PX px of zeros on each side of every output frame, so that a frame shifted by up to PX px loses no counts at the "
+        "edge (the summary says how many frames lost over 1%% of their counts, flagged 32, and the PX that keeps them)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file and figures")
     g.add_argument("--no-diagnostics", action="store_true", help="do not write the diagnostic PNGs next to the output")
@@ -355,6 +371,7 @@ def run_preprocess(args) -> int:
                 saturation=args.saturation,
                 negative=args.negative,
                 refine=args.refine,
+                pad=args.pad,
                 checksum=not args.no_checksum,
                 weights_id=weights_id,
                 options=options,

@@ -84,6 +84,7 @@ def write_diagnostics(
     title: str = "",
     between=None,
     note: str = "",
+    after_label: str = "after: centre of mass of the output",
 ) -> tuple[list[Path], dict]:
     """Write the four PNGs for ``output``: all four, or none (a failure removes those
     already written).
@@ -93,11 +94,12 @@ def write_diagnostics(
     output : the preprocessed file; figures go next to it
     mean_before, mean_after : (H, W) mean input and corrected patterns
     centers : (Rx, Ry, 2) beam centres ``(row, col)`` found in the input frames
-    centers_after : (Rx, Ry, 2) centres of mass of the corrected frames
+    centers_after : (Rx, Ry, 2) centres of the corrected frames (NaN: not measured)
     good : (Rx, Ry) bool, frames that entered the means (others are greyed out)
     title : first line of every figure (e.g. the input file)
     between : called before each figure; it may raise to stop (an interrupt)
     note : text shown on the polar and radial figures (e.g. the residual ellipse ratio)
+    after_label : the title of the ``centers_after`` maps (which estimator measured them)
 
     Returns
     -------
@@ -113,7 +115,7 @@ def write_diagnostics(
     written: list[Path] = []
     try:
         measures = _write_figures(
-            plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None), note
+            plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None), note, after_label
         )
     except BaseException:
         for p in written:
@@ -122,13 +124,13 @@ def write_diagnostics(
     return paths, measures
 
 
-def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note="") -> dict:
+def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note, after_label) -> dict:
     def save(fig, path):
         _save(fig, path)
         written.append(path)
         plt.close(fig)
 
-    h, w = mean_before.shape
+    h, w = mean_after.shape  # the output's frame (larger than the input's when padded)
     c0 = ((h - 1) / 2.0, (w - 1) / 2.0)
     sel = good & np.isfinite(centers).all(-1)
     c_in = tuple(np.nanmean(centers[sel], axis=0)) if sel.any() else c0
@@ -159,16 +161,18 @@ def _write_figures(plt, paths, written, mean_before, mean_after, centers, center
     # 2. centre maps, relative to the frame centre
     between()
     fig, ax = plt.subplots(2, 2, figsize=(10, 8.4))
-    for col, (cen, label) in enumerate(((centers, "before: found in the input"), (centers_after, "after: centre of mass of the output"))):
+    hi, wi = mean_before.shape
+    c_frame = ((hi - 1) / 2.0, (wi - 1) / 2.0)  # the input's frame centre
+    for col, (cen, label, ref) in enumerate(((centers, "before: found in the input", c_frame), (centers_after, after_label, c0))):
         for row, (k, axis) in enumerate(((0, "row"), (1, "col"))):
-            d = np.where(good, cen[..., k] - c0[k], np.nan)
+            d = np.where(good, cen[..., k] - ref[k], np.nan)
             lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
             lim = max(lim, 1e-3)
             a = ax[row, col]
             cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
             im = a.imshow(d, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
             sd = float(np.nanstd(d)) if np.isfinite(d).any() else float("nan")
-            a.set_title(f"{label}\n{axis} - {c0[k]:g} px (std {sd:.3g} px)", fontsize=9)
+            a.set_title(f"{label}\n{axis} - {ref[k]:g} px (std {sd:.3g} px)", fontsize=9)
             a.set_xlabel("scan Ry")
             a.set_ylabel("scan Rx")
             fig.colorbar(im, ax=a, label="px")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..conventions import Ellipse
+from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, Ellipse
 from ._stream import FLAG_NAMES, StreamStats
 
 __all__ = ["ellipse_to_py4dstem", "ellipse_from_py4dstem", "output_calibration", "preprocessing_record"]
@@ -117,6 +117,7 @@ def preprocessing_record(
     saturation: float | None,
     residual_angle: float = float("nan"),
     refinement: dict | None = None,
+    pad: int = 0,
 ) -> dict:
     """The ``preprocessing`` metadata: measurements of the INPUT frames (py4DSTEM
     convention: qx = first detector axis = row) and the provenance of the run.
@@ -125,16 +126,23 @@ def preprocessing_record(
     refined) adds the ``refine_*`` items: the ellipse before and after its refinement
     and the azimuthal variance of the corrected pass-0 mean before and after (when
     pass 0 estimated the ellipse), the frames whose centre refinement fell back, and
-    the median centre shift the refinement applied to the frames sampled in pass 0."""
+    the median centre shift the refinement applied to the frames sampled in pass 0.
+    ``pad``: the output frames are ``2 pad`` px larger than the input's."""
     a, b, theta = ellipse_to_py4dstem(ellipse, radius)
-    h, w = shape[2:]
+    h, w = shape[2] + 2 * pad, shape[3] + 2 * pad
     rec = {
         "description": "beam centres and ellipse measured in the INPUT frames (py4DSTEM convention: qx = first detector axis = row); the cube under datacube/ is corrected",
         "qx0": st.centers[..., 0],
         "qy0": st.centers[..., 1],
         "qx0_after": st.centers_after[..., 0],
         "qy0_after": st.centers_after[..., 1],
+        "qx0_after_friedel": st.friedel_after[..., 0],
+        "qy0_after_friedel": st.friedel_after[..., 1],
+        "after_description": "beam centres of the CORRECTED frames, in the output's coordinates: qx0_after/qy0_after by the masked centre of mass, qx0_after_friedel/qy0_after_friedel by Friedel symmetry (NaN where that fit failed); the one of a different kind than the centre method is the independent check",
         "frame_center": np.asarray(frame_center(h, w)),
+        "output_pad": int(pad),
+        "counts_lost": st.lost.astype(np.float32),
+        "counts_lost_description": f"fraction of each frame's counts the warp moved out of the output frame; frames above {EDGE_LOSS_FLAG:g} are flagged {FLAG_EDGE} (pad the output with --pad to keep them)",
         "flags": st.flags,
         "flag_bits": "; ".join(f"{bit}: {name}" for bit, name in FLAG_NAMES.items()) + "; frames flagged 1 or 2 are left out of the means",
         "a": a,

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..config import PipelineConfig
-from ..conventions import FLAG_REFINE, Ellipse
+from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_REFINE, Ellipse
 from ..io._readers import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
@@ -53,7 +53,8 @@ class FileResult:
     ellipse : the distortion undone (our convention)
     ellipse_py4dstem : ``(a, b, theta)`` of it in py4DSTEM's convention
     residual_ratio : a/b of the ellipse fitted to the corrected mean pattern (1: circular)
-    centers, centers_after, flags, mean_before, mean_after : see :class:`prenet_jax.preprocess._stream.StreamStats`
+    centers, centers_after, friedel_after, lost, flags, mean_before, mean_after : see
+        :class:`prenet_jax.preprocess._stream.StreamStats`
     seconds : wall, pass0, read, compute, write
     frames : frames processed
     lines : the summary printed
@@ -74,6 +75,8 @@ class FileResult:
     residual_ratio: float
     centers: np.ndarray
     centers_after: np.ndarray
+    friedel_after: np.ndarray
+    lost: np.ndarray
     flags: np.ndarray
     mean_before: np.ndarray
     mean_after: np.ndarray
@@ -100,10 +103,17 @@ class _Job:
     compression: str
     block_bytes: int
     refine: bool = False
+    pad: int = 0
 
     @property
     def config(self) -> PipelineConfig:
         return self.pipeline.config
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """The output cube's shape: the input's, the frames ``2 pad`` px larger."""
+        rx, ry, h, w = self.source.shape
+        return (rx, ry, h + 2 * self.pad, w + 2 * self.pad)
 
 
 @dataclasses.dataclass
@@ -141,6 +151,7 @@ def preprocess_file(
     saturation: float | str | None = "auto",
     negative: str = "clip",
     refine: bool = False,
+    pad: int = 0,
     checksum: bool = True,
     block_bytes: int = 32 << 20,
     weights_id: str = "none (classical methods)",
@@ -175,6 +186,10 @@ def preprocess_file(
         is flagged ``FLAG_REFINE``), and the ellipse estimated in pass 0 refined by the
         azimuthal variance of the recentred mean pattern. A given ``ellipse`` is kept
         as given. The summary and the record hold the values before and after
+    pad : px of zeros added on each side of every frame: the output frames are
+        ``(H + 2 pad, W + 2 pad)``, and a frame shifted by up to ``pad`` px loses no count
+        at the edge (the fraction each frame loses is recorded either way, and frames
+        losing over 1 % are flagged ``FLAG_EDGE``)
     checksum : record the input's SHA-256 (read concurrently with processing)
     block_bytes : size of one read; host memory stays a small multiple of it
     weights_id, options : provenance to record
@@ -198,7 +213,7 @@ def preprocess_file(
     """
     args = dict(
         pipeline=pipeline, dataset=dataset, scan=scan, ellipse=ellipse, output_dtype=output_dtype, overwrite=overwrite,
-        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, checksum=checksum,
+        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, pad=pad, checksum=checksum,
         block_bytes=block_bytes, weights_id=weights_id, options=options, progress=progress, log=log,
     )  # fmt: skip
     if cancel is not None:
@@ -223,7 +238,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         cancel.check()
         checks = _Checksum(input, cancel) if checksum else None
         cal = _calibrate(job, ellipse, progress, cancel, log)
-        writer = EMDWriter(output, job.source.shape, job.out_dtype, overwrite=job.overwrite, compression=job.compression)
+        writer = EMDWriter(output, job.out_shape, job.out_dtype, overwrite=job.overwrite, compression=job.compression)
         st = _stream_pass(job, writer, cal, progress, cancel)
         done = _finish(job, writer, st, cal, checks, weights_id, options, cancel, log, figures)
     finally:  # the one clean-up: nothing but a committed output survives
@@ -247,6 +262,8 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         residual_ratio=done.residual,
         centers=st.centers,
         centers_after=st.centers_after,
+        friedel_after=st.friedel_after,
+        lost=st.lost,
         flags=st.flags,
         mean_before=st.mean_before,
         mean_after=st.mean_after,
@@ -284,6 +301,7 @@ def _validate(
     saturation,
     negative,
     refine,
+    pad,
     block_bytes,
     log,
     fixed_ellipse,
@@ -297,6 +315,8 @@ def _validate(
         raise InputError(f"negative={negative!r}: use 'clip' or 'error'")
     if compression not in ("gzip", "none"):
         raise InputError(f"compression {compression!r}: use 'gzip' or 'none'")
+    if not (isinstance(pad, int | np.integer) and 0 <= pad <= 4096):
+        raise InputError(f"pad={pad!r}: give the px of zeros to add on each side of the output frames, an integer from 0 to 4096")
     check_output_path(output, overwrite)
     if diagnostics and not overwrite:
         taken = [p for p in diagnostic_paths(output) if p.exists()]
@@ -347,7 +367,9 @@ def _validate(
         log(f"note: running on the CPU ({os.cpu_count()} cores); a GPU is much faster for full-size cubes")
     if refine and fixed_ellipse:
         log("note: the ellipse is given: --refine refines the beam centres only and undoes the given ellipse as it is")
-    return _Job(input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine)
+    if pad:
+        log(f"note: the output frames are padded by {pad} px on each side: {h + 2 * pad}x{w + 2 * pad} px")
+    return _Job(input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad))
 
 
 def _refine_name(cfg: PipelineConfig) -> str:
@@ -408,7 +430,7 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
         return _Calibration(Ellipse.identity(), "none")
     t0 = time.perf_counter()
     cancel.phase = "pass0"
-    n0 = min(job.source.n_frames, cfg.calibration_frames)
+    n0 = job.pipeline.calibration_size(FrameView(job.source, sanitize=True, negative=job.negative))
     bar = _bar(progress, n0, "pass 0 (ellipse)")
 
     def on_read(n: int) -> None:  # after every read of a batch: progress, then the stop flag
@@ -544,7 +566,7 @@ def _stream_pass(job: _Job, writer: EMDWriter, cal: _Calibration, progress: bool
         return stream(
             job.source, job.pipeline, cal.ellipse.matrix(), writer,
             out_dtype=job.out_dtype, saturation=job.saturation, negative=job.negative, block_bytes=job.block_bytes,
-            progress=bar.update if bar else None, cancel=cancel,
+            progress=bar.update if bar else None, cancel=cancel, pad=job.pad,
         )  # fmt: skip
     finally:
         if bar:
@@ -611,13 +633,13 @@ def _finish(
         refinement = {"center_shift_median": float("nan"), "center_shift_frames": 0, **cal.refinement}
         refinement["centers_failed"] = int(((st.flags & FLAG_REFINE) != 0).sum())
     undone = cfg.ellipse_method != "none" or cal.source == "fixed"
-    cal_out = output_calibration(src.calibration, src.shape, radius if undone else None)
+    cal_out = output_calibration(src.calibration, job.out_shape, radius if undone else None)
     record = preprocessing_record(
         st=st, shape=src.shape, ellipse=cal.ellipse, ellipse_source=cal.source, radius=radius, residual=residual,
         denoise=denoise, config=cfg.to_dict(), devices=job.pipeline.devices, weights_id=weights_id, options=dict(options or {}),
         input_path=job.input, input_dataset=src.dataset, input_format=src.kind, input_dtype=src.dtype,
         input_sha256=checks.result() if checks is not None else None, output_dtype=job.out_dtype, saturation=job.saturation,
-        residual_angle=residual_angle, refinement=refinement,
+        residual_angle=residual_angle, refinement=refinement, pad=job.pad,
     )  # fmt: skip
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
@@ -636,9 +658,11 @@ def _finish(
             e0, e1 = refinement["ellipse_before"], refinement["ellipse_after"]
             note += f"\nellipse undone, refined: ratio {e0.ratio:.4f} -> {e1.ratio:.4f}, angle {math.degrees(e0.angle):.2f} -> {math.degrees(e1.angle):.2f} deg"
         try:
+            indep = after_checks(cfg)[1]
             paths, done.measures = write_diagnostics(
-                job.output, st.mean_before, st.mean_after, st.centers, st.centers_after, good, title, between=cancel.check, note=note
-            )
+                job.output, st.mean_before, st.mean_after, st.centers, st.friedel_after if indep == "friedel" else st.centers_after,
+                good, title, between=cancel.check, note=note, after_label=f"after: {AFTER_NAMES[indep]} of the output (independent check)",
+            )  # fmt: skip
             figures.extend(paths)
         except OSError as e:
             raise output_error(job.output.parent, "writing the diagnostic figures in", e) from e
@@ -657,7 +681,7 @@ def _finish(
 
 def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, seconds: dict) -> list[str]:
     n = job.source.n_frames
-    h, w = job.source.shape[2:]
+    h, w = job.out_shape[2:]
     c0 = frame_center(h, w)
     a, b, theta = ellipse_to_py4dstem(cal.ellipse, done.radius)
     p0 = f" after pass 0's {cal.seconds:.1f} s" if cal.estimated else ""
@@ -668,12 +692,8 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
     good = (st.flags & FLAGS_EXCLUDED) == 0
     sel = good & np.isfinite(st.centers).all(-1)
     if sel.any():
-        sb = st.centers[sel].std(0)
-        sa = st.centers_after[sel].std(0)
-        off = np.abs(st.centers_after[sel] - np.asarray(c0)).mean(0)
-        lines.append(
-            f"beam centre spread (std over the scan): before row {sb[0]:.3f} px, col {sb[1]:.3f} px; after row {sa[0]:.3f} px, col {sa[1]:.3f} px (mean |offset| from the frame centre {off[0]:.3f}, {off[1]:.3f} px)"
-        )
+        lines.extend(_center_lines(job.config, st, sel, c0))
+    lines.extend(_edge_lines(job, st, good))
     ref = done.refinement
     refined = ref is not None and "ellipse_before" in ref
     lines.append(
@@ -714,6 +734,55 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
         f"wrote {job.output} ({size / 2**20:.1f} MiB)" + (f" and {len(figs)} figures: {', '.join(p.name for p in figs)}" if figs else "")
     )
     return lines
+
+
+def after_checks(cfg: PipelineConfig) -> tuple[str, str]:
+    """``(self-consistency, independent check)``: the names of the two estimators of
+    the corrected frames' centres (``"com"``, ``"friedel"``). The independent one is of
+    a different kind than the estimator that chose the shift: Friedel symmetry checks a
+    centre of mass (or a network), the centre of mass checks a Friedel centre."""
+    friedel = cfg.center_method == "friedel" or cfg.center_refine == "friedel"
+    return ("friedel", "com") if friedel else ("com", "friedel")
+
+
+AFTER_NAMES = {"com": "centre of mass", "friedel": "Friedel symmetry"}
+
+
+def _center_lines(cfg: PipelineConfig, st: StreamStats, sel: np.ndarray, c0) -> list[str]:
+    """The beam centre spread before, and after by both estimators of the output."""
+    after = {"com": st.centers_after[sel], "friedel": st.friedel_after[sel]}
+    same, indep = after_checks(cfg)
+    sb = st.centers[sel].std(0)
+    lines = [f"beam centre spread (std over the scan): before row {sb[0]:.3f} px, col {sb[1]:.3f} px"]
+    for name, role in ((indep, "independent check"), (same, "self-consistency")):
+        c = after[name][np.isfinite(after[name]).all(-1)]
+        if not c.size:
+            lines.append(f"  after, {AFTER_NAMES[name]} ({role}): no frame could be measured")
+            continue
+        sa = c.std(0)
+        off = np.abs(c - np.asarray(c0)).mean(0)
+        lines.append(
+            f"  after, {AFTER_NAMES[name]} ({role}): row {sa[0]:.3f} px, col {sa[1]:.3f} px; mean |offset| from the frame centre {off[0]:.3f}, {off[1]:.3f} px"
+            + (f" ({sel.sum() - len(c)} frames not measured)" if len(c) < sel.sum() else "")
+        )
+    return lines
+
+
+def _edge_lines(job: _Job, st: StreamStats, good: np.ndarray) -> list[str]:
+    """What the shift moved out of the frame, and the ``--pad`` that keeps it."""
+    lost = st.lost[good]
+    if not lost.size:
+        return []
+    over = int(((st.flags & FLAG_EDGE) != 0).sum())
+    line = (
+        f"counts moved out of the frame by the correction: median {np.median(lost):.2%}, max {lost.max():.2%} of a frame's counts; "
+        f"{over} frames over {EDGE_LOSS_FLAG:.0%} (flagged {FLAG_EDGE})"
+    )
+    if over:
+        h, w = job.source.shape[2:]
+        offset = np.abs(st.centers[good] - np.asarray(frame_center(h, w))).max()
+        line += f"; --pad {math.ceil(offset) + 2} keeps their counts (the output frames grow by twice that)"
+    return [line]
 
 
 def _denoise_line(denoise: dict, counts: np.ndarray | None, good: np.ndarray) -> str:

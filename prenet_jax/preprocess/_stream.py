@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..conventions import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
+from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
 from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
 from ..ops._centers import com_center
+from ..ops._refine import refine_center
+from ..ops._warp import frame_center
 from ..pipeline._gaussian import frame_sigma
 from ..pipeline._pipeline import Pipeline
 from ..pipeline._validate import host_dtype
@@ -48,6 +50,7 @@ __all__ = [
     "stream",
     "output_dtype_for",
     "make_post",
+    "lost_fraction",
 ]
 
 
@@ -59,6 +62,10 @@ class StreamStats:
     ----------
     centers : (Rx, Ry, 2) float64 beam centre ``(row, col)`` found in each input frame
     centers_after : (Rx, Ry, 2) float64 centre of mass of each corrected frame
+    friedel_after : (Rx, Ry, 2) float64 Friedel-symmetry centre of each corrected frame
+        (NaN where that fit failed): a check of a different kind than the centre of mass
+    lost : (Rx, Ry) float64 fraction of each frame's counts the warp moved out of the
+        output frame (flagged ``FLAG_EDGE`` above ``EDGE_LOSS_FLAG``)
     flags : (Rx, Ry) uint8 bit mask (``FLAG_*``)
     mean_before, mean_after : (H, W) float64 mean input / corrected pattern over
         the frames not in ``FLAGS_EXCLUDED``
@@ -75,6 +82,8 @@ class StreamStats:
 
     centers: np.ndarray
     centers_after: np.ndarray
+    friedel_after: np.ndarray
+    lost: np.ndarray
     flags: np.ndarray
     mean_before: np.ndarray
     mean_after: np.ndarray
@@ -118,14 +127,47 @@ def _int_limits(dt: np.dtype) -> tuple[float, float]:
     return float(info.min), float(hi)
 
 
+#: Side (px) of the window the independent Friedel check of the output reads (capped by the frame).
+CHECK_WINDOW = 64
+
+
+def lost_fraction(counts: jax.Array, center: jax.Array, matrix: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+    """Fraction of a frame's counts that the warp moves out of the output frame.
+
+    Output pixel ``q`` reads the input at ``center + D (q - c0)``
+    (:func:`prenet_jax.ops.recenter_and_correct`), so input pixel ``p`` lands at
+    ``c0 + D^-1 (p - center)``; the counts of the pixels that land outside
+    ``[-0.5, H_out - 0.5) x [-0.5, W_out - 0.5)`` are lost.
+
+    Parameters
+    ----------
+    counts : (H, W) counts >= 0 of the frame the step warps
+    center : (2,) its beam centre
+    matrix : (2, 2) the distortion matrix ``D``
+    out_shape : the output frame's ``(H_out, W_out)``
+    """
+    h, w = counts.shape
+    ho, wo = out_shape
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    inv = jnp.linalg.inv(matrix)
+    dr, dc = rows - center[0], cols - center[1]
+    qr = (ho - 1) / 2.0 + inv[0, 0] * dr + inv[0, 1] * dc
+    qc = (wo - 1) / 2.0 + inv[1, 0] * dr + inv[1, 1] * dc
+    outside = (qr < -0.5) | (qr >= ho - 0.5) | (qc < -0.5) | (qc >= wo - 0.5)
+    total = counts.sum()
+    return jnp.where(total > 0, jnp.where(outside, counts, 0.0).sum() / jnp.where(total > 0, total, 1.0), 0.0)
+
+
 @functools.lru_cache(maxsize=16)
 def make_post(out_dtype: np.dtype, with_sigma: bool = False):
     """The jitted per-batch bookkeeping that pass 1 runs on the device after the step.
 
-    It adds the saturation and negative-pixel flags, sums the frames for the mean
-    patterns, takes the centre of mass of the corrected frames and casts them to the
-    output dtype on the device (an integer output crosses the bus at its own size).
-    Cached: one compiled function per ``(out_dtype, with_sigma)`` and batch shape.
+    It adds the saturation, negative-pixel and edge-loss flags, sums the frames for
+    the mean patterns, measures the beam centre of each corrected frame twice (centre
+    of mass and Friedel symmetry, so that one of them is independent of the step's
+    estimator), and casts the frames to the output dtype on the device (an integer
+    output crosses the bus at its own size). Cached: one compiled function per
+    ``(out_dtype, with_sigma)`` and batch shape.
 
     Parameters
     ----------
@@ -134,42 +176,63 @@ def make_post(out_dtype: np.dtype, with_sigma: bool = False):
 
     Returns
     -------
-    post : ``post(raw, corrected, flags, valid, sat_level)`` with ``raw`` the
-        batch as read, ``corrected, flags`` from :attr:`prenet_jax.Pipeline.step_fn`,
-        ``valid`` (B,) bool (False for padding) and ``sat_level`` the saturation
-        threshold; returns ``(out, flags, sum_raw, sum_out, n_good, com_after,
-        raw_min, raw_max, counts, sigma)``
+    post : ``post(raw, corrected, centers, flags, valid, sat_level, matrix)`` with
+        ``raw`` the batch as the step saw it, ``corrected, centers, flags`` from
+        :attr:`prenet_jax.Pipeline.step_fn`, ``valid`` (B,) bool (False for padding),
+        ``sat_level`` the saturation threshold and ``matrix`` the distortion undone;
+        returns a dict: ``out`` (the frames in the output dtype), ``flags``,
+        ``sum_raw``, ``sum_out``, ``n_good``, ``com_after`` (centre of mass of each
+        corrected frame), ``friedel_after`` (its Friedel-symmetry centre; NaN where
+        that fit failed), ``lost`` (fraction of the counts moved out of the frame),
+        ``raw_min``, ``raw_max``, ``counts``, ``sigma``
     """
     kind = out_dtype.kind
     dev_dtype = jnp.dtype(out_dtype) if (kind in "iu" and out_dtype.itemsize <= 4) else jnp.float32
     lim = _int_limits(out_dtype) if kind in "iu" else None
 
-    def post(raw, corrected, flags, valid, sat_level):
+    def post(raw, corrected, centers, flags, valid, sat_level, matrix):
         x = raw.astype(jnp.float32)
         finite = jnp.isfinite(x)
         xz = jnp.where(finite, x, 0.0)
+        counts = jnp.maximum(xz, 0.0)  # what the step sees (negatives and NaN/Inf as 0)
         neg = (xz < 0).any(axis=(-2, -1))
         sat = (xz >= sat_level).any(axis=(-2, -1))
-        flags = flags | jnp.where(sat, FLAG_SATURATED, 0).astype(jnp.uint8) | jnp.where(neg, FLAG_NEGATIVE, 0).astype(jnp.uint8)
+        out_shape = corrected.shape[-2:]
+        lost = jax.vmap(lost_fraction, in_axes=(0, 0, None, None))(counts, centers, matrix, out_shape)
+        flags = (
+            flags
+            | jnp.where(sat, FLAG_SATURATED, 0).astype(jnp.uint8)
+            | jnp.where(neg, FLAG_NEGATIVE, 0).astype(jnp.uint8)
+            | jnp.where(lost > EDGE_LOSS_FLAG, FLAG_EDGE, 0).astype(jnp.uint8)
+        )
         good = valid & ((flags & FLAGS_EXCLUDED) == 0)
         w = good.astype(jnp.float32)
         hi = jax.lax.Precision.HIGHEST
-        sum_raw = jnp.einsum("b,bhw->hw", w, jnp.maximum(xz, 0.0), precision=hi)
-        sum_out = jnp.einsum("b,bhw->hw", w, corrected, precision=hi)
         # no blur: the output is already denoised (or the user chose not to), and a blur per
         # frame would cost as much as the step itself on a CPU
         com_after = jax.vmap(functools.partial(com_center, blur=0.0))(corrected)
+        # The Friedel centre of the output, from the frame centre: a measure of a different
+        # kind (symmetry, not mass), so it checks a CoM-centred output independently.
+        c0 = jnp.asarray(frame_center(out_shape), jnp.float32)
+        window = min(CHECK_WINDOW, 2 * (min(out_shape) // 2))
+        fr, ok = jax.vmap(lambda f: refine_center(f, c0, window=window, steps=4, smooth=1.0))(corrected)
         vmask = valid[:, None, None] & finite
-        lo_v = jnp.min(jnp.where(vmask, xz, jnp.inf))
-        hi_v = jnp.max(jnp.where(vmask, xz, -jnp.inf))
-        counts = jnp.maximum(xz, 0.0)  # what the step sees (negatives and NaN/Inf as 0)
         total = counts.sum(axis=(-2, -1))
-        sigma = frame_sigma(counts) if with_sigma else jnp.zeros_like(total)  # as in the step
-        if lim is not None:
-            out = jnp.clip(jnp.round(corrected), lim[0], lim[1]).astype(dev_dtype)
-        else:
-            out = corrected.astype(jnp.float32)
-        return out, flags, sum_raw, sum_out, w.sum(), com_after, lo_v, hi_v, total, sigma
+        out = jnp.clip(jnp.round(corrected), lim[0], lim[1]).astype(dev_dtype) if lim is not None else corrected.astype(jnp.float32)
+        return {
+            "out": out,
+            "flags": flags,
+            "sum_raw": jnp.einsum("b,bhw->hw", w, counts, precision=hi),
+            "sum_out": jnp.einsum("b,bhw->hw", w, corrected, precision=hi),
+            "n_good": w.sum(),
+            "com_after": com_after,
+            "friedel_after": jnp.where(ok[:, None], fr, jnp.nan),
+            "lost": lost,
+            "raw_min": jnp.min(jnp.where(vmask, xz, jnp.inf)),
+            "raw_max": jnp.max(jnp.where(vmask, xz, -jnp.inf)),
+            "counts": total,
+            "sigma": frame_sigma(counts) if with_sigma else jnp.zeros_like(total),  # as in the step
+        }
 
     return jax.jit(post)
 
@@ -220,6 +283,7 @@ def stream(
     write_queue: int = 4,
     progress: Callable[[int], None] | None = None,
     cancel: Cancel | None = None,
+    pad: int = 0,
 ) -> StreamStats:
     """Run every frame of ``source`` through ``pipe``'s compiled step into ``writer``.
 
@@ -240,6 +304,10 @@ def stream(
     cancel : the run's stop flag (:class:`prenet_jax.preprocess._cancel.Cancel`): the
         reader, compute and writer loops stop when it is set, and
         :class:`~prenet_jax.preprocess._cancel.Interrupted` is raised
+    pad : px of zeros added on each side of every frame before the step, so that the
+        output frames are ``(H + 2 pad, W + 2 pad)`` and a shift of up to ``pad`` px
+        moves no count out of the frame; the centres are reported in the input's
+        coordinates, the means and the after-centres in the output's
 
     Raises
     ------
@@ -263,6 +331,7 @@ def stream(
         write_queue,
         progress,
         cancel or Cancel(),
+        pad,
     ).run()
 
 
@@ -297,10 +366,13 @@ class _Stream:
         write_queue,
         progress,
         cancel,
+        pad=0,
     ):
         self.source, self.pipe, self.writer = source, pipe, writer
         self.negative, self.inflight, self.progress, self.cancel = negative, inflight, progress, cancel
+        self.pad = int(pad)
         rx, ry, h, w = source.shape
+        ho, wo = h + 2 * self.pad, w + 2 * self.pad
         self.n_total = rx * ry
         self.b = pipe.batch_size
         self.hdt = host_dtype(source.dtype)
@@ -327,10 +399,12 @@ class _Stream:
 
         self.centers = np.full((self.n_total, 2), np.nan)
         self.centers_after = np.full((self.n_total, 2), np.nan)
+        self.friedel_after = np.full((self.n_total, 2), np.nan)
+        self.lost = np.zeros(self.n_total, np.float64)
         self.flags = np.zeros(self.n_total, np.uint8)
         self.counts = np.zeros(self.n_total, np.float64)
         self.sigmas = np.zeros(self.n_total, np.float64)
-        self.acc = {"raw": np.zeros((h, w)), "out": np.zeros((h, w)), "n": 0.0, "min": np.inf, "max": -np.inf}
+        self.acc = {"raw": np.zeros((ho, wo)), "out": np.zeros((ho, wo)), "n": 0.0, "min": np.inf, "max": -np.inf}
 
     # ---- shared
     def stopping(self) -> bool:
@@ -385,25 +459,27 @@ class _Stream:
             if item is None:
                 return
             t0 = time.perf_counter()
-            pos0, n, out, c, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg = item
+            pos0, n, r = item
             idx = self.flat[pos0 : pos0 + n]
-            self.centers[idx] = c[:n]
-            self.centers_after[idx] = com_a[:n]
-            self.flags[idx] = fl[:n]
-            self.counts[idx] = tot[:n]
-            self.sigmas[idx] = sg[:n]
+            self.centers[idx] = r["centers"][:n] - self.pad  # in the input's coordinates
+            self.centers_after[idx] = r["com_after"][:n]
+            self.friedel_after[idx] = r["friedel_after"][:n]
+            self.lost[idx] = r["lost"][:n]
+            self.flags[idx] = r["flags"][:n]
+            self.counts[idx] = r["counts"][:n]
+            self.sigmas[idx] = r["sigma"][:n]
             acc = self.acc
-            acc["raw"] += s_raw
-            acc["out"] += s_out
-            acc["n"] += float(cnt)
-            acc["min"] = min(acc["min"], float(lo))
-            acc["max"] = max(acc["max"], float(hi))
-            self._write_result(pos0, n, out[:n])
+            acc["raw"] += r["sum_raw"]
+            acc["out"] += r["sum_out"]
+            acc["n"] += float(r["n_good"])
+            acc["min"] = min(acc["min"], float(r["raw_min"]))
+            acc["max"] = max(acc["max"], float(r["raw_max"]))
+            self._write_result(pos0, n, r["out"][:n])
             self.secs["write"] += time.perf_counter() - t0
 
     def _write_result(self, pos0: int, n: int, out: np.ndarray) -> None:
         """Scatter a batch into the output blocks it overlaps; store complete ones."""
-        h, w = self.source.shape[2:]
+        h, w = out.shape[1:]
         k = bisect.bisect_right(self.starts, pos0) - 1
         p = pos0
         while p < pos0 + n:
@@ -429,8 +505,8 @@ class _Stream:
             dev = jax.device_put(host, pipe.data_sharding)
             corrected, cen, fl = pipe.step_fn(pipe.params, dev, self.matrix_dev)
             valid = self.valid_full if n == self.b else jax.device_put(np.arange(self.b) < n, pipe.data_sharding)
-            res = (cen,) + tuple(self.post(dev, corrected, fl, valid, self.sat))
-            for r in res:
+            res = dict(self.post(dev, corrected, cen, fl, valid, self.sat, self.matrix_dev), centers=cen)
+            for r in res.values():
                 r.copy_to_host_async()
         except Exception as e:
             raise self._compute_error(pos0, n, e) from e
@@ -447,14 +523,14 @@ class _Stream:
         """Collect the oldest batch in flight and queue it for the writer."""
         pos0, n, res = self.pending.popleft()
         try:
-            cen, out, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg = (np.asarray(r) for r in res)
+            res = {k: np.asarray(r) for k, r in res.items()}
         except Exception as e:  # a failure on the device surfaces when its results are fetched
             raise self._compute_error(pos0, n, e) from e
-        if self.negative == "error" and (fl[:n] & FLAG_NEGATIVE).any():
+        if self.negative == "error" and (res["flags"][:n] & FLAG_NEGATIVE).any():
             raise InputError(
-                f"{self.source._what()} has negative pixels (min {float(lo):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
+                f"{self.source._what()} has negative pixels (min {float(res['raw_min']):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
             )
-        self.wait_out += _put(self.q_out, (pos0, n, out, cen, fl, s_raw, s_out, cnt, com_a, lo, hi, tot, sg), self.stopping)
+        self.wait_out += _put(self.q_out, (pos0, n, res), self.stopping)
         if self.progress is not None:
             self.progress(n)
 
@@ -464,9 +540,15 @@ class _Stream:
         self.wait_in += time.perf_counter() - t0
         return item
 
+    def _host_batch(self) -> np.ndarray:
+        """A new host buffer for one batch (the device may still read the previous one);
+        with ``pad`` its border is zero, and only the middle is ever filled."""
+        b, (h, w), p = self.b, self.source.shape[2:], self.pad
+        return np.zeros((b, h + 2 * p, w + 2 * p), self.hdt) if p else np.empty((b, h, w), self.hdt)
+
     def compute_loop(self) -> None:
-        b, (h, w) = self.b, self.source.shape[2:]
-        host = np.empty((b, h, w), self.hdt)
+        b, (h, w), p = self.b, self.source.shape[2:], self.pad
+        host = self._host_batch()
         fill, pos, first = 0, 0, True
         while True:
             item = self._next_block()
@@ -477,14 +559,14 @@ class _Stream:
             k, n = 0, arr.shape[0]
             while k < n:
                 take = min(b - fill, n - k)
-                host[fill : fill + take] = arr[k : k + take]
+                host[fill : fill + take, p : p + h, p : p + w] = arr[k : k + take]
                 fill += take
                 k += take
                 if fill == b:
                     self._dispatch_first(host, b, pos) if first else self.dispatch(host, b, pos)
                     first = False
                     pos += b
-                    host = np.empty((b, h, w), self.hdt)  # the device may still read the old buffer
+                    host = self._host_batch()
                     fill = 0
                     while len(self.pending) > self.inflight:
                         self.retire()
@@ -548,8 +630,10 @@ class _Stream:
         return StreamStats(
             centers=self.centers.reshape(shp + (2,)),
             centers_after=self.centers_after.reshape(shp + (2,)),
+            friedel_after=self.friedel_after.reshape(shp + (2,)),
+            lost=self.lost.reshape(shp),
             flags=self.flags.reshape(shp),
-            mean_before=self.acc["raw"] / denom,
+            mean_before=self.acc["raw"][self.pad : self.pad + h, self.pad : self.pad + w] / denom,  # the input's frame
             mean_after=self.acc["out"] / denom,
             n_good=n_good,
             raw_min=float(self.acc["min"]),
