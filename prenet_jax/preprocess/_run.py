@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import math
 import os
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -657,6 +658,8 @@ def _finish(
         if refinement is not None and "ellipse_before" in refinement:
             e0, e1 = refinement["ellipse_before"], refinement["ellipse_after"]
             note += f"\nellipse undone, refined: ratio {e0.ratio:.4f} -> {e1.ratio:.4f}, angle {math.degrees(e0.angle):.2f} -> {math.degrees(e1.angle):.2f} deg"
+        # What was done to the counts belongs where people look, not only in config_json.
+        note += "\n" + textwrap.fill(_denoise_line(denoise, st.counts, good), 150)
         try:
             indep = after_checks(cfg)[1]
             paths, done.measures = write_diagnostics(
