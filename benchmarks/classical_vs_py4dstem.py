@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     if peer:
         out = args.dir / "py4dstem.json"
         worker = Path(__file__).with_name("_py4dstem_classical.py")
-        subprocess.run([peer, str(worker), str(src), str(out)], check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        subprocess.run([peer, str(worker), str(src), str(out)], check=True, env=dict(os.environ, PYTHONWARNINGS="ignore", TQDM_DISABLE="1"))
         q = json.loads(out.read_text())
         com_err = np.linalg.norm(np.asarray(q["com"]) - truth, axis=-1).mean()
         fr_err = np.linalg.norm(np.asarray(q["friedel"]) - truth, axis=-1).mean()
