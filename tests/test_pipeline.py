@@ -306,3 +306,18 @@ def test_pass_0_samples_frames_for_a_number_of_counts_not_a_number_of_frames():
     assert exact.calibration_size(frames(8192, 1e5)) == 512
     with pytest.raises(ValueError, match="calibration_counts"):
         pj.PipelineConfig.classical(calibration_counts=-1.0)
+
+
+def test_pass_0_subsample_finds_the_ellipse_as_well_as_every_frame():
+    """At 4e4 counts a frame, 256 of 576 frames are sampled (1e7 counts, the minimum):
+    the ellipse from them is as close to the truth as from all frames (measured: ratio
+    7e-5 / 4e-4 off, angle 0.12 / 0.17 degrees)."""
+    truth = pj.Ellipse(1.08, 0.5)
+    c = pj.synthetic_cube(scan=(24, 24), shape=(96, 96), radius=12.0, ellipse=truth, jitter=0.8, seed=11, dose=4e4)
+    frames = c["cube"].reshape(-1, 96, 96)
+    pipe = pj.Pipeline.classical()
+    assert pipe.calibration_size(frames) == 256
+    for n in (None, frames.shape[0]):
+        e, _ = pipe.calibrate(frames, n)
+        assert abs(e.ratio - truth.ratio) < 0.001
+        assert abs(np.degrees(np.remainder(e.angle - truth.angle + np.pi / 2, np.pi) - np.pi / 2)) < 0.3
