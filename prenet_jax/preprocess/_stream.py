@@ -306,8 +306,8 @@ def stream(
         :class:`~prenet_jax.preprocess._cancel.Interrupted` is raised
     pad : px of zeros added on each side of every frame before the step, so that the
         output frames are ``(H + 2 pad, W + 2 pad)`` and a shift of up to ``pad`` px
-        moves no count out of the frame; the centres are reported in the input's
-        coordinates, the means and the after-centres in the output's
+        moves no count out of the frame; the centres found and ``mean_before`` are in
+        the input's frame, ``mean_after`` and the after-centres in the output's
 
     Raises
     ------
