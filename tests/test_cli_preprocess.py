@@ -313,5 +313,7 @@ def test_host_memory_is_bounded_by_the_batches_not_the_cube(tmp_path):
     cube_mib = src.stat().st_size / 2**20
     print(f"resident memory after 20% of the frames {warm:.0f} MiB, peak {peak:.0f} MiB, for a {cube_mib:.0f} MiB cube")
     assert cube_mib > 140 and (tmp_path / "out.h5").stat().st_size > 0.9 * src.stat().st_size
-    # 115 MiB of frames pass through (read, computed, written) after that point: memory stays put
-    assert peak - warm < 24, (warm, peak)
+    # 115 MiB of frames pass through (read, computed, written) after that point: memory
+    # must not follow them. Measured since the bookkeeping also runs the Friedel check:
+    # +2 to +32 MiB (XLA's CPU buffer pools); it was +5 to +10 before, and 24 failed.
+    assert peak - warm < 48, (warm, peak)
