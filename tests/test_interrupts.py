@@ -214,3 +214,30 @@ def test_a_signal_handed_over_to_preprocess(tmp_path, cube):
     assert rc == 143
     assert err.getvalue().strip().splitlines()[-1] == "interrupted by SIGTERM during start-up: nothing was written, the input is unchanged"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+def test_a_signal_in_a_run_of_many_files_keeps_the_finished_ones(tmp_path, monkeypatch, small_blocks, cube):
+    """The second file is interrupted mid-stream: its output goes, the first file's stays,
+    and a re-run with --resume finishes the rest without redoing the first."""
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", cube)
+    rc, _, err = run_cli(
+        tmp_path / "a.npy", "-o", f"{tmp_path / 'out'}/", "--no-diagnostics", *args_for("stream")
+    )  # a folder: one file into it
+    assert rc == 0, err
+    stamp = (tmp_path / "out" / "a_pre.h5").stat().st_mtime_ns
+    monkeypatch.setenv("PRENET_TEST_HOLD", "stream")  # held once per run: in b, since a is skipped
+    monkeypatch.setenv("PRENET_TEST_HOLD_SIGNAL", "TERM")
+    rc, out, err = run_cli(
+        tmp_path / "a.npy", tmp_path / "b.npy", "-o", tmp_path / "out", "--no-diagnostics", "--resume", *args_for("stream")
+    )
+    assert rc == 143, err
+    assert "the finished outputs stay (rerun with --resume)" in err
+    assert "| b.npy | interrupted |" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_pre.h5"]  # no b output, no .partial
+    monkeypatch.delenv("PRENET_TEST_HOLD")
+    rc, out, err = run_cli(
+        tmp_path / "a.npy", tmp_path / "b.npy", "-o", tmp_path / "out", "--no-diagnostics", "--resume", *args_for("stream")
+    )
+    assert rc == 0 and "1 done, 1 skipped" in out, err
+    assert (tmp_path / "out" / "a_pre.h5").stat().st_mtime_ns == stamp

@@ -1,18 +1,23 @@
 """``prenet-jax preprocess INPUT -o OUTPUT``: the command line of
-:func:`prenet_jax.preprocess.preprocess_file`.
+:func:`prenet_jax.preprocess.preprocess_file`, and of
+:func:`prenet_jax.preprocess.preprocess_files` for many inputs
+(``prenet-jax preprocess A.h5 B.mib DIR/ -o OUTDIR/``).
 
 Parses the options, builds the pipeline they ask for (trained weights or the
 classical methods), and runs the file with SIGINT and SIGTERM routed to one stop
 flag (:mod:`prenet_jax.preprocess._cancel`). Exit status: 0 done, 1 the output could
 not be written or a worker failed, 2 a problem with the input or the options,
 130/143 interrupted by SIGINT/SIGTERM; every failure is one line on stderr and
-leaves nothing but the input. See ``docs/preprocess.md``.
+leaves nothing but the input. With many inputs a failed file is skipped and the others
+go on; the status is then that of the worst failure (2 when every failure was an
+input problem, else 1), after a table of every file. See ``docs/preprocess.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -23,6 +28,7 @@ import numpy as np
 from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io._readers import InputError, OutputError, check_output_path, open_input
+from ..preprocess._batch import is_finished_output
 from ..preprocess._cancel import Cancel, Interrupted, catch_signals
 from ..preprocess._provenance import ellipse_from_py4dstem
 
@@ -194,6 +200,7 @@ examples:
   prenet-jax preprocess scan.mib -o out.h5 --ellipse 1.04,32.5      # fixed ellipse, no pass 0
   prenet-jax preprocess scan.h5 -o out.h5 --ellipse-py4dstem 40.2,38.6,1.12
   prenet-jax preprocess scan.h5 -o out.h5 --refine                  # self-calibrated centres and ellipse
+  prenet-jax preprocess session/ extra.mib -o processed/ --resume    # many files, one compile; skip finished ones
 
 The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
 and the conventions (centres (row, col) = (qx, qy); the corrected frames are centred
@@ -213,9 +220,17 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "input",
-        help="HDF5 (py4DSTEM/EMD 1.0 or any 4-D dataset), .npy, or a detector file (.mib, .blo, .dm4, EMPAD .xml, ... with the io extra)",
+        nargs="+",
+        help="HDF5 (py4DSTEM/EMD 1.0 or any 4-D dataset), .npy, or a detector file (.mib, .blo, .dm4, EMPAD .xml, ... with the io "
+        "extra); several files, folders or quoted glob patterns process each file into the folder -o OUTDIR",
     )
-    p.add_argument("-o", "--output", required=True, help="the HDF5 file to write (refused if it exists, unless --overwrite)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the HDF5 file to write (refused if it exists, unless --overwrite); with several inputs, a folder (created if "
+        "missing) that receives <name>_pre.h5 for each",
+    )
     g = p.add_argument_group("input")
     g.add_argument(
         "--dataset", metavar="PATH", help="dataset inside an HDF5 file (default: the py4DSTEM DataCube, or the only 4-D dataset)"
@@ -310,6 +325,11 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         "edge (the summary says how many frames lost over 1%% of their counts, flagged 32, and the PX that keeps them)",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing output file and figures")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="with several inputs: skip those whose output is already finished (a rerun after an interruption or a failure)",
+    )
     g.add_argument("--no-diagnostics", action="store_true", help="do not write the diagnostic PNGs next to the output")
     g.add_argument("--no-checksum", action="store_true", help="do not record the input's SHA-256 (saves one read of the input file)")
     g = p.add_argument_group("execution")
@@ -349,33 +369,24 @@ def run_preprocess(args) -> int:
                     raise InputError(
                         f"--output-dtype {args.output_dtype!r}: use float32, input, or an integer type such as uint16"
                     ) from None
+            if _is_batch(args):
+                return _run_batch(args, ellipse, cancel, log)
+            source = args.input[0]
+            if args.resume and not args.overwrite and Path(args.output).exists() and is_finished_output(Path(args.output)):
+                log(f"{args.output} is finished (--resume): nothing to do")
+                return 0
             # cheap checks first: a typo should not wait for the compiler
-            open_input(args.input, args.dataset, args.scan).close()
+            open_input(source, args.dataset, args.scan).close()
             check_output_path(Path(args.output), args.overwrite)
             cancel.check()
             pipe, weights_id = _build_pipeline(args, log)
             cancel.check()
-            options = {k: v for k, v in vars(args).items() if k != "func"}
-            options["_argv"] = [shlex.quote(a) for a in sys.argv]
             preprocess_file(
-                args.input,
+                source,
                 args.output,
                 pipeline=pipe,
-                dataset=args.dataset,
-                scan=args.scan,
-                ellipse=ellipse,
-                output_dtype=args.output_dtype,
                 overwrite=args.overwrite,
-                diagnostics=not args.no_diagnostics,
-                compression=args.compression,
-                saturation=args.saturation,
-                negative=args.negative,
-                refine=args.refine,
-                pad=args.pad,
-                checksum=not args.no_checksum,
-                weights_id=weights_id,
-                options=options,
-                progress=not args.no_progress,
+                **_file_options(args, ellipse, weights_id),
                 log=log,
                 cancel=cancel,
             )
@@ -394,3 +405,65 @@ def run_preprocess(args) -> int:
                 f"error: {e.strerror or e}{f': {e.filename}' if getattr(e, 'filename', None) else ''}; nothing was written", file=sys.stderr
             )
             return 1
+
+
+def _is_batch(args) -> bool:
+    """Many files: several inputs, a folder or a glob pattern as input, or a folder as output."""
+    import glob
+
+    first = args.input[0]
+    if len(args.input) > 1 or Path(first).is_dir() or (glob.has_magic(first) and not Path(first).exists()):
+        return True
+    return args.output.endswith(("/", os.sep)) or Path(args.output).is_dir()
+
+
+def _file_options(args, ellipse, weights_id: str) -> dict:
+    """The keyword arguments of :func:`preprocess_file` that the options give (the same
+    for every file of a run)."""
+    options = {k: v for k, v in vars(args).items() if k != "func"}
+    options["_argv"] = [shlex.quote(a) for a in sys.argv]
+    return dict(
+        dataset=args.dataset,
+        scan=args.scan,
+        ellipse=ellipse,
+        output_dtype=args.output_dtype,
+        diagnostics=not args.no_diagnostics,
+        compression=args.compression,
+        saturation=args.saturation,
+        negative=args.negative,
+        refine=args.refine,
+        pad=args.pad,
+        checksum=not args.no_checksum,
+        weights_id=weights_id,
+        options=options,
+        progress=not args.no_progress,
+    )
+
+
+def _run_batch(args, ellipse, cancel: Cancel, log) -> int:
+    """Many files into the folder ``-o``: one pipeline, one compile per frame shape; a
+    failed file is reported and skipped (exit status: module docstring)."""
+    from ..preprocess._batch import batch_outputs, expand_inputs, preprocess_files
+
+    if args.dataset is not None or args.scan is not None:
+        log("note: --dataset and --scan apply to every input")
+    files = expand_inputs(args.input)  # cheap checks first: a typo should not wait for the compiler
+    batch_outputs(files, Path(args.output))
+    cancel.check()
+    pipe, weights_id = _build_pipeline(args, log)
+    cancel.check()
+    try:
+        statuses = preprocess_files(
+            files, args.output, pipeline=pipe, resume=args.resume, overwrite=args.overwrite, log=log, cancel=cancel,
+            **_file_options(args, ellipse, weights_id),
+        )  # fmt: skip
+    except Interrupted as e:
+        print(
+            f"{e.message()}: the file in progress was removed; the finished outputs stay (rerun with --resume)", file=sys.stderr, flush=True
+        )
+        return e.exit_code
+    failed = [s for s in statuses if s.status == "failed"]
+    if not failed:
+        return 0
+    print(f"error: {len(failed)} of {len(statuses)} files failed (see the table above)", file=sys.stderr)
+    return 2 if all(s.problem == "input" for s in failed) else 1

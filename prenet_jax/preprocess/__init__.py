@@ -3,9 +3,12 @@
 :func:`preprocess_file` validates the input, calibrates the ellipse on a sample of
 frames (pass 0), streams every frame through the compiled step with reader and
 writer threads (pass 1, :func:`stream`) and finishes the output file and its
-diagnostic figures. SIGINT/SIGTERM stop a run cleanly (:class:`Interrupted`).
+diagnostic figures. :func:`preprocess_files` runs many files into a folder with one
+pipeline (one compilation per frame shape), skipping failed ones. SIGINT/SIGTERM stop
+a run cleanly (:class:`Interrupted`).
 """
 
+from ._batch import FileStatus, preprocess_files
 from ._cancel import Cancel, Interrupted
 from ._diagnostics import diagnostic_paths, write_diagnostics
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem
@@ -29,6 +32,7 @@ __all__ = [
     "FLAGS_EXCLUDED",
     "Cancel",
     "FileResult",
+    "FileStatus",
     "Interrupted",
     "StreamError",
     "StreamStats",
@@ -38,6 +42,7 @@ __all__ = [
     "make_post",
     "output_dtype_for",
     "preprocess_file",
+    "preprocess_files",
     "stream",
     "write_diagnostics",
 ]
