@@ -28,7 +28,6 @@ import numpy as np
 from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io._readers import InputError, OutputError, check_output_path, open_input
-from ..preprocess._batch import is_finished_output
 from ..preprocess._cancel import Cancel, Interrupted, catch_signals
 from ..preprocess._provenance import ellipse_from_py4dstem
 
@@ -328,7 +327,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="with several inputs: skip those whose output is already finished (a rerun after an interruption or a failure)",
+        help="skip an input whose output is already finished (a rerun after an interruption or a failure of a run of many files)",
     )
     g.add_argument("--no-diagnostics", action="store_true", help="do not write the diagnostic PNGs next to the output")
     g.add_argument("--no-checksum", action="store_true", help="do not record the input's SHA-256 (saves one read of the input file)")
@@ -349,6 +348,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
 
 def run_preprocess(args) -> int:
     """The ``preprocess`` subcommand: returns the exit status (module docstring)."""
+    from ..preprocess._batch import is_finished_output
     from ..preprocess._run import preprocess_file
     from ..preprocess._stream import StreamError
 

@@ -4,7 +4,8 @@ A session at the microscope writes dozens of scans. :func:`preprocess_files` run
 :func:`~prenet_jax.preprocess.preprocess_file` on each, into ``OUTDIR/<stem>_pre.h5``
 with its figures, with ONE pipeline: its compiled programs are cached by shape, so
 files of the same frame shape and dtype compile once for all of them (measured: 18
-compilations for the first file of a run, one small figure helper for the next).
+compilations for the first file of a run and none for the next; the figures' polar
+transform, whose radius follows the measured centre, may add one small compile a file).
 
 A file that fails (unreadable, bad values, an output that cannot be written) is
 reported and skipped, and the others go on; an interruption (SIGINT, SIGTERM) stops
