@@ -136,7 +136,7 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     text = path.read_text()
     for heading in ("## 1. Denoising", "## 2. Beam centres", "## 3. Ellipse", "## 4. End to end"):
         assert heading in text
-    for label in ("Gaussian filter (best sigma)", "SVD/PCA", "thresholded CoM", "Friedel symmetry", "edge fit", "network (ours)"):
+    for label in ("Gaussian filter (best sigma)", "SVD/PCA", "masked CoM", "Friedel symmetry", "edge fit", "network (ours)"):
         assert label in text
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["method"], r["dose"]): r for r in data["centers"]["rows"]}

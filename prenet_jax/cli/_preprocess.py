@@ -255,7 +255,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--center-method",
         choices=("network", "com", "friedel"),
-        help="default: network if trained weights are available, else com (thresholded centre of mass)",
+        help="default: network if trained weights are available, else com (centre of mass masked to the direct disk, iterated)",
     )
     g.add_argument(
         "--ellipse-method",

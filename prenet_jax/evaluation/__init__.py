@@ -21,8 +21,8 @@ Tables
    the rank best for that dose.
 2. Centres (single patterns, shifted up to ``max_shift`` px, rotated, elliptically
    distorted): MAE-X, MAE-Y, MAE-R, median and 95th percentile of R, per dose, crystal
-   and amorphous. The network (denoiser + heatmap network), thresholded centre of mass,
-   Friedel symmetry, and py4DSTEM ``get_origin`` / ``get_origin_friedel`` and pyxem
+   and amorphous. The network (denoiser + heatmap network), the centre of mass masked
+   to the direct disk, Friedel symmetry, and py4DSTEM ``get_origin`` / ``get_origin_friedel`` and pyxem
    ``get_direct_beam_position`` when available.
 3. Ellipse (recentred mean patterns: each task's patterns averaged over in-plane
    rotations, distorted by a random ellipse, noise of ``mean_frames`` frames at the dose):

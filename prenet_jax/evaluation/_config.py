@@ -45,7 +45,7 @@ LABELS = {
     "network": "network (ours)",
     "gaussian": "Gaussian filter (best sigma)",
     "pca": "SVD/PCA, neighbouring frames (best rank)",
-    "com": "thresholded CoM",
+    "com": "masked CoM",
     "friedel": "Friedel symmetry",
     "py4dstem_origin": "py4DSTEM get_origin",
     "py4dstem_friedel": "py4DSTEM get_origin_friedel",
