@@ -127,6 +127,17 @@ def test_preprocess_refine_sharpens_the_centres_and_the_ellipse_of_a_cube():
     assert abs(refined.ellipse.ratio - truth.ratio) < 0.001
     assert _angle_err(refined.ellipse.angle, truth.angle) < math.radians(0.3)
     assert plain.refinement is None and not (refined.flags & pj.pipeline.FLAG_REFINE).any()
+    # One of the two: the centres as refined with the plain ellipse, or the reverse.
+    centers = pipe.preprocess(cube["cube"], refine="centers")
+    np.testing.assert_allclose(centers.centers, refined.centers, atol=1e-4)
+    # (the ellipse fitted to the mean of the refined-recentred frames: the full refinement's start)
+    assert centers.ellipse == ref["ellipse_before"] and "ellipse_before" not in centers.refinement
+    ellipse = pipe.preprocess(cube["cube"], refine="ellipse")
+    np.testing.assert_array_equal(ellipse.centers, plain.centers)
+    assert ellipse.refinement["ellipse_before"] == plain.ellipse and "centers_failed" not in ellipse.refinement
+    assert abs(ellipse.ellipse.ratio - truth.ratio) < 0.001 and _angle_err(ellipse.ellipse.angle, truth.angle) < math.radians(0.3)
+    with pytest.raises(ValueError, match="refine='center'"):
+        pipe.preprocess(cube["cube"], refine="center")
 
 
 @pytest.mark.parametrize("method", ["cubic", "linear"])

@@ -36,7 +36,7 @@ def test_refine_runs_without_weights_and_leaves_the_input(refined):
     assert (sha(refined["src"]), refined["src"].stat().st_mtime_ns) == refined["before"]
     p = read_result(refined["out"])["preprocessing"]
     assert "no trained weights" in refined["stdout"] and p["weights_id"].startswith("none")
-    assert '"center_refine": "friedel"' in p["config_json"] and '"refine": true' in p["options_json"]
+    assert '"center_refine": "friedel"' in p["config_json"] and '"refine": "all"' in p["options_json"]
     for name in ("mean", "centers", "polar", "radial"):
         assert (refined["dir"] / f"out_{name}.png").stat().st_size > 10_000
 
@@ -80,3 +80,30 @@ def test_refine_needs_the_centre_stage(refined, tmp_path):
     rc, _, err = run(refined["src"], "--scan", "6,6", "-o", tmp_path / "x.h5", "--cpu", "--refine", "--no-center")
     assert rc == 2 and "--no-center" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_refine_centers_or_the_ellipse_alone(refined, tmp_path):
+    """``--refine centers`` refines the centres and undoes the fitted ellipse as fitted;
+    ``--refine ellipse`` refines the ellipse and leaves the centres as estimated."""
+    full = read_result(refined["out"])["preprocessing"]
+    rc, out, err = run(refined["src"], "--scan", "6,6", "-o", tmp_path / "c.h5", "--cpu", "--refine", "centers", "--no-denoise")
+    assert rc == 0, err
+    c = read_result(tmp_path / "c.h5")["preprocessing"]
+    assert c["refine"] is True and "refine_ellipse_ratio_after" not in c and c["refine_centers_failed"] == 0
+    # the same pass 0 as the full refinement, whose start this is
+    assert (c["ellipse_ratio"], c["ellipse_angle"]) == pytest.approx(
+        (full["refine_ellipse_ratio_before"], full["refine_ellipse_angle_before"])
+    )
+    np.testing.assert_allclose(c["qx0"], full["qx0"], atol=1e-4)  # the same refined centres
+    assert "ellipse=fit;" in out and "beam centres by Friedel symmetry" in out
+    rc, out, err = run(refined["src"], "--scan", "6,6", "-o", tmp_path / "e.h5", "--cpu", "--refine", "ellipse", "--no-denoise")
+    assert rc == 0, err
+    e = read_result(tmp_path / "e.h5")["preprocessing"]
+    assert '"center_refine": "none"' in e["config_json"] and "refine_centers_failed" not in e
+    assert abs(e["refine_ellipse_ratio_after"] - TRUTH.ratio) <= 1e-3
+    rc, _, err = run(refined["src"], "--scan", "6,6", "-o", tmp_path / "p.h5", "--cpu", "--no-denoise")
+    assert rc == 0, err
+    np.testing.assert_array_equal(e["qx0"], read_result(tmp_path / "p.h5")["preprocessing"]["qx0"])  # centres as estimated
+    assert "beam centres by Friedel symmetry" not in out
+    rc, _, err = run(refined["src"], "--scan", "6,6", "-o", tmp_path / "x.h5", "--cpu", "--refine", "ellipse", "--ellipse", "1.05,30")
+    assert rc == 2 and "nothing to refine" in err

@@ -199,6 +199,7 @@ examples:
   prenet-jax preprocess scan.mib -o out.h5 --ellipse 1.04,32.5      # fixed ellipse, no pass 0
   prenet-jax preprocess scan.h5 -o out.h5 --ellipse-py4dstem 40.2,38.6,1.12
   prenet-jax preprocess scan.h5 -o out.h5 --refine                  # self-calibrated centres and ellipse
+  prenet-jax preprocess scan.h5 -o out.h5 --refine centers          # the centres only
   prenet-jax preprocess session/ extra.mib -o processed/ --resume    # many files, one compile; skip finished ones
 
 The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
@@ -283,10 +284,14 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--refine",
-        action="store_true",
+        nargs="?",
+        const="all",
+        choices=("all", "centers", "ellipse"),
         help="self-calibration: refine every beam centre by Friedel symmetry (a frame where it fails keeps its estimate and is "
         "flagged 16) and the ellipse of pass 0 by the azimuthal variance of the recentred mean pattern, both through the "
-        "warp; the summary shows the values before and after. A given --ellipse is kept as given",
+        "warp; the summary shows the values before and after. '--refine centers' or '--refine ellipse' refines one of them "
+        "(on held-out abTEM data the centres gain from the centre of mass, the ellipse does not: docs/preprocess.md). A given "
+        "--ellipse is kept as given",
     )
     g.add_argument(
         "--interpolation",

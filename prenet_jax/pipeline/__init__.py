@@ -20,6 +20,7 @@ from ._pipeline import (
     ellipse_stage,
     normalize,
     refine_stage,
+    refine_targets,
     warp_stage,
 )
 from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
@@ -34,6 +35,7 @@ __all__ = [
     "ellipse_stage",
     "normalize",
     "refine_stage",
+    "refine_targets",
     "warp_stage",
     "FLAG_EMPTY",
     "FLAG_NEGATIVE",

@@ -208,6 +208,24 @@ def center_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
     return center_fine_stage(cfg, params, xn, coarse)
 
 
+#: What ``refine=`` may name: the beam centres, the ellipse, or both.
+REFINE_TARGETS = ("centers", "ellipse")
+
+
+def refine_targets(refine: bool | str | None) -> frozenset[str]:
+    """``refine=`` of :meth:`Pipeline.preprocess` and ``preprocess_file`` as the set of
+    what is refined: True or ``"all"`` both, ``"centers"`` or ``"ellipse"`` one, False,
+    None or ``"none"`` nothing. Centres only is the choice where the ellipse's refinement
+    does not pay (``benchmarks/EVAL.md``, section 5)."""
+    if refine is True or refine == "all":
+        return frozenset(REFINE_TARGETS)
+    if refine is None or refine is False or refine == "none":
+        return frozenset()
+    if refine in REFINE_TARGETS:
+        return frozenset([refine])
+    raise ValueError(f"refine={refine!r}: use True/'all', 'centers', 'ellipse' or False/'none'")
+
+
 def refine_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, flags: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``center_refine="friedel"``: every centre refined by Friedel symmetry
     (:func:`prenet_jax.ops.refine_center`); a failed refinement keeps the estimate and
@@ -581,7 +599,7 @@ class Pipeline:
         return refine_ellipse(np.asarray(mean_pattern, np.float32), ellipse, **kwargs)
 
     def preprocess(
-        self, cube, ellipse: Ellipse | None = None, progress: bool = False, refine: bool = False, descan: str | None = None
+        self, cube, ellipse: Ellipse | None = None, progress: bool = False, refine: bool | str = False, descan: str | None = None
     ) -> PreprocessResult:
         """Denoise, recentre and undo the ellipse of a whole 4D-STEM cube.
 
@@ -593,7 +611,8 @@ class Pipeline:
         progress : show a progress bar
         refine : self-calibration: refine every centre by Friedel symmetry and the
             estimated ellipse by the azimuthal variance of the corrected mean pattern,
-            both through the warp (``result.refinement`` has the values before and after)
+            both through the warp (``result.refinement`` has the values before and after);
+            ``"centers"`` or ``"ellipse"`` refines one of them (:func:`refine_targets`)
         descan : None: every frame is warped about its own centre (one pass). A mode of
             :func:`prenet_jax.ops.fit_descan` (``"auto"``, ``"plane"``, ``"quadratic"``,
             ``"frame"``): the centres of all frames are found first, the descan model is
@@ -609,15 +628,16 @@ class Pipeline:
         """
         if descan not in (None, "auto", "frame", "plane", "quadratic"):  # before the long first pass
             raise ValueError(f"descan must be None, 'auto', 'frame', 'plane' or 'quadratic', got {descan!r}")
-        if refine and self.config.center_refine == "none":
-            return self.with_refinement().preprocess(cube, ellipse, progress, refine=True, descan=descan)
+        targets = refine_targets(refine)
+        if "centers" in targets and self.config.center_refine == "none":
+            return self.with_refinement().preprocess(cube, ellipse, progress, refine=refine, descan=descan)
         cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
         rx, ry, h, w = cube.shape
         frames = cube.reshape(rx * ry, h, w)
         mean, refinement = None, None
         if ellipse is None:
             ellipse, mean = (Ellipse.identity(), None) if self.config.ellipse_method == "none" else self.calibrate(frames)
-            if refine and mean is not None:
+            if "ellipse" in targets and mean is not None:
                 ref = self.refine_ellipse(mean, ellipse)
                 refinement = {
                     "ellipse_before": ellipse,
@@ -645,7 +665,7 @@ class Pipeline:
         finally:
             if bar:
                 bar.close()
-        if refine:
+        if "centers" in targets:
             refinement = {**(refinement or {}), "centers_failed": int(((flags & FLAG_REFINE) != 0).sum())}
         return PreprocessResult(
             data=data.reshape(rx, ry, h, w),

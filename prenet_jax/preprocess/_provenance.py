@@ -87,11 +87,12 @@ def _refine_items(r: dict) -> dict:
             refine_ellipse_ok=bool(r["ellipse_ok"]),
             refine_variance_before=float(r["variance_before"]), refine_variance_after=float(r["variance_after"]),
         )  # fmt: skip
-    out.update(
-        refine_centers_failed=int(r["centers_failed"]),
-        refine_center_shift_median=float(r["center_shift_median"]),
-        refine_center_shift_frames=int(r["center_shift_frames"]),
-    )
+    if "centers_failed" in r:
+        out.update(
+            refine_centers_failed=int(r["centers_failed"]),
+            refine_center_shift_median=float(r["center_shift_median"]),
+            refine_center_shift_frames=int(r["center_shift_frames"]),
+        )
     return out
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from ..config import PipelineConfig
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_REFINE, Ellipse
 from ..io._readers import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
+from ..pipeline._pipeline import refine_targets
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem, frame_center, output_calibration, preprocessing_record
@@ -103,7 +104,7 @@ class _Job:
     diagnostics: bool
     compression: str
     block_bytes: int
-    refine: bool = False
+    refine: frozenset[str] = frozenset()  # what is refined: "centers", "ellipse"
     pad: int = 0
 
     @property
@@ -151,7 +152,7 @@ def preprocess_file(
     compression: str = "gzip",
     saturation: float | str | None = "auto",
     negative: str = "clip",
-    refine: bool = False,
+    refine: bool | str = False,
     pad: int = 0,
     checksum: bool = True,
     block_bytes: int = 32 << 20,
@@ -186,7 +187,8 @@ def preprocess_file(
         step (``center_refine="friedel"``; a frame where it fails keeps its estimate and
         is flagged ``FLAG_REFINE``), and the ellipse estimated in pass 0 refined by the
         azimuthal variance of the recentred mean pattern. A given ``ellipse`` is kept
-        as given. The summary and the record hold the values before and after
+        as given. The summary and the record hold the values before and after.
+        ``"centers"`` or ``"ellipse"`` refines one of them, ``"all"`` (= True) both
     pad : px of zeros added on each side of every frame: the output frames are
         ``(H + 2 pad, W + 2 pad)``, and a frame shifted by up to ``pad`` px loses no count
         at the edge (the fraction each frame loses is recorded either way, and frames
@@ -329,7 +331,13 @@ def _validate(
         pipeline = Pipeline.classical()
     if pipeline.config.negative != "clip":  # the stream flags and clips negatives; it refuses them itself if asked
         pipeline = Pipeline(pipeline.config.replace(negative="clip"), pipeline.params, devices=pipeline.devices)
-    if refine:
+    try:
+        refine = refine_targets(refine)
+    except ValueError as e:
+        raise InputError(f"--refine: {e}") from None
+    if refine == {"ellipse"} and fixed_ellipse:
+        raise InputError("--refine ellipse with a given ellipse: there is nothing to refine; drop one of them")
+    if "centers" in refine:
         if pipeline.config.center_method == "none":
             raise InputError(
                 "--refine refines the beam centres, but the centre stage is off (--no-center, center_method 'none'); drop one of them"
@@ -361,12 +369,12 @@ def _validate(
     log(f"input: {source.describe()}")
     log(
         f"methods: denoise={_denoise_name(cfg)}, center={cfg.center_method}{_refine_name(cfg)}, ellipse={'fixed' if fixed_ellipse else cfg.ellipse_method}"
-        f"{' + refinement' if refine and not fixed_ellipse and cfg.ellipse_method != 'none' else ''}; "
+        f"{' + refinement' if 'ellipse' in refine and not fixed_ellipse and cfg.ellipse_method != 'none' else ''}; "
         f"interpolation {cfg.interpolation}; batch {pipeline.batch_size} on {len(devs)} {'/'.join(kinds)} device(s)"
     )
     if kinds == ["cpu"]:
         log(f"note: running on the CPU ({os.cpu_count()} cores); a GPU is much faster for full-size cubes")
-    if refine and fixed_ellipse:
+    if "ellipse" in refine and fixed_ellipse:
         log("note: the ellipse is given: --refine refines the beam centres only and undoes the given ellipse as it is")
     if pad:
         log(f"note: the output frames are padded by {pad} px on each side: {h + 2 * pad}x{w + 2 * pad} px")
@@ -443,10 +451,10 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
     view = FrameView(job.source, on_read=on_read, sanitize=True, negative=job.negative)
     refinement: dict = {}
     try:
-        if job.refine:
+        if "centers" in job.refine:
             ellipse, mean, refinement = _calibrate_refined(job.pipeline, view, n0)
         else:
-            ellipse, _ = job.pipeline.calibrate(view, n0)
+            ellipse, mean = job.pipeline.calibrate(view, n0)
     except ValueError as e:
         if isinstance(e, InputError):
             raise
@@ -459,7 +467,7 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
     log(
         f"pass 0: ellipse from {n0} frames sampled across the scan: ratio {ellipse.ratio:.4f}, angle {math.degrees(ellipse.angle):.2f} deg ({secs:.1f} s)"
     )
-    if job.refine:
+    if "ellipse" in job.refine:
         t1 = time.perf_counter()
         ref = job.pipeline.refine_ellipse(mean, ellipse)
         cancel.check()
@@ -631,8 +639,10 @@ def _finish(
     denoise = denoise_report(cfg, st.sigmas)
     refinement = None
     if job.refine or cfg.center_refine != "none":
-        refinement = {"center_shift_median": float("nan"), "center_shift_frames": 0, **cal.refinement}
-        refinement["centers_failed"] = int(((st.flags & FLAG_REFINE) != 0).sum())
+        refinement = dict(cal.refinement)
+        if cfg.center_refine != "none":
+            refinement = {"center_shift_median": float("nan"), "center_shift_frames": 0, **refinement}
+            refinement["centers_failed"] = int(((st.flags & FLAG_REFINE) != 0).sum())
     undone = cfg.ellipse_method != "none" or cal.source == "fixed"
     cal_out = output_calibration(src.calibration, job.out_shape, radius if undone else None)
     record = preprocessing_record(
@@ -706,7 +716,7 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
     )
     if refined:
         lines.append(f"refinement: {_ellipse_refinement_text(ref)}")
-    if ref is not None:
+    if ref is not None and "centers_failed" in ref:
         shift = (
             f"median shift {ref['center_shift_median']:.3f} px over the {ref['center_shift_frames']} frames sampled in pass 0 where it held"
             if ref["center_shift_frames"]
