@@ -175,6 +175,29 @@ def test_py4dstem_conventions_on_a_known_disk():
     assert np.max(np.abs(found - cs)) < 0.02  # (qx0, qy0) = (row, col), integer pixel centres
 
 
+@pytest.mark.skipif(not os.environ.get("PRENET_PY4DSTEM_PYTHON"), reason="py4DSTEM interpreter not configured")
+def test_py4dstem_ellipse_convention_on_a_known_ring():
+    """A ring drawn with our ellipse (ratio, a-axis angle from +col toward +row), fitted
+    by py4DSTEM's fit_ellipse_amorphous_ring, comes back through ellipse_from_py4dstem
+    as the same ellipse; an angle convention drifting by 90 degrees or a sign would not."""
+    from prenet_jax.evaluation.peers import run_peer
+    from prenet_jax.preprocess import ellipse_from_py4dstem
+
+    truths = [pj.Ellipse(1.08, math.radians(a)) for a in (20.0, 65.0, 120.0)]
+    size, c0, radius = 96, 47.5, 30.0
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    frames = []
+    for e in truths:  # a Gaussian ring of radius 30 px in the corrected frame, observed through D
+        p = np.linalg.solve(e.matrix(), np.stack([rows.ravel() - c0, cols.ravel() - c0]))
+        frames.append(np.exp(-(((np.hypot(*p) - radius) / 2.0) ** 2)).reshape(size, size))
+    opts = {"centers": [[c0, c0]] * len(truths), "fitradii": [[22.0, 40.0]] * len(truths)}
+    res, _ = run_peer("py4dstem", "fit_ellipse_amorphous_ring", np.asarray(frames, np.float32), opts)
+    for e, (x0, y0, a, b, th) in zip(truths, res):
+        back = ellipse_from_py4dstem(a, b, th)
+        assert (x0, y0) == pytest.approx((c0, c0), abs=0.05)  # (qx0, qy0) = (row, col)
+        assert back.ratio == pytest.approx(e.ratio, abs=0.002) and abs(math.degrees(back.angle - e.angle)) < 0.5, (e, back)
+
+
 @pytest.mark.skipif(not os.environ.get("PRENET_PYXEM_PYTHON"), reason="pyxem interpreter not configured")
 def test_pyxem_conventions_on_a_known_disk():
     from prenet_jax.evaluation.peers import run_peer
