@@ -94,7 +94,9 @@ def test_files_of_one_shape_compile_once(tmp_path):
         jax.monitoring.unregister_event_duration_listener(listener)
     assert [s.status for s in statuses] == ["done", "done"]
     first, second = counts[1] - counts[0], len(compiles) - counts[1]
-    assert first >= 5 and second == 0, (first, second)
+    # The first file compiles what earlier tests in this process have not (at least the
+    # new pipeline's step: measured 4 to 18 by test order); the second compiles nothing.
+    assert first >= 1 and second == 0, (first, second)
 
 
 def test_inputs_from_folders_and_patterns_and_clashing_names(tmp_path):
