@@ -31,6 +31,7 @@ __all__ = [
     "FLAG_NEGATIVE",
     "FLAG_REFINE",
     "FLAG_EDGE",
+    "FLAG_DESCAN",
     "EDGE_LOSS_FLAG",
     "FLAG_NAMES",
     "FLAGS_EXCLUDED",
@@ -49,6 +50,8 @@ FLAG_SATURATED = 4  #: a pixel reached the saturation level (detector count limi
 FLAG_NEGATIVE = 8  #: negative pixels (read noise, dark subtraction): counted as 0
 FLAG_REFINE = 16  #: the centre refinement failed: the frame keeps the estimate
 FLAG_EDGE = 32  #: over ``EDGE_LOSS_FLAG`` of the frame's counts were moved out of the frame
+#: its own centre is farther than k robust sigmas from the fitted descan model (``--descan``)
+FLAG_DESCAN = 64
 #: Fraction of a frame's counts moved out of the output frame by the warp above which
 #: the frame is flagged ``FLAG_EDGE`` (1 %: it biases virtual-detector intensities).
 EDGE_LOSS_FLAG = 0.01
@@ -59,6 +62,7 @@ FLAG_NAMES = {
     FLAG_NEGATIVE: "negative pixels",
     FLAG_REFINE: "centre refinement failed",
     FLAG_EDGE: "counts lost at the frame edge",
+    FLAG_DESCAN: "centre off the descan model",
 }
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY

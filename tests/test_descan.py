@@ -86,6 +86,11 @@ CASES = {
     # told the estimator's noise (see test_auto_white_jitter_needs_the_noise).
     "white jitter, clean": ({"noise": 0.02, "jitter": 0.5, "frac": 0.0}, {"center_noise": 0.02}),
     "white jitter, 3 % failed": ({"noise": 0.02, "jitter": 0.5}, {"center_noise": 0.02}),
+    # Jitter about the size of the noise, or twice it: neither frame nor model wins by much,
+    # and a keep-or-drop at 4.5 noise alone would drop most frames to the model (1.6x worse
+    # than frame at twice the noise): auto keeps every frame once the jitter dominates.
+    "white jitter = noise": ({"noise": 0.05, "jitter": 0.05, "frac": 0.0}, {"center_noise": 0.05}),
+    "white jitter = 2 noise": ({"noise": 0.05, "jitter": 0.1, "frac": 0.0}, {"center_noise": 0.05}),
     # Smooth jitter: the noise is estimated from second differences of the residual map.
     "smooth jitter, clean": ({"noise": 0.02, "jitter": 0.5, "smooth": True, "frac": 0.0}, {}),
     "smooth jitter, 3 % failed": ({"noise": 0.02, "jitter": 0.5, "smooth": True}, {}),
@@ -223,3 +228,23 @@ def test_end_to_end_planar_descan_through_the_classical_pipeline():
     assert not np.allclose(res.data, plain.data, atol=1e-3)
     with pytest.raises(ValueError, match="descan"):
         pipe.preprocess(sim["cube"], descan="linear")
+
+
+def test_center_noise_by_poisson_thinning_matches_the_measured_error():
+    """Pipeline.center_noise splits sampled frames into two Poisson halves; the spread of
+    their centres predicts the error of the full frames' centres against the truth."""
+    scan, shape = (12, 12), (32, 32)
+    pipe = pj.Pipeline(pj.PipelineConfig.classical(ellipse_method="none", batch_size=48))
+    for dose in (500, 5000):
+        sim = pj.synthetic_cube(scan=scan, shape=shape, radius=5.0, descan=(0, 0, 0, 0), jitter=0.0, dose=dose, seed=2, lattice=None)
+        frames = sim["cube"].reshape(-1, *shape)
+        err = pipe.find_centers(frames) - sim["centers"].reshape(-1, 2)
+        noise = pipe.center_noise(frames, n=144)
+        assert noise.shape == (144, 2)
+        # 144 frames: the std of the error itself is known to ~6 %, the thinning estimate to ~10 %
+        np.testing.assert_allclose(np.median(noise, 0), err.std(0), rtol=0.3)
+    # frames told they hold ten times the counts of the others get sqrt(10) less noise
+    counts = np.where(np.arange(144) % 2, 50000.0, 5000.0)
+    noise = pipe.center_noise(frames, counts=counts, n=144)
+    np.testing.assert_allclose(noise[0::2] / noise[1::2], np.sqrt(10), rtol=1e-6)
+    assert pipe.center_noise(frames * 0.37) is None  # not counts: thinning cannot tell

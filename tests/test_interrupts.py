@@ -64,8 +64,11 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
 
 def args_for(phase: str) -> list[str]:
-    # pass 0 only where it is the phase under test: a fixed ellipse skips it (and its compile)
-    return ["--calibration-frames", "8"] if phase == "pass0" else ["--ellipse", "1.06,23"]
+    # pass 0 only where it is the phase under test: a fixed ellipse skips it (and its compile);
+    # the centres pass only with --descan
+    if phase == "pass0":
+        return ["--calibration-frames", "8"]
+    return ["--ellipse", "1.06,23"] + (["--descan", "plane"] if phase == "centers" else [])
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # e.g. "Exception ignored in _xla_gc_callback"

@@ -29,6 +29,7 @@ from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io._readers import InputError, OutputError, check_output_path, open_input
 from ..preprocess._cancel import Cancel, Interrupted, catch_signals
+from ..preprocess._descan import DESCAN_MODES
 from ..preprocess._provenance import ellipse_from_py4dstem
 
 __all__ = ["add_preprocess_parser", "run_preprocess"]
@@ -200,6 +201,7 @@ examples:
   prenet-jax preprocess scan.h5 -o out.h5 --ellipse-py4dstem 40.2,38.6,1.12
   prenet-jax preprocess scan.h5 -o out.h5 --refine                  # self-calibrated centres and ellipse
   prenet-jax preprocess scan.h5 -o out.h5 --refine centers          # the centres only
+  prenet-jax preprocess scan.h5 -o out.h5 --descan plane            # centres from a plane fitted over the scan
   prenet-jax preprocess session/ extra.mib -o processed/ --resume    # many files, one compile; skip finished ones
 
 The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
@@ -292,6 +294,15 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         "warp; the summary shows the values before and after. '--refine centers' or '--refine ellipse' refines one of them "
         "(on held-out abTEM data the centres gain from the centre of mass, the ellipse does not: docs/preprocess.md). A given "
         "--ellipse is kept as given",
+    )
+    g.add_argument(
+        "--descan",
+        choices=DESCAN_MODES,
+        help="fit a model of the beam centre across the scan (robust Huber fit; frames farther than 4 sigma from it are flagged "
+        "64) after a first pass that finds every centre, then warp each frame about: its own centre (frame), the fitted plane "
+        "or quadratic (plane, quadratic: best where the centre moves only with the descan coils), or the model plus each "
+        "frame's own offset where it is significant (auto). The model and the residual maps go into the output and the "
+        "centre figure. Default: each frame's own centre, one pass",
     )
     g.add_argument(
         "--interpolation",
@@ -438,6 +449,7 @@ def _file_options(args, ellipse, weights_id: str) -> dict:
         negative=args.negative,
         refine=args.refine,
         pad=args.pad,
+        descan=args.descan,
         checksum=not args.no_checksum,
         weights_id=weights_id,
         options=options,

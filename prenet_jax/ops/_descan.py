@@ -232,7 +232,9 @@ def fit_descan(
           (invalid frames included: the model fills them in);
         - ``"auto"``: the model, degree chosen by BIC, plus each frame's residual where
           it is significant: kept when ``sqrt(sum_j (r_j / noise_j)^2) > k_sig`` (see
-          ``center_noise``), the model otherwise. Outliers get the model when they are
+          ``center_noise``), the model otherwise; where the residuals' robust variance
+          exceeds twice the noise's in both coordinates (jitter larger than the noise),
+          every frame keeps its own residual. Outliers get the model when they are
           significant map-wide, ``sqrt(sum_j (r_j / sigma_j)^2) > max(k,
           sqrt(2 ln(1000 N)))`` for ``N`` valid frames (5.3 for 32 x 32), which a map of
           Gaussian residuals exceeds with probability 0.1 %: a frame just past ``k``
@@ -321,7 +323,15 @@ def fit_descan(
         # has a frame.
         k_map = max(k, np.sqrt(2.0 * np.log(1000.0 * ok.sum())))
         failed = out & (np.sqrt(((r0 / sigma) ** 2).sum(-1)) > k_map)
-        kept = ok & ~failed & (np.sqrt(((r0 / noise) ** 2).sum(-1)) > k_sig)
+        # Real jitter larger than the noise (residual variance over twice the noise's): a
+        # frame's own centre is then closer to the truth than the model is on average, so
+        # every frame keeps it (dropping those below k_sig noise would cost up to k_sig
+        # noise each, where keeping costs one noise).
+        typical = np.median(np.broadcast_to(noise, (sy, sx, 2))[ok], axis=0)
+        if np.all(sigma**2 > 2.0 * typical**2):
+            kept = ok & ~failed
+        else:
+            kept = ok & ~failed & (np.sqrt(((r0 / noise) ** 2).sum(-1)) > k_sig)
         chosen = np.where(kept[..., None], c, model)
     else:
         kept = np.zeros((sy, sx), bool)

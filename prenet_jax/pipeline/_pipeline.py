@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..config import PipelineConfig
-from ..conventions import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse
+from ..conventions import FLAG_DESCAN, FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse
 from ..models._networks import ResNet, UNet
 from ..ops._centers import com_center, friedel_center, heatmap_center
 from ..ops._descan import Descan, fit_descan
@@ -49,7 +49,7 @@ class PreprocessResult:
     centers : (Rx, Ry, 2) float64, beam centre ``(row, col)`` found in each input frame
     ellipse : the distortion that was undone
     flags : (Rx, Ry) uint8 bit mask (``FLAG_NONFINITE``, ``FLAG_EMPTY``, ``FLAG_NEGATIVE``,
-        ``FLAG_REFINE``)
+        ``FLAG_REFINE``, ``FLAG_DESCAN``)
     mean_pattern : (H, W) float32 recentred mean of the calibration frames (pass 0),
         or None when the ellipse was given
     refinement : with ``refine=True``: the ellipse before and after its refinement and
@@ -57,7 +57,7 @@ class PreprocessResult:
         (:class:`prenet_jax.ops.RefinedEllipse`), and how many centre refinements failed
     descan : with ``descan=``: the :class:`prenet_jax.ops.Descan` fit; ``centers`` are then
         its chosen centres (the measured ones are ``descan.model + descan.residuals``);
-        its ``outliers`` are not in ``flags``
+        its ``outliers`` are flagged ``FLAG_DESCAN``
     """
 
     data: np.ndarray
@@ -67,6 +67,16 @@ class PreprocessResult:
     mean_pattern: np.ndarray | None = None
     refinement: dict | None = None
     descan: Descan | None = None
+
+
+#: Frames :meth:`Pipeline.center_noise` samples by default.
+THINNING_FRAMES = 256
+
+
+def _frame_counts(frames: np.ndarray) -> np.ndarray:
+    """Total counts of each frame as the step sees them (negatives and NaN/Inf as 0)."""
+    x = np.asarray(frames, np.float64)
+    return np.where(np.isfinite(x) & (x > 0), x, 0.0).sum(axis=(1, 2))
 
 
 # ----------------------------------------------------------------------------- stages
@@ -330,6 +340,9 @@ class Pipeline:
     step_fn : the compiled batch step ``(params, frames, matrix) -> (corrected, centers,
         flags)``: frames ``(batch_size, H, W)`` sharded by ``data_sharding``, the
         distortion matrix replicated (``replicated``); what streaming callers drive
+    step_at_fn : the same step about given centres, ``(params, frames, centers, matrix)
+        -> (corrected, centers, flags)`` with ``centers`` (batch_size, 2) sharded like the
+        frames: denoise and warp, no centre stage (the second pass of a descan run)
     data_sharding, replicated : the ``NamedSharding`` of a batch (split over the
         ``"data"`` axis of ``mesh``) and of everything else
     batch_size : frames per step (a multiple of the devices)
@@ -372,6 +385,11 @@ class Pipeline:
         self.step_fn = jax.jit(
             step,
             in_shardings=(self.replicated, self.data_sharding, self.replicated),
+            out_shardings=(self.data_sharding, self.data_sharding, self.data_sharding),
+        )
+        self.step_at_fn = jax.jit(
+            self._step_at_fn,
+            in_shardings=(self.replicated, self.data_sharding, self.data_sharding, self.replicated),
             out_shardings=(self.data_sharding, self.data_sharding, self.data_sharding),
         )
         self._centers = jax.jit(
@@ -424,6 +442,12 @@ class Pipeline:
         # Always warp: with no centre method and an identity ellipse the map samples
         # integer positions, which both interpolations reproduce exactly.
         return warp_stage(cfg, x, centers, matrix), centers, flags
+
+    def _step_at_fn(self, params, frames, centers, matrix):
+        """The step about given centres (a descan model's): no centre stage."""
+        x, flags = as_counts(frames)
+        x = denoise_stage(self.config, params, x)
+        return warp_stage(self.config, x, centers, matrix), centers, flags
 
     def _centers_fn(self, params, frames):
         x, flags = as_counts(frames)
@@ -518,6 +542,52 @@ class Pipeline:
         flags = np.empty(frames.shape[0], np.uint8)
         self._map(self._centers, frames, (centers, flags))
         return centers.astype(np.float64)
+
+    def center_noise(self, frames, valid=None, counts=None, n: int = THINNING_FRAMES, seed: int = 0) -> np.ndarray | None:
+        """The noise of this pipeline's centre estimate in every frame, by Poisson thinning.
+
+        Each of ``n`` frames sampled evenly over ``frames`` is split into two halves by
+        drawing every count into one or the other (binomial, p = 1/2): each half is an
+        independent Poisson frame of half the dose. Their centres differ by the
+        estimator's noise at half the dose, so per axis ``std(c1 - c2) / 2`` is its noise
+        at the full dose (``c1 - c2`` has variance ``2 * 2 sigma^2``). The noise of a centre
+        of mass scales as ``1 / sqrt(counts)``: the sample gives ``k = std(sqrt(N) (c1 -
+        c2) / 2)`` (robust: 1.4826 MAD) and frame ``i`` gets ``k / sqrt(N_i)``.
+
+        Parameters
+        ----------
+        frames : (N, H, W) counts (an array, or a lazy array-like taking sorted index arrays)
+        valid : (N,) bool, the frames that may be sampled (default: all)
+        counts : (N,) total counts of each frame (default: summed here, which reads every frame)
+        n, seed : frames sampled, and the seed of the split (the result is reproducible)
+
+        Returns
+        -------
+        (N, 2) float64 px, or None where thinning cannot tell: the data are not counts
+        (a sampled pixel is not a whole number), or fewer than 8 frames have counts
+        """
+        if counts is None:
+            counts = np.concatenate([np.zeros(0)] + [_frame_counts(frames[i : i + 256]) for i in range(0, len(frames), 256)])
+        counts = np.asarray(counts, np.float64).reshape(-1)
+        ok = counts > 0 if valid is None else np.asarray(valid, bool).reshape(-1) & (counts > 0)
+        flat = np.flatnonzero(ok)
+        if flat.size < 8:
+            return None
+        index = np.unique(flat[np.linspace(0, flat.size - 1, min(n, flat.size)).round().astype(np.int64)])
+        x = np.asarray(frames[index], np.float64)
+        x = np.where(np.isfinite(x) & (x > 0), x, 0.0)
+        k = np.round(x)
+        if np.abs(x - k).max() > 1e-3:
+            return None
+        half = np.random.default_rng(seed).binomial(k.astype(np.int64), 0.5)
+        c1 = self.find_centers(half.astype(np.float32))
+        c2 = self.find_centers((k - half).astype(np.float32))
+        d = np.sqrt(counts[index])[:, None] * (c1 - c2) / 2.0
+        d = d[np.isfinite(d).all(-1)]
+        if d.shape[0] < 8:
+            return None
+        scale = np.maximum(1.482602218505602 * np.median(np.abs(d - np.median(d, 0)), 0), 1e-9)
+        return scale / np.sqrt(np.maximum(counts, 1.0))[:, None]
 
     def estimate_ellipse(self, mean_dp) -> Ellipse:
         """Elliptical distortion of a recentred mean pattern.
@@ -618,8 +688,11 @@ class Pipeline:
             ``"frame"``): the centres of all frames are found first, the descan model is
             fitted over the scan (frames flagged ``FLAG_NONFINITE`` or ``FLAG_EMPTY`` left
             out, and given the model's centre), and every frame is warped about its chosen
-            centre; ``result.descan`` holds the fit. The frames are denoised once: they
-            wait, denoised, in the output array between the two passes.
+            centre; ``result.descan`` holds the fit, and its outliers are flagged
+            ``FLAG_DESCAN``. ``"auto"`` judges each frame's residual against the
+            estimator's noise measured by :meth:`center_noise` (Poisson thinning; for
+            data that are not counts, the fit's own estimate). The frames are denoised
+            once: they wait, denoised, in the output array between the two passes.
 
         Returns
         -------
@@ -697,7 +770,10 @@ class Pipeline:
         first, warp = self._descan_fns
         self._map(first, frames, (data, centers, flags), progress=progress)
         usable = (flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0
-        fit = fit_descan(centers.astype(np.float64).reshape(*scan, 2), mode, valid=usable.reshape(scan))
+        noise = self.center_noise(frames, valid=usable) if mode == "auto" else None  # only auto judges residuals by it
+        noise = None if noise is None else noise.reshape(*scan, 2)
+        fit = fit_descan(centers.astype(np.float64).reshape(*scan, 2), mode, valid=usable.reshape(scan), center_noise=noise)
+        flags |= np.where(fit.outliers.reshape(-1), FLAG_DESCAN, 0).astype(np.uint8)
         chosen = fit.centers.reshape(-1, 2).astype(np.float32)
         b = self.batch_size
         for start in range(0, data.shape[0], b):

@@ -34,6 +34,7 @@ __all__ = ["Cancel", "Interrupted", "PHASES", "catch_signals"]
 PHASES = {
     "startup": "start-up",
     "pass0": "pass 0 (estimating the ellipse)",
+    "centers": "the centres pass (--descan)",
     "compile": "compilation of the step",
     "stream": "streaming (pass 1)",
     "finish": "the writing of the metadata and figures",

@@ -85,6 +85,7 @@ def write_diagnostics(
     between=None,
     note: str = "",
     after_label: str = "after: centre of mass of the output",
+    descan=None,
 ) -> tuple[list[Path], dict]:
     """Write the four PNGs for ``output``: all four, or none (a failure removes those
     already written).
@@ -100,6 +101,8 @@ def write_diagnostics(
     between : called before each figure; it may raise to stop (an interrupt)
     note : text shown on the polar and radial figures (e.g. the residual ellipse ratio)
     after_label : the title of the ``centers_after`` maps (which estimator measured them)
+    descan : a :class:`prenet_jax.ops.Descan` fit of ``centers``: the centre figure
+        then also maps its model and the residuals (outliers marked)
 
     Returns
     -------
@@ -115,7 +118,19 @@ def write_diagnostics(
     written: list[Path] = []
     try:
         measures = _write_figures(
-            plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between or (lambda: None), note, after_label
+            plt,
+            paths,
+            written,
+            mean_before,
+            mean_after,
+            centers,
+            centers_after,
+            good,
+            title,
+            between or (lambda: None),
+            note,
+            after_label,
+            descan,
         )
     except BaseException:
         for p in written:
@@ -124,7 +139,9 @@ def write_diagnostics(
     return paths, measures
 
 
-def _write_figures(plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note, after_label) -> dict:
+def _write_figures(
+    plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note, after_label, descan
+) -> dict:
     def save(fig, path):
         _save(fig, path)
         written.append(path)
@@ -158,12 +175,20 @@ def _write_figures(plt, paths, written, mean_before, mean_after, centers, center
     fig.tight_layout()
     save(fig, paths[0])
 
-    # 2. centre maps, relative to the frame centre
+    # 2. centre maps, relative to the frame centre (with a descan fit: its model and residuals too)
     between()
-    fig, ax = plt.subplots(2, 2, figsize=(10, 8.4))
     hi, wi = mean_before.shape
     c_frame = ((hi - 1) / 2.0, (wi - 1) / 2.0)  # the input's frame centre
-    for col, (cen, label, ref) in enumerate(((centers, "before: found in the input", c_frame), (centers_after, after_label, c0))):
+    maps = [(centers, "before: found in the input", c_frame)]
+    if descan is not None:
+        name = "plane" if descan.degree == 1 else "quadratic"
+        maps += [
+            (descan.model, f"descan model ({name}, --descan {descan.mode})", c_frame),
+            (descan.residuals, "found - model (x: outliers)", (0.0, 0.0)),
+        ]
+    maps.append((centers_after, after_label, c0))
+    fig, ax = plt.subplots(2, len(maps), figsize=(5 * len(maps), 8.4), squeeze=False)
+    for col, (cen, label, ref) in enumerate(maps):
         for row, (k, axis) in enumerate(((0, "row"), (1, "col"))):
             d = np.where(good, cen[..., k] - ref[k], np.nan)
             lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
@@ -172,9 +197,12 @@ def _write_figures(plt, paths, written, mean_before, mean_after, centers, center
             cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
             im = a.imshow(d, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
             sd = float(np.nanstd(d)) if np.isfinite(d).any() else float("nan")
-            a.set_title(f"{label}\n{axis} - {ref[k]:g} px (std {sd:.3g} px)", fontsize=9)
+            a.set_title(f"{label}\n{axis}{f' - {ref[k]:g}' if ref[k] else ''} px (std {sd:.3g} px)", fontsize=9)
             a.set_xlabel("scan Ry")
             a.set_ylabel("scan Rx")
+            if descan is not None and cen is descan.residuals and descan.outliers.any():
+                i, j = np.nonzero(descan.outliers)
+                a.plot(j, i, "kx", ms=6, mew=1.2)
             fig.colorbar(im, ax=a, label="px")
     fig.suptitle(suptitle + "beam centre relative to the frame centre (grey: flagged frames)", fontsize=11)
     fig.tight_layout()

@@ -1,14 +1,17 @@
 """File to file: :func:`preprocess_file`, the library side of ``prenet-jax preprocess``.
 
-A run is five steps, each a function below::
+A run is five (six) steps, each a function below::
 
     validate  -> open the input read-only, check the options and the output path
     calibrate -> pass 0: the dataset's ellipse from frames sampled across the scan
                  (:meth:`prenet_jax.Pipeline.calibrate`), unless one is given; with
                  ``refine=True`` refined by the azimuthal variance of the recentred
                  mean (:func:`prenet_jax.ops.refine_ellipse`)
+    descan    -> with ``descan=``: the centre of every frame, and the descan model fitted
+                 over the scan (:mod:`._descan`)
     stream    -> pass 1: every frame through the compiled step into a temporary file
-                 (:func:`prenet_jax.preprocess._stream.stream`)
+                 (:func:`prenet_jax.preprocess._stream.stream`), about the descan's
+                 centres when there is one
     finish    -> metadata (:mod:`._provenance`), figures, then the atomic rename
     summary   -> the lines printed at the end
 
@@ -38,6 +41,7 @@ from ..io._readers import EMDWriter, FrameView, InputError, Source, check_output
 from ..pipeline._pipeline import refine_targets
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
+from ._descan import DESCAN_MODES, DescanPass, descan_lines, descan_pass, descan_record
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem, frame_center, output_calibration, preprocessing_record
 from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, StreamStats, output_dtype_for, stream
 
@@ -68,6 +72,9 @@ class FileResult:
         flagged ``FLAG_REFINE``), ``center_shift_median`` (px, median distance between
         the estimated and the refined centres of the frames sampled in pass 0; NaN
         without pass 0) and ``center_shift_frames`` (how many); else None
+    descan : with ``descan=``: the :class:`prenet_jax.preprocess._descan.DescanPass`
+        (the fit, the centres measured per frame); ``centers`` are then the centres
+        the frames were warped about
     """
 
     output: Path
@@ -87,6 +94,7 @@ class FileResult:
     lines: list
     residual_angle: float = float("nan")
     refinement: dict | None = None
+    descan: DescanPass | None = None
 
 
 @dataclasses.dataclass
@@ -106,6 +114,7 @@ class _Job:
     block_bytes: int
     refine: frozenset[str] = frozenset()  # what is refined: "centers", "ellipse"
     pad: int = 0
+    descan: str | None = None  # a mode of DESCAN_MODES
 
     @property
     def config(self) -> PipelineConfig:
@@ -154,6 +163,7 @@ def preprocess_file(
     negative: str = "clip",
     refine: bool | str = False,
     pad: int = 0,
+    descan: str | None = None,
     checksum: bool = True,
     block_bytes: int = 32 << 20,
     weights_id: str = "none (classical methods)",
@@ -193,6 +203,14 @@ def preprocess_file(
         ``(H + 2 pad, W + 2 pad)``, and a frame shifted by up to ``pad`` px loses no count
         at the edge (the fraction each frame loses is recorded either way, and frames
         losing over 1 % are flagged ``FLAG_EDGE``)
+    descan : None: every frame is warped about its own centre. A mode of
+        :func:`prenet_jax.ops.fit_descan` (``"frame"``, ``"plane"``, ``"quadratic"``,
+        ``"auto"``): a centres pass first finds every frame's centre, a descan model is
+        fitted over the scan robustly (frames flagged empty or non-finite left out;
+        outliers flagged ``FLAG_DESCAN``), and pass 1 warps every frame about the
+        centre the mode chooses. The model, the measured centres and the residuals go
+        into the record (``qx0_fit``, ``qx0_meas``, ``qx0_residuals``, ...) and the
+        centre figure. The frames are read and denoised twice.
     checksum : record the input's SHA-256 (read concurrently with processing)
     block_bytes : size of one read; host memory stays a small multiple of it
     weights_id, options : provenance to record
@@ -216,7 +234,7 @@ def preprocess_file(
     """
     args = dict(
         pipeline=pipeline, dataset=dataset, scan=scan, ellipse=ellipse, output_dtype=output_dtype, overwrite=overwrite,
-        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, pad=pad, checksum=checksum,
+        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, pad=pad, descan=descan, checksum=checksum,
         block_bytes=block_bytes, weights_id=weights_id, options=options, progress=progress, log=log,
     )  # fmt: skip
     if cancel is not None:
@@ -241,9 +259,10 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         cancel.check()
         checks = _Checksum(input, cancel) if checksum else None
         cal = _calibrate(job, ellipse, progress, cancel, log)
+        dp = _descan(job, progress, cancel, log) if job.descan else None
         writer = EMDWriter(output, job.out_shape, job.out_dtype, overwrite=job.overwrite, compression=job.compression)
-        st = _stream_pass(job, writer, cal, progress, cancel)
-        done = _finish(job, writer, st, cal, checks, weights_id, options, cancel, log, figures)
+        st = _stream_pass(job, writer, cal, progress, cancel, dp)
+        done = _finish(job, writer, st, cal, checks, weights_id, options, cancel, log, figures, dp)
     finally:  # the one clean-up: nothing but a committed output survives
         if checks is not None:
             checks.stop()
@@ -254,7 +273,9 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
                 p.unlink(missing_ok=True)
         job.source.close()
     seconds = dict(st.seconds, pass0=cal.seconds, total=time.perf_counter() - t_all)
-    lines = _summary(job, st, cal, done, seconds)
+    if dp is not None:
+        seconds["centers_pass"] = dp.seconds
+    lines = _summary(job, st, cal, done, seconds, dp)
     for line in lines:
         log(line)
     return FileResult(
@@ -275,6 +296,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         lines=lines,
         residual_angle=done.residual_angle,
         refinement=done.refinement,
+        descan=dp,
     )
 
 
@@ -305,6 +327,7 @@ def _validate(
     negative,
     refine,
     pad,
+    descan,
     block_bytes,
     log,
     fixed_ellipse,
@@ -320,6 +343,8 @@ def _validate(
         raise InputError(f"compression {compression!r}: use 'gzip' or 'none'")
     if not (isinstance(pad, int | np.integer) and 0 <= pad <= 4096):
         raise InputError(f"pad={pad!r}: give the px of zeros to add on each side of the output frames, an integer from 0 to 4096")
+    if descan is not None and descan not in DESCAN_MODES:
+        raise InputError(f"--descan {descan!r}: use one of {', '.join(DESCAN_MODES)}")
     check_output_path(output, overwrite)
     if diagnostics and not overwrite:
         taken = [p for p in diagnostic_paths(output) if p.exists()]
@@ -344,6 +369,10 @@ def _validate(
             )
         pipeline = pipeline.with_refinement()  # center_refine="friedel" in the compiled step
     cfg = pipeline.config
+    if descan is not None and cfg.center_method == "none":
+        raise InputError(
+            "--descan fits a model to the beam centres, but the centre stage is off (--no-center, center_method 'none'); drop one of them"
+        )
 
     source = open_input(input, dataset, scan)
     try:
@@ -378,7 +407,13 @@ def _validate(
         log("note: the ellipse is given: --refine refines the beam centres only and undoes the given ellipse as it is")
     if pad:
         log(f"note: the output frames are padded by {pad} px on each side: {h + 2 * pad}x{w + 2 * pad} px")
-    return _Job(input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad))
+    if descan is not None:
+        log(
+            f"note: --descan {descan}: a centres pass over every frame comes first, then the model is fitted, then pass 1 (the frames are read and denoised twice)"
+        )
+    return _Job(
+        input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad), descan
+    )
 
 
 def _refine_name(cfg: PipelineConfig) -> str:
@@ -565,10 +600,31 @@ def _ellipse_refinement_text(r: dict) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- 3. stream (pass 1)
+# ----------------------------------------------------------------------------- 3. descan (the centres pass)
 
 
-def _stream_pass(job: _Job, writer: EMDWriter, cal: _Calibration, progress: bool, cancel: Cancel) -> StreamStats:
+def _descan(job: _Job, progress: bool, cancel: Cancel, log) -> DescanPass:
+    cancel.phase = "centers"
+    bar = _bar(progress, job.source.n_frames, "centres (descan)")
+    try:
+        dp = descan_pass(
+            job.source, job.pipeline, job.descan, negative=job.negative, block_bytes=job.block_bytes,
+            progress=bar.update if bar else None, cancel=cancel,
+        )  # fmt: skip
+    finally:
+        if bar:
+            bar.close()
+    cancel.check()
+    log(descan_lines(dp)[0])  # all of them in the summary
+    return dp
+
+
+# ----------------------------------------------------------------------------- 4. stream (pass 1)
+
+
+def _stream_pass(
+    job: _Job, writer: EMDWriter, cal: _Calibration, progress: bool, cancel: Cancel, dp: DescanPass | None = None
+) -> StreamStats:
     cancel.phase = "compile"  # the first batch compiles the step
     bar = _bar(progress, job.source.n_frames, "preprocess")
     try:
@@ -576,13 +632,14 @@ def _stream_pass(job: _Job, writer: EMDWriter, cal: _Calibration, progress: bool
             job.source, job.pipeline, cal.ellipse.matrix(), writer,
             out_dtype=job.out_dtype, saturation=job.saturation, negative=job.negative, block_bytes=job.block_bytes,
             progress=bar.update if bar else None, cancel=cancel, pad=job.pad,
+            centers=None if dp is None else dp.fit.centers, flags=None if dp is None else dp.flags,
         )  # fmt: skip
     finally:
         if bar:
             bar.close()
 
 
-# ----------------------------------------------------------------------------- 4. finish
+# ----------------------------------------------------------------------------- 5. finish
 
 
 def _fit_mean(mean: np.ndarray) -> tuple[float, float, float]:
@@ -621,7 +678,17 @@ def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
 
 
 def _finish(
-    job: _Job, writer: EMDWriter, st: StreamStats, cal: _Calibration, checks, weights_id, options, cancel: Cancel, log, figures: list
+    job: _Job,
+    writer: EMDWriter,
+    st: StreamStats,
+    cal: _Calibration,
+    checks,
+    weights_id,
+    options,
+    cancel: Cancel,
+    log,
+    figures: list,
+    dp: DescanPass | None = None,
 ) -> _Finished:
     """Metadata, figures, then the atomic rename. Figures are written before the
     rename, into ``figures``, so that a failure leaves neither: the caller's
@@ -652,6 +719,8 @@ def _finish(
         input_sha256=checks.result() if checks is not None else None, output_dtype=job.out_dtype, saturation=job.saturation,
         residual_angle=residual_angle, refinement=refinement, pad=job.pad,
     )  # fmt: skip
+    if dp is not None:
+        record.update(descan_record(dp))
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
     try:
@@ -673,8 +742,10 @@ def _finish(
         try:
             indep = after_checks(cfg)[1]
             paths, done.measures = write_diagnostics(
-                job.output, st.mean_before, st.mean_after, st.centers, st.friedel_after if indep == "friedel" else st.centers_after,
+                job.output, st.mean_before, st.mean_after, st.centers if dp is None else dp.measured,
+                st.friedel_after if indep == "friedel" else st.centers_after,
                 good, title, between=cancel.check, note=note, after_label=f"after: {AFTER_NAMES[indep]} of the output (independent check)",
+                descan=None if dp is None else dp.fit,
             )  # fmt: skip
             figures.extend(paths)
         except OSError as e:
@@ -689,15 +760,17 @@ def _finish(
     return done
 
 
-# ----------------------------------------------------------------------------- 5. summary
+# ----------------------------------------------------------------------------- 6. summary
 
 
-def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, seconds: dict) -> list[str]:
+def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, seconds: dict, dp: DescanPass | None = None) -> list[str]:
     n = job.source.n_frames
     h, w = job.out_shape[2:]
     c0 = frame_center(h, w)
     a, b, theta = ellipse_to_py4dstem(cal.ellipse, done.radius)
     p0 = f" after pass 0's {cal.seconds:.1f} s" if cal.estimated else ""
+    if dp is not None:
+        p0 += f"{' and' if p0 else ' after'} the centres pass's {dp.seconds:.1f} s"
     lines = [
         f"done: {n} frames in {seconds['wall']:.1f} s ({n / max(seconds['wall'], 1e-9):.0f} frames/s){p0}; "
         f"busy: read {seconds['read']:.1f} s, compute {seconds['compute']:.1f} s, write {seconds['write']:.1f} s"
@@ -705,7 +778,9 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
     good = (st.flags & FLAGS_EXCLUDED) == 0
     sel = good & np.isfinite(st.centers).all(-1)
     if sel.any():
-        lines.extend(_center_lines(job.config, st, sel, c0))
+        lines.extend(_center_lines(job.config, st, sel, c0, None if dp is None else dp.measured))
+    if dp is not None:
+        lines.extend(descan_lines(dp))
     lines.extend(_edge_lines(job, st, good))
     ref = done.refinement
     refined = ref is not None and "ellipse_before" in ref
@@ -761,11 +836,13 @@ def after_checks(cfg: PipelineConfig) -> tuple[str, str]:
 AFTER_NAMES = {"com": "centre of mass", "friedel": "Friedel symmetry"}
 
 
-def _center_lines(cfg: PipelineConfig, st: StreamStats, sel: np.ndarray, c0) -> list[str]:
-    """The beam centre spread before, and after by both estimators of the output."""
+def _center_lines(cfg: PipelineConfig, st: StreamStats, sel: np.ndarray, c0, measured: np.ndarray | None = None) -> list[str]:
+    """The beam centre spread before (``measured``, default the centres used), and
+    after by both estimators of the output."""
     after = {"com": st.centers_after[sel], "friedel": st.friedel_after[sel]}
     same, indep = after_checks(cfg)
-    sb = st.centers[sel].std(0)
+    before = st.centers if measured is None else measured
+    sb = before[sel & np.isfinite(before).all(-1)].std(0)
     lines = [f"beam centre spread (std over the scan): before row {sb[0]:.3f} px, col {sb[1]:.3f} px"]
     for name, role in ((indep, "independent check"), (same, "self-consistency")):
         c = after[name][np.isfinite(after[name]).all(-1)]

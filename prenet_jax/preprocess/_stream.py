@@ -284,6 +284,8 @@ def stream(
     progress: Callable[[int], None] | None = None,
     cancel: Cancel | None = None,
     pad: int = 0,
+    centers: np.ndarray | None = None,
+    flags: np.ndarray | None = None,
 ) -> StreamStats:
     """Run every frame of ``source`` through ``pipe``'s compiled step into ``writer``.
 
@@ -308,6 +310,12 @@ def stream(
         output frames are ``(H + 2 pad, W + 2 pad)`` and a shift of up to ``pad`` px
         moves no count out of the frame; the centres found and ``mean_before`` are in
         the input's frame, ``mean_after`` and the after-centres in the output's
+    centers : (Rx, Ry, 2) centres in the input's frame to warp each frame about (a
+        descan model's, :func:`prenet_jax.preprocess._descan.centers_pass`): the step
+        then denoises and warps, and finds no centre (:attr:`Pipeline.step_at_fn`);
+        default: the step finds every centre
+    flags : (Rx, Ry) uint8 flags to OR into the result's (those of the pass that found
+        ``centers``)
 
     Raises
     ------
@@ -332,6 +340,8 @@ def stream(
         progress,
         cancel or Cancel(),
         pad,
+        centers,
+        flags,
     ).run()
 
 
@@ -367,6 +377,8 @@ class _Stream:
         progress,
         cancel,
         pad=0,
+        given=None,
+        prior_flags=None,
     ):
         self.source, self.pipe, self.writer = source, pipe, writer
         self.negative, self.inflight, self.progress, self.cancel = negative, inflight, progress, cancel
@@ -380,6 +392,9 @@ class _Stream:
         sizes = [(i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in self.blocks]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.flat = _scan_order(self.blocks, self.starts, self.n_total, ry)
+        # given centres, in the padded frame and in processing order (one batch is a slice)
+        self.given = None if given is None else (np.asarray(given, np.float32).reshape(-1, 2)[self.flat] + self.pad)
+        self.prior_flags = None if prior_flags is None else np.asarray(prior_flags, np.uint8).reshape(-1)
 
         cfg = pipe.config
         self.auto_sigma = cfg.denoise_method == "gaussian" and cfg.gaussian_sigma is None
@@ -465,7 +480,7 @@ class _Stream:
             self.centers_after[idx] = r["com_after"][:n]
             self.friedel_after[idx] = r["friedel_after"][:n]
             self.lost[idx] = r["lost"][:n]
-            self.flags[idx] = r["flags"][:n]
+            self.flags[idx] = r["flags"][:n] if self.prior_flags is None else r["flags"][:n] | self.prior_flags[idx]
             self.counts[idx] = r["counts"][:n]
             self.sigmas[idx] = r["sigma"][:n]
             acc = self.acc
@@ -503,7 +518,13 @@ class _Stream:
         pipe = self.pipe
         try:
             dev = jax.device_put(host, pipe.data_sharding)
-            corrected, cen, fl = pipe.step_fn(pipe.params, dev, self.matrix_dev)
+            if self.given is None:
+                corrected, cen, fl = pipe.step_fn(pipe.params, dev, self.matrix_dev)
+            else:
+                c = np.zeros((self.b, 2), np.float32)
+                c[:n] = self.given[pos0 : pos0 + n]
+                c[n:] = self.given[pos0]  # padding frames (zeros): any centre will do
+                corrected, cen, fl = pipe.step_at_fn(pipe.params, dev, jax.device_put(c, pipe.data_sharding), self.matrix_dev)
             valid = self.valid_full if n == self.b else jax.device_put(np.arange(self.b) < n, pipe.data_sharding)
             res = dict(self.post(dev, corrected, cen, fl, valid, self.sat, self.matrix_dev), centers=cen)
             for r in res.values():
