@@ -202,6 +202,7 @@ examples:
   prenet-jax preprocess scan.h5 -o out.h5 --refine                  # self-calibrated centres and ellipse
   prenet-jax preprocess scan.h5 -o out.h5 --refine centers          # the centres only
   prenet-jax preprocess scan.h5 -o out.h5 --descan plane            # centres from a plane fitted over the scan
+  prenet-jax preprocess scan.h5 -o out.h5 --mask beamstop.npy       # a beam stop's shadow (True = bad pixel)
   prenet-jax preprocess session/ extra.mib -o processed/ --resume    # many files, one compile; skip finished ones
 
 The output opens with py4DSTEM.read(OUTPUT); see docs/preprocess.md for the layout
@@ -294,6 +295,20 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         "warp; the summary shows the values before and after. '--refine centers' or '--refine ellipse' refines one of them "
         "(on held-out abTEM data the centres gain from the centre of mass, the ellipse does not: docs/preprocess.md). A given "
         "--ellipse is kept as given",
+    )
+    g.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="detector mask, True (1) = bad pixel: .npy, HDF5 (FILE.h5, or FILE.h5:/dataset when it holds several 2-D "
+        "datasets) or TIFF, of the frames' shape. Masked pixels (dead, hot, panel gaps, a beam stop) are left out of the "
+        "centre estimates with their mirror images, and filled from their neighbours before denoising",
+    )
+    g.add_argument(
+        "--bad-pixels",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): also mask the hot and dead pixels found in 256 frames sampled across the scan (the summary and "
+        "the record list them); none: only --mask",
     )
     g.add_argument(
         "--descan",
@@ -450,6 +465,8 @@ def _file_options(args, ellipse, weights_id: str) -> dict:
         refine=args.refine,
         pad=args.pad,
         descan=args.descan,
+        mask=args.mask,
+        bad_pixels=args.bad_pixels,
         checksum=not args.no_checksum,
         weights_id=weights_id,
         options=options,

@@ -9,6 +9,7 @@ from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matr
 from ._centers import com_center, friedel_center, heatmap_center
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter
+from ._masks import detect_bad_pixels, fill_masked, mirrored_valid
 from ._refine import RefinedEllipse, azimuthal_variance, friedel_mismatch, refine_center, refine_ellipse
 from ._warp import (
     affine_warp,
@@ -29,14 +30,17 @@ __all__ = [
     "axes_to_ratio_angle",
     "com_center",
     "correct_ellipse",
+    "detect_bad_pixels",
     "ellipse_from_matrix",
     "ellipse_matrix",
+    "fill_masked",
     "fit_ellipse_edge",
     "frame_center",
     "friedel_center",
     "friedel_mismatch",
     "gaussian_filter",
     "heatmap_center",
+    "mirrored_valid",
     "normalize_angle",
     "polar_transform",
     "ratio_angle_to_axes",

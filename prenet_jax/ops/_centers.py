@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ._filters import gaussian_filter
+from ._masks import mirrored_valid
 from ._warp import frame_center
 
 __all__ = ["heatmap_center", "com_center", "friedel_center"]
@@ -85,6 +86,7 @@ def com_center(
     radius: float | jax.Array | None = None,
     mask_scale: float = 1.4,
     iterations: int = 3,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """Centre of mass of the direct disk, masked to it and iterated (classical practice).
 
@@ -105,14 +107,26 @@ def com_center(
     uniform disk) and ``sqrt(area / pi)`` of the blurred frame above the level. ``iterations=0`` gives the thresholded centre of
     mass alone. jit-able, vmap-able and differentiable in the image.
 
+    ``valid`` (H, W), 1 = good, 0 = masked (a beam stop, dead or hot pixels): masked
+    pixels count as 0, and each step weighs a pixel by ``valid(p) * valid(2c - p)``
+    about the previous estimate (:func:`~prenet_jax.ops.mirrored_valid`), so that only
+    pixels whose mirror image is also seen count: the weights stay centrosymmetric
+    about the true centre, and a shadow over part of the disk biases nothing. The
+    start (thresholded, unmirrored) is then biased towards the unshadowed side, so
+    ``iterations + 5`` steps are taken to walk back from it.
+
     Returns
     -------
     (2,) float32 ``(row, col)``
     """
     x = jnp.asarray(frame, jnp.float32)
+    if valid is not None:
+        x = x * valid
     c, r_est = _thresholded_com(x, threshold, blur)
     if iterations <= 0:
         return c
+    if valid is not None:
+        iterations += 5
     r = r_est if radius is None else jnp.asarray(radius, jnp.float32)
     h, w = x.shape
     r_mask = mask_scale * jnp.clip(r, 1.0, float(max(h, w)))
@@ -122,6 +136,8 @@ def com_center(
     for _ in range(iterations):
         dr, dc = rows - c[0], cols - c[1]
         mask = jnp.clip(r_mask + 0.5 - jnp.sqrt(dr * dr + dc * dc + 1e-12), 0.0, 1.0)
+        if valid is not None:
+            mask = mask * valid * mirrored_valid(valid, c)
         wts = xp * mask
         total = wts.sum()
         safe = jnp.where(total > 0, total, 1.0)
@@ -153,25 +169,42 @@ def _parabolic(vm: jax.Array, v0: jax.Array, vp: jax.Array) -> jax.Array:
     return jnp.where(den < 0, 0.5 * (vm - vp) / jnp.where(den < 0, den, -1.0), 0.0).clip(-0.5, 0.5)
 
 
-def friedel_center(frame: jax.Array, upsample: int = 16) -> jax.Array:
+def friedel_center(frame: jax.Array, upsample: int = 16, valid: jax.Array | None = None, min_overlap: float = 0.25) -> jax.Array:
     """Centre from Friedel symmetry: the autoconvolution peaks at twice the centre.
 
     A pattern symmetric about ``c`` has an autoconvolution ``(I * I)(s)`` that
     peaks at ``s = 2c``. The autoconvolution is computed by a zero-padded FFT (no
     wrap-around), its integer peak is refined on an ``upsample``-times finer
     grid by an exact DFT, then by a parabola, and halved.
+
+    ``valid`` (H, W), 1 = good, 0 = masked: the masked, normalised autoconvolution
+    ``(xv * xv)(s) / ((x^2 v) * v)(s)``: the sum of products over the pixel pairs
+    ``(p, s - p)`` both seen, over the energy of the seen pixels whose partner is also
+    seen. By Cauchy-Schwarz it is at most 1, reached where the seen pixels match their
+    partners, i.e. at ``s = 2c`` whatever is masked (a masked normalised correlation, as
+    Padfield's). Lags where fewer than ``min_overlap`` of the energy is paired are left
+    out; numerator and denominator are refined on the fine grid the same way.
     """
     x = jnp.asarray(frame, jnp.float32)
     h, w = x.shape
     shape = (2 * h, 2 * w)
+    if valid is not None:
+        x = x * valid
     f = jnp.fft.fft2(x - 0.0, s=shape)
     spec = f * f
     auto = jnp.real(jnp.fft.ifft2(spec))
-    idx = jnp.argmax(auto)
-    peak = jnp.stack([idx // shape[1], idx % shape[1]]).astype(jnp.float32)
     step = 1.0 / upsample
     n = 2 * upsample + 3  # covers +-1 lag around the integer peak
+    if valid is not None:
+        spec_v = jnp.fft.fft2(x * x, s=shape) * jnp.fft.fft2(jnp.asarray(valid, jnp.float32), s=shape)
+        energy = jnp.real(jnp.fft.ifft2(spec_v))
+        enough = energy > min_overlap * jnp.max(energy)
+        auto = jnp.where(enough, auto / jnp.where(enough, energy, 1.0), -jnp.inf)
+    idx = jnp.argmax(auto)
+    peak = jnp.stack([idx // shape[1], idx % shape[1]]).astype(jnp.float32)
     fine = _upsampled_dft(spec, shape, peak, n, step)
+    if valid is not None:
+        fine = fine / jnp.maximum(_upsampled_dft(spec_v, shape, peak, n, step), 1e-3 * jnp.max(energy))
     j = jnp.argmax(fine)
     jr, jc = j // n, j % n
     jr = jnp.clip(jr, 1, n - 2)

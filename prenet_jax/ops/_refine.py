@@ -23,6 +23,7 @@ import optax
 
 from ..conventions import Ellipse
 from ._filters import gaussian_filter
+from ._masks import fill_masked, mirrored_valid
 from ._warp import Interpolation, _keys_weights, frame_center, sample
 
 __all__ = [
@@ -135,6 +136,7 @@ def refine_center(
     max_move: float | None = None,
     method: Interpolation = "cubic",
     smooth: float = 1.0,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Refine a beam centre by Friedel symmetry, Gauss-Newton through the warp.
 
@@ -157,6 +159,13 @@ def refine_center(
     method : interpolation of the rotated frame: ``"cubic"`` (Keys; unbiased at
         sub-pixel shifts) or ``"linear"``
     smooth : Gaussian (px) applied to the window first (see :func:`_stabilise`)
+    valid : (H, W), 1 = good, 0 = masked: a pixel counts only where it and its mirror
+        about the start are both seen (``valid(q) valid(2 c0 - q)``,
+        :func:`~prenet_jax.ops.mirrored_valid`, following the centre as it moves); masked
+        pixels are filled from their neighbours first (:func:`~prenet_jax.ops.fill_masked`)
+        so that the smoothing spreads no 0 into the pixels that count (measured on a
+        beam stop over the disk edge: 1.5x the unobstructed error, against 1.7x when
+        the mask is instead widened by the smoothing's reach)
 
     Returns
     -------
@@ -166,19 +175,37 @@ def refine_center(
     """
     start = jnp.asarray(center, jnp.float32)
     limit = window / 8.0 if max_move is None else float(max_move)
+    frame = jnp.asarray(frame, jnp.float32)
+    if valid is not None:
+        # filled from the neighbours, so that the smoothing spreads no 0 (or spike) from a
+        # masked pixel into the pixels that count
+        frame = fill_masked(frame, valid)
     img, origin = _window(frame, start, window)
     img = _stabilise(img, smooth)
     rows, cols = jnp.meshgrid(jnp.arange(window, dtype=jnp.float32), jnp.arange(window, dtype=jnp.float32), indexing="ij")
     c0 = start - origin
     radius = window / 2.0 - limit - 2.0
     weight = (((rows - c0[0]) ** 2 + (cols - c0[1]) ** 2) <= radius**2).astype(jnp.float32)
-    cost = lambda c: jnp.sum(jnp.square(weight * _friedel_residual(img, c, method)))  # noqa: E731
+    if valid is None:
+        weight_at = lambda c: weight  # noqa: E731
+        cost = lambda c: jnp.sum(jnp.square(weight * _friedel_residual(img, c, method)))  # noqa: E731
+    else:
+        bad, _ = _window(1.0 - jnp.asarray(valid, jnp.float32), start, window)  # outside the frame: valid
+        seen = weight * (1.0 - bad)
+        # the pairs both seen about the current centre (they move with it); the cost is
+        # per weight, so that steps that change how many pairs are seen compare fairly
+        weight_at = lambda c: seen * mirrored_valid(1.0 - bad, c)  # noqa: E731
+
+        def cost(c):
+            wc = weight_at(c)
+            return jnp.sum(jnp.square(wc * _friedel_residual(img, c, method))) / jnp.maximum(jnp.sum(wc * wc), 1e-6)
 
     def step(_, carry):
         c, lam, now = carry
+        wc = weight_at(c)
         value, jac = _reflection(img, c, method)
-        r = (weight * (img - value)).ravel()
-        jac = -(weight * jac).reshape(2, -1).T  # (N, 2): the residual's Jacobian
+        r = (wc * (img - value)).ravel()
+        jac = -(wc * jac).reshape(2, -1).T  # (N, 2): the residual's Jacobian
         g = jac.T @ r
         h = jac.T @ jac
         d = -jnp.linalg.solve(h + lam * (jnp.trace(h) / 2.0 + 1e-12) * jnp.eye(2), g)
@@ -190,7 +217,7 @@ def refine_center(
     first = cost(c0)
     c, _, last = jax.lax.fori_loop(0, steps, step, (c0, jnp.float32(1e-3), first))
     # No signal in the window (an empty or dark frame): nothing to refine from.
-    ok = (jnp.linalg.norm(c - c0) <= limit) & (last <= first) & jnp.all(jnp.isfinite(c)) & jnp.any(weight * img > 0)
+    ok = (jnp.linalg.norm(c - c0) <= limit) & (last <= first) & jnp.all(jnp.isfinite(c)) & jnp.any(weight_at(c0) * img > 0)
     return jnp.where(ok, c + origin, start), ok
 
 

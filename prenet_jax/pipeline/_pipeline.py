@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -27,6 +28,7 @@ from ..ops._centers import com_center, friedel_center, heatmap_center
 from ..ops._descan import Descan, fit_descan
 from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
 from ..ops._filters import gaussian_filter
+from ..ops._masks import fill_masked
 from ..ops._refine import refine_center, refine_ellipse
 from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coordinates
 from ._gaussian import dose_adaptive_gaussian
@@ -79,17 +81,39 @@ def _frame_counts(frames: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(x) & (x > 0), x, 0.0).sum(axis=(1, 2))
 
 
+def _check_mask(mask) -> np.ndarray | None:
+    """A detector mask as (H, W) bool, True = bad; None stays None."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), True = bad pixel; got shape {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("mask must be boolean (True = bad pixel) or 0/1; it holds other values")
+        m = m.astype(bool)
+    if m.all():
+        raise ValueError("the mask marks every pixel bad; True = bad (invert a mask of good pixels)")
+    return m
+
+
 # ----------------------------------------------------------------------------- stages
 # Pure functions of (config, params, batch); composed into the jitted steps below.
 
 
-def as_counts(frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+def as_counts(frames: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """The input conditioning of every stage: ``(B, H, W)`` frames of any real dtype ->
     float32 counts (cast on the device; NaN/Inf and negative pixels set to 0) and the
-    per-frame flags (``FLAG_NONFINITE``, ``FLAG_EMPTY``, ``FLAG_NEGATIVE``)."""
+    per-frame flags (``FLAG_NONFINITE``, ``FLAG_EMPTY``, ``FLAG_NEGATIVE``).
+
+    ``valid`` (H, W), 1 = good, 0 = masked: masked pixels are set to 0 and set no flag
+    (a dead pixel that reads NaN, a hot one, a beam stop's shadow)."""
     x = frames.astype(jnp.float32)
     ok = jnp.isfinite(x)
     x = jnp.where(ok, x, 0.0)
+    if valid is not None:
+        ok = ok | (valid < 0.5)
+        x = x * valid
     negative = (x < 0).any(axis=(-2, -1))
     x = jnp.maximum(x, 0.0)
     flags = jnp.where(ok.all(axis=(-2, -1)), 0, FLAG_NONFINITE)
@@ -148,10 +172,14 @@ def denoise_normalized(cfg: PipelineConfig, params, xn: jax.Array) -> jax.Array:
     return xn + y if cfg.denoise_residual else y
 
 
-def denoise_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
+def denoise_stage(cfg: PipelineConfig, params, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """``(B, H, W)`` counts -> denoised counts. The U-Net is fully convolutional and runs
     at the native resolution (padded to a multiple of ``2**depth``), so no detail is
-    lost to resampling."""
+    lost to resampling. With ``valid`` (1 = good, 0 = masked) the masked pixels are
+    first filled from their neighbours (:func:`prenet_jax.ops.fill_masked`): the
+    denoiser never sees a dead 0 or a hot spike, and neither does the output."""
+    if valid is not None:
+        x = fill_masked(x, valid)
     if cfg.denoise_method == "none":
         return x
     if cfg.denoise_method == "gaussian":
@@ -201,15 +229,18 @@ def center_fine_stage(cfg: PipelineConfig, params, xn: jax.Array, coarse: jax.Ar
     return origin.astype(jnp.float32) + _heatmap_centers(cfg, heat)
 
 
-def center_stage(cfg: PipelineConfig, params, x: jax.Array) -> jax.Array:
-    """``(B, H, W)`` counts -> ``(B, 2)`` centres ``(row, col)`` in native pixels."""
+def center_stage(cfg: PipelineConfig, params, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """``(B, H, W)`` counts -> ``(B, 2)`` centres ``(row, col)`` in native pixels. With
+    ``valid`` (1 = good, 0 = masked) the centre of mass and Friedel symmetry count only
+    the pixels whose mirror image is also seen (their ``valid=``); the networks see the
+    frames as filled by :func:`denoise_stage`."""
     shape = x.shape[-2:]
     if cfg.center_method == "none":
         return jnp.broadcast_to(jnp.asarray(frame_center(shape), jnp.float32), (x.shape[0], 2))
     if cfg.center_method == "com":
-        return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold))(x)
+        return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold, valid=valid))(x)
     if cfg.center_method == "friedel":
-        return jax.vmap(friedel_center)(x)
+        return jax.vmap(functools.partial(friedel_center, valid=valid))(x)
     s = cfg.image_size
     coarse = resize_coordinates(_heatmap_centers(cfg, center_heatmap(cfg, params, x)), (s, s), shape)
     if cfg.center_fine is None:
@@ -236,13 +267,16 @@ def refine_targets(refine: bool | str | None) -> frozenset[str]:
     raise ValueError(f"refine={refine!r}: use True/'all', 'centers', 'ellipse' or False/'none'")
 
 
-def refine_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, flags: jax.Array) -> tuple[jax.Array, jax.Array]:
+def refine_stage(
+    cfg: PipelineConfig, x: jax.Array, centers: jax.Array, flags: jax.Array, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """``center_refine="friedel"``: every centre refined by Friedel symmetry
-    (:func:`prenet_jax.ops.refine_center`); a failed refinement keeps the estimate and
-    sets ``FLAG_REFINE`` (empty frames, which have nothing to refine, are not flagged)."""
+    (:func:`prenet_jax.ops.refine_center`, masked pixels and their mirrors left out); a
+    failed refinement keeps the estimate and sets ``FLAG_REFINE`` (empty frames, which
+    have nothing to refine, are not flagged)."""
     if cfg.center_refine == "none":
         return centers, flags
-    fn = functools.partial(refine_center, window=cfg.refine_window, steps=cfg.refine_steps)
+    fn = functools.partial(refine_center, window=cfg.refine_window, steps=cfg.refine_steps, valid=valid)
     refined, ok = jax.vmap(fn)(x, centers)
     failed = ~ok & ((flags & FLAG_EMPTY) == 0)
     return refined, flags | jnp.where(failed, FLAG_REFINE, 0).astype(flags.dtype)
@@ -252,6 +286,18 @@ def warp_stage(cfg: PipelineConfig, x: jax.Array, centers: jax.Array, matrix: ja
     """One resampling per frame: recentre and undo the ellipse."""
     fn = functools.partial(recenter_and_correct, method=cfg.interpolation)
     return jax.vmap(fn, in_axes=(0, 0, None))(x, centers, matrix)
+
+
+def moved_valid_sum(method: str, valid: jax.Array, centers: jax.Array, weights: jax.Array, matrix: jax.Array) -> jax.Array:
+    """``sum_i w_i (valid warped as frame i)``: how often each pixel of the corrected
+    frames was seen (a detector mask moves with every frame's centre); ``method`` the
+    warp's interpolation."""
+    fn = functools.partial(recenter_and_correct, method=method)
+    moved = jax.vmap(fn, in_axes=(None, 0, None))(valid, centers, matrix)
+    return jnp.einsum("b,bhw->hw", weights, moved, precision=jax.lax.Precision.HIGHEST)
+
+
+_moved_valid_sum = jax.jit(moved_valid_sum, static_argnums=0)
 
 
 def _polar_channels(cfg: PipelineConfig, pn: jax.Array) -> jax.Array:
@@ -288,10 +334,12 @@ def ellipse_network_input(cfg: PipelineConfig, mean_pattern: jax.Array) -> jax.A
     return resize(xn, (cfg.image_size, cfg.image_size))[0]
 
 
-def ellipse_stage(cfg: PipelineConfig, params, mean_pattern: jax.Array) -> jax.Array:
-    """``(H, W)`` recentred mean pattern -> ``(3,)`` = ``(ratio, angle, ok)``."""
+def ellipse_stage(cfg: PipelineConfig, params, mean_pattern: jax.Array, coverage: jax.Array | None = None) -> jax.Array:
+    """``(H, W)`` recentred mean pattern -> ``(3,)`` = ``(ratio, angle, ok)``. ``coverage``
+    (a masked detector's, see :func:`prenet_jax.ops.fit_ellipse_edge`) keeps the edge fit
+    off the masked azimuths; the network sees the mean as filled."""
     if cfg.ellipse_method == "fit":
-        fit = fit_ellipse_edge(mean_pattern)
+        fit = fit_ellipse_edge(mean_pattern, coverage=coverage)
         ok = jnp.isfinite(fit["a"]) & jnp.isfinite(fit["b"]) & (fit["b"] > 0)
         return jnp.stack([fit["a"] / fit["b"], fit["angle"], ok.astype(jnp.float32)])
     out = ResNet(cfg.ellipse_net, dtype=_dtype(cfg)).apply(
@@ -334,6 +382,12 @@ class Pipeline:
     max_traces : if set, the batch step raises when traced more often
         (``chex.assert_max_traces``; chex counts per definition site, so call
         ``chex.clear_trace_counter()`` between pipelines)
+    mask : (H, W) detector mask, True = bad pixel (dead, hot, a beam stop's shadow):
+        the centre estimates leave masked pixels out with their mirror images, the
+        ellipse fit the azimuths they hide, and the denoiser, the networks and the
+        output see them filled from their neighbours. Frames padded on every side get
+        the mask padded with good pixels. :meth:`with_mask` gives the same pipeline
+        with another mask
 
     Attributes
     ----------
@@ -360,8 +414,10 @@ class Pipeline:
         *,
         devices: Sequence[jax.Device] | None = None,
         max_traces: int | None = None,
+        mask=None,
     ):
         self.config = config
+        self.mask = _check_mask(mask)
         params = {} if params is None else params
         needed = {"denoiser": config.denoise_method, "center_net": config.center_method, "ellipse_net": config.ellipse_method}
         if config.center_fine is not None:
@@ -397,6 +453,11 @@ class Pipeline:
             in_shardings=(self.replicated, self.data_sharding),
             out_shardings=(self.data_sharding, self.data_sharding),
         )
+        self._estimate = jax.jit(
+            lambda p, f: self._estimate_fn(p, f),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=self.data_sharding,
+        )
         self._denoise = jax.jit(
             lambda p, f: self._denoise_fn(p, f),
             in_shardings=(self.replicated, self.data_sharding),
@@ -407,7 +468,7 @@ class Pipeline:
             in_shardings=(self.replicated, self.data_sharding, self.data_sharding),
             out_shardings=self.replicated,
         )
-        self._ellipse = jax.jit(lambda p, m: ellipse_stage(cfg, p, m))
+        self._ellipse = jax.jit(lambda p, m, cov: ellipse_stage(cfg, p, m, cov))
 
     # ---- constructors
     @classmethod
@@ -434,38 +495,94 @@ class Pipeline:
         return cls(config, params, **kwargs)
 
     # ---- pure per-batch functions (traced inside jit)
-    def _step_fn(self, params, frames, matrix):
+    def _valid_for(self, shape: tuple[int, int]) -> jax.Array | None:
+        """The mask as ``valid`` (1 = good) for frames of ``shape``: the mask itself, or
+        padded with valid pixels for frames padded on every side (``--pad``)."""
+        if self.mask is None:
+            return None
+        mh, mw = self.mask.shape
+        ph, pw = shape[0] - mh, shape[1] - mw
+        if ph < 0 or ph != pw or ph % 2:
+            raise ValueError(f"the mask is {mh}x{mw} px but the frames are {shape[0]}x{shape[1]}: give a mask of the frames' shape")
+        return jnp.asarray(np.pad(~self.mask, ph // 2, constant_values=True), jnp.float32)
+
+    def _denoised(self, params, frames):
+        """as_counts and the denoise stage: ``(x, flags, valid)``."""
+        valid = self._valid_for(frames.shape[-2:])
+        x, flags = as_counts(frames, valid)
+        return denoise_stage(self.config, params, x, valid), flags, valid
+
+    def _located(self, params, frames):
+        """Up to the centres: ``(denoised, centers, flags)``."""
         cfg = self.config
-        x, flags = as_counts(frames)
-        x = denoise_stage(cfg, params, x)
-        centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
+        x, flags, valid = self._denoised(params, frames)
+        centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x, valid), flags, valid)
+        return x, centers, flags
+
+    def _step_fn(self, params, frames, matrix):
+        x, centers, flags = self._located(params, frames)
         # Always warp: with no centre method and an identity ellipse the map samples
         # integer positions, which both interpolations reproduce exactly.
-        return warp_stage(cfg, x, centers, matrix), centers, flags
+        return warp_stage(self.config, x, centers, matrix), centers, flags
 
     def _step_at_fn(self, params, frames, centers, matrix):
         """The step about given centres (a descan model's): no centre stage."""
-        x, flags = as_counts(frames)
-        x = denoise_stage(self.config, params, x)
+        x, flags, _ = self._denoised(params, frames)
         return warp_stage(self.config, x, centers, matrix), centers, flags
 
     def _centers_fn(self, params, frames):
-        x, flags = as_counts(frames)
-        x = denoise_stage(self.config, params, x)
-        return refine_stage(self.config, x, center_stage(self.config, params, x), flags)
+        return self._located(params, frames)[1:]
+
+    def _estimate_fn(self, params, frames):
+        """The centres before their refinement (``center_refine``)."""
+        x, _, valid = self._denoised(params, frames)
+        return center_stage(self.config, params, x, valid)
 
     def _denoise_fn(self, params, frames):
-        x, flags = as_counts(frames)
-        return denoise_stage(self.config, params, x), flags
+        x, flags, _ = self._denoised(params, frames)
+        return x, flags
 
     def _calib_fn(self, params, frames, weights):
         cfg = self.config
-        x, flags = as_counts(frames)
-        x = denoise_stage(cfg, params, x)
-        centers, flags = refine_stage(cfg, x, center_stage(cfg, params, x), flags)
+        x, centers, flags = self._located(params, frames)
         out = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32))
         w = weights * ((flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0)  # negatives were clipped: keep the frame
-        return jnp.einsum("b,bhw->hw", w, out, precision=jax.lax.Precision.HIGHEST), w.sum()
+        valid = self._valid_for(out.shape[-2:])
+        cover = (
+            jnp.zeros((), jnp.float32)
+            if valid is None
+            else moved_valid_sum(cfg.interpolation, valid, centers, w, jnp.eye(2, dtype=jnp.float32))
+        )
+        return jnp.einsum("b,bhw->hw", w, out, precision=jax.lax.Precision.HIGHEST), w.sum(), cover
+
+    def coverage(self, centers, shape: tuple[int, int], matrix=None, weights=None) -> np.ndarray | None:
+        """The fraction of frames in which each pixel of their corrected mean was seen:
+        the mask moved with every frame (warped about its centre, undoing ``matrix``).
+
+        Parameters
+        ----------
+        centers : (N, 2) the frames' centres, in frames of ``shape``
+        shape : the frames' ``(H, W)`` (padded frames: the padded shape)
+        matrix : (2, 2) the distortion undone (default: none)
+        weights : (N,) weight of each frame (default: 1)
+
+        Returns
+        -------
+        (H, W) float32 in [0, 1], or None without a mask
+        """
+        valid = self._valid_for(tuple(shape))
+        if valid is None:
+            return None
+        centers = np.asarray(centers, np.float32).reshape(-1, 2)
+        weights = np.ones(len(centers), np.float32) if weights is None else np.asarray(weights, np.float32)
+        m = jnp.eye(2, dtype=jnp.float32) if matrix is None else jnp.asarray(matrix, jnp.float32)
+        total = jnp.zeros(valid.shape, jnp.float32)
+        b = self.batch_size
+        for i in range(0, len(centers), b):  # the moved masks of one batch at a time
+            c, w = np.zeros((b, 2), np.float32), np.zeros(b, np.float32)
+            c[: len(centers[i : i + b])], w[: len(centers[i : i + b])] = centers[i : i + b], weights[i : i + b]
+            total = total + _moved_valid_sum(self.config.interpolation, valid, jnp.asarray(c), jnp.asarray(w), m)
+        return np.asarray(total / max(float(weights.sum()), 1e-12))
 
     # ---- batching
     def _batches(self, frames, check: bool, index: np.ndarray | None = None) -> Iterator[tuple[int, int, jax.Array]]:
@@ -589,12 +706,14 @@ class Pipeline:
         scale = np.maximum(1.482602218505602 * np.median(np.abs(d - np.median(d, 0)), 0), 1e-9)
         return scale / np.sqrt(np.maximum(counts, 1.0))[:, None]
 
-    def estimate_ellipse(self, mean_dp) -> Ellipse:
+    def estimate_ellipse(self, mean_dp, coverage=None) -> Ellipse:
         """Elliptical distortion of a recentred mean pattern.
 
         Parameters
         ----------
         mean_dp : (H, W) mean diffraction pattern with the beam centre at ((H-1)/2, (W-1)/2)
+        coverage : (H, W) fraction of the averaged frames in which each pixel was seen
+            (a masked detector's): the edge fit leaves out the azimuths it does not see
 
         Returns
         -------
@@ -604,7 +723,8 @@ class Pipeline:
         mean_dp = check_frames(mean_dp, 2, "mean_dp", negative=self.config.negative)
         if self.config.ellipse_method == "none":
             return Ellipse.identity()
-        ratio, angle, ok = (float(v) for v in self._ellipse(self.params, jnp.asarray(np.asarray(mean_dp), jnp.float32)))
+        cov = None if coverage is None else jnp.asarray(np.asarray(coverage), jnp.float32)
+        ratio, angle, ok = (float(v) for v in self._ellipse(self.params, jnp.asarray(np.asarray(mean_dp), jnp.float32), cov))
         if not ok or not np.isfinite(ratio) or ratio <= 0:
             raise ValueError("could not fit an ellipse to mean_dp: no clear ring or disk edge was found; pass a fixed ellipse instead")
         return Ellipse(ratio, angle)
@@ -642,16 +762,16 @@ class Pipeline:
         n = min(frames.shape[0], n or self.calibration_size(frames))
         idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
         total = jnp.zeros(frames.shape[-2:], jnp.float32)
-        count = jnp.zeros((), jnp.float32)
+        count = cover = jnp.zeros((), jnp.float32)
         b = self.batch_size
         for _, nb, batch in self._batches(frames, True, idx):
             w = jax.device_put((np.arange(b) < nb).astype(np.float32), self.data_sharding)
-            s, c = self._calib(self.params, batch, w)
-            total, count = total + s, count + c
+            s, c, v = self._calib(self.params, batch, w)
+            total, count, cover = total + s, count + c, cover + v
         if float(count) == 0:
             raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
         mean = np.asarray(total / count)
-        return self.estimate_ellipse(mean), mean
+        return self.estimate_ellipse(mean, None if self.mask is None else np.asarray(cover / count)), mean
 
     def with_refinement(self) -> Pipeline:
         """This pipeline with ``center_refine="friedel"`` (the same parameters and devices;
@@ -659,8 +779,21 @@ class Pipeline:
         if self.config.center_refine != "none":
             return self
         if getattr(self, "_refined", None) is None:
-            self._refined = Pipeline(self.config.replace(center_refine="friedel"), self.params, devices=self.devices)
+            self._refined = Pipeline(self.config.replace(center_refine="friedel"), self.params, devices=self.devices, mask=self.mask)
         return self._refined
+
+    def with_mask(self, mask) -> Pipeline:
+        """This pipeline with a detector mask ((H, W) bool, True = bad; None: none): the
+        same configuration, parameters and devices, its own compiled step (made once per
+        mask, and this pipeline itself when the mask is its own)."""
+        mask = _check_mask(mask)
+        key = None if mask is None else (mask.shape, hashlib.sha1(np.packbits(mask)).hexdigest())
+        if key == (None if self.mask is None else (self.mask.shape, hashlib.sha1(np.packbits(self.mask)).hexdigest())):
+            return self
+        cache = self.__dict__.setdefault("_masked", {})  # files of one detector share a mask: one compile
+        if key not in cache:
+            cache[key] = Pipeline(self.config, self.params, devices=self.devices, mask=mask)
+        return cache[key]
 
     def refine_ellipse(self, mean_pattern, ellipse: Ellipse, **kwargs):
         """:func:`prenet_jax.ops.refine_ellipse` of a recentred mean pattern from ``ellipse``
@@ -756,15 +889,8 @@ class Pipeline:
         place about the chosen centres. Returns the :class:`prenet_jax.ops.Descan`."""
         if getattr(self, "_descan_fns", None) is None:
             cfg, ds = self.config, self.data_sharding
-
-            def denoise_centers(p, f):
-                x, fl = as_counts(f)
-                x = denoise_stage(cfg, p, x)
-                c, fl = refine_stage(cfg, x, center_stage(cfg, p, x), fl)
-                return x, c, fl
-
             self._descan_fns = (
-                jax.jit(denoise_centers, in_shardings=(self.replicated, ds), out_shardings=(ds, ds, ds)),
+                jax.jit(self._located, in_shardings=(self.replicated, ds), out_shardings=(ds, ds, ds)),
                 jax.jit(lambda x, c, m: warp_stage(cfg, x, c, m), in_shardings=(ds, ds, self.replicated), out_shardings=ds),
             )
         first, warp = self._descan_fns

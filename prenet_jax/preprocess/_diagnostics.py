@@ -86,6 +86,7 @@ def write_diagnostics(
     note: str = "",
     after_label: str = "after: centre of mass of the output",
     descan=None,
+    mask=None,
 ) -> tuple[list[Path], dict]:
     """Write the four PNGs for ``output``: all four, or none (a failure removes those
     already written).
@@ -103,6 +104,8 @@ def write_diagnostics(
     after_label : the title of the ``centers_after`` maps (which estimator measured them)
     descan : a :class:`prenet_jax.ops.Descan` fit of ``centers``: the centre figure
         then also maps its model and the residuals (outliers marked)
+    mask : (H, W) bool detector mask (True = bad) of the input frames: drawn on the
+        mean pattern before
 
     Returns
     -------
@@ -131,6 +134,7 @@ def write_diagnostics(
             note,
             after_label,
             descan,
+            mask,
         )
     except BaseException:
         for p in written:
@@ -140,7 +144,7 @@ def write_diagnostics(
 
 
 def _write_figures(
-    plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note, after_label, descan
+    plt, paths, written, mean_before, mean_after, centers, centers_after, good, title, between, note, after_label, descan, mask
 ) -> dict:
     def save(fig, path):
         _save(fig, path)
@@ -167,6 +171,11 @@ def _write_figures(
     fig, ax = plt.subplots(1, 2, figsize=(10, 4.8))
     show(ax[0], mean_before, "mean pattern before (sqrt scale)")
     ax[0].plot([c_in[1]], [c_in[0]], "c+", ms=12, mew=1.5, label="mean measured centre")
+    if mask is not None and mask.any():
+        overlay = np.zeros(mask.shape + (4,))
+        overlay[mask] = (0.0, 0.9, 0.3, 0.85)  # green: not a colour of the magma map
+        ax[0].imshow(overlay, interpolation="nearest")
+        ax[0].plot([], [], "s", color=(0.0, 0.9, 0.3), label=f"masked ({int(mask.sum())} px)")
     show(ax[1], mean_after, "mean pattern after (sqrt scale)")
     ax[1].plot([c0[1]], [c0[0]], "c+", ms=12, mew=1.5, label="frame centre ((H-1)/2, (W-1)/2)")
     for a in ax:

@@ -1,8 +1,9 @@
 """File to file: :func:`preprocess_file`, the library side of ``prenet-jax preprocess``.
 
-A run is five (six) steps, each a function below::
+A run is six (seven) steps, each a function below::
 
     validate  -> open the input read-only, check the options and the output path
+    mask      -> the detector mask: given, and hot and dead pixels found (:mod:`._masks`)
     calibrate -> pass 0: the dataset's ellipse from frames sampled across the scan
                  (:meth:`prenet_jax.Pipeline.calibrate`), unless one is given; with
                  ``refine=True`` refined by the azimuthal variance of the recentred
@@ -42,6 +43,7 @@ from ..pipeline._pipeline import refine_targets
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._descan import DESCAN_MODES, DescanPass, descan_lines, descan_pass, descan_record
+from ._masks import MaskInfo, build_mask, mask_lines, mask_record
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem, frame_center, output_calibration, preprocessing_record
 from ._stream import FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED, StreamStats, output_dtype_for, stream
 
@@ -75,6 +77,8 @@ class FileResult:
     descan : with ``descan=``: the :class:`prenet_jax.preprocess._descan.DescanPass`
         (the fit, the centres measured per frame); ``centers`` are then the centres
         the frames were warped about
+    mask : the :class:`prenet_jax.preprocess._masks.MaskInfo` of the run (``mask.mask``
+        the (H, W) bool mask used, None when nothing was masked)
     """
 
     output: Path
@@ -95,6 +99,7 @@ class FileResult:
     residual_angle: float = float("nan")
     refinement: dict | None = None
     descan: DescanPass | None = None
+    mask: MaskInfo | None = None
 
 
 @dataclasses.dataclass
@@ -115,6 +120,8 @@ class _Job:
     refine: frozenset[str] = frozenset()  # what is refined: "centers", "ellipse"
     pad: int = 0
     descan: str | None = None  # a mode of DESCAN_MODES
+    mask: np.ndarray | None = None  # given: the file's and the pipeline's, True = bad
+    bad_pixels: str = "auto"
 
     @property
     def config(self) -> PipelineConfig:
@@ -164,6 +171,8 @@ def preprocess_file(
     refine: bool | str = False,
     pad: int = 0,
     descan: str | None = None,
+    mask=None,
+    bad_pixels: str = "auto",
     checksum: bool = True,
     block_bytes: int = 32 << 20,
     weights_id: str = "none (classical methods)",
@@ -211,6 +220,14 @@ def preprocess_file(
         centre the mode chooses. The model, the measured centres and the residuals go
         into the record (``qx0_fit``, ``qx0_meas``, ``qx0_residuals``, ...) and the
         centre figure. The frames are read and denoised twice.
+    mask : a detector mask, True = bad pixel: an (H, W) array, or a file
+        (:func:`prenet_jax.io.read_mask`: ``.npy``, HDF5 ``FILE.h5[:/dataset]``, TIFF);
+        joined with the pipeline's own mask. Masked pixels are left out of every centre
+        estimate (with their mirror images) and filled from their neighbours before
+        denoising; the mask used goes into the record and the mean-pattern figure
+    bad_pixels : ``"auto"``: also mask the hot and dead pixels found in frames sampled
+        across the scan (:func:`prenet_jax.ops.detect_bad_pixels`); ``"none"``: only the
+        given mask
     checksum : record the input's SHA-256 (read concurrently with processing)
     block_bytes : size of one read; host memory stays a small multiple of it
     weights_id, options : provenance to record
@@ -234,7 +251,7 @@ def preprocess_file(
     """
     args = dict(
         pipeline=pipeline, dataset=dataset, scan=scan, ellipse=ellipse, output_dtype=output_dtype, overwrite=overwrite,
-        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, pad=pad, descan=descan, checksum=checksum,
+        diagnostics=diagnostics, compression=compression, saturation=saturation, negative=negative, refine=refine, pad=pad, descan=descan, mask=mask, bad_pixels=bad_pixels, checksum=checksum,
         block_bytes=block_bytes, weights_id=weights_id, options=options, progress=progress, log=log,
     )  # fmt: skip
     if cancel is not None:
@@ -258,11 +275,13 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
     try:
         cancel.check()
         checks = _Checksum(input, cancel) if checksum else None
+        masks = _mask(job, log)
+        cancel.check()
         cal = _calibrate(job, ellipse, progress, cancel, log)
         dp = _descan(job, progress, cancel, log) if job.descan else None
         writer = EMDWriter(output, job.out_shape, job.out_dtype, overwrite=job.overwrite, compression=job.compression)
         st = _stream_pass(job, writer, cal, progress, cancel, dp)
-        done = _finish(job, writer, st, cal, checks, weights_id, options, cancel, log, figures, dp)
+        done = _finish(job, writer, st, cal, checks, weights_id, options, cancel, log, figures, dp, masks)
     finally:  # the one clean-up: nothing but a committed output survives
         if checks is not None:
             checks.stop()
@@ -275,7 +294,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
     seconds = dict(st.seconds, pass0=cal.seconds, total=time.perf_counter() - t_all)
     if dp is not None:
         seconds["centers_pass"] = dp.seconds
-    lines = _summary(job, st, cal, done, seconds, dp)
+    lines = _summary(job, st, cal, done, seconds, dp, masks)
     for line in lines:
         log(line)
     return FileResult(
@@ -297,6 +316,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         residual_angle=done.residual_angle,
         refinement=done.refinement,
         descan=dp,
+        mask=masks,
     )
 
 
@@ -328,6 +348,8 @@ def _validate(
     refine,
     pad,
     descan,
+    mask,
+    bad_pixels,
     block_bytes,
     log,
     fixed_ellipse,
@@ -343,6 +365,8 @@ def _validate(
         raise InputError(f"compression {compression!r}: use 'gzip' or 'none'")
     if not (isinstance(pad, int | np.integer) and 0 <= pad <= 4096):
         raise InputError(f"pad={pad!r}: give the px of zeros to add on each side of the output frames, an integer from 0 to 4096")
+    if bad_pixels not in ("auto", "none"):
+        raise InputError(f"--bad-pixels {bad_pixels!r}: use 'auto' or 'none'")
     if descan is not None and descan not in DESCAN_MODES:
         raise InputError(f"--descan {descan!r}: use one of {', '.join(DESCAN_MODES)}")
     check_output_path(output, overwrite)
@@ -355,7 +379,7 @@ def _validate(
     if pipeline is None:
         pipeline = Pipeline.classical()
     if pipeline.config.negative != "clip":  # the stream flags and clips negatives; it refuses them itself if asked
-        pipeline = Pipeline(pipeline.config.replace(negative="clip"), pipeline.params, devices=pipeline.devices)
+        pipeline = Pipeline(pipeline.config.replace(negative="clip"), pipeline.params, devices=pipeline.devices, mask=pipeline.mask)
     try:
         refine = refine_targets(refine)
     except ValueError as e:
@@ -384,6 +408,7 @@ def _validate(
                 f"Is {source.dataset or 'the array'} ordered (Rx, Ry, Qx, Qy)? Scan axes must come first."
             )
         out_dt = output_dtype_for(output_dtype, source.dtype)
+        given = _given_mask(mask, pipeline, (h, w))
     except BaseException:
         source.close()
         raise
@@ -412,8 +437,42 @@ def _validate(
             f"note: --descan {descan}: a centres pass over every frame comes first, then the model is fitted, then pass 1 (the frames are read and denoised twice)"
         )
     return _Job(
-        input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad), descan
-    )
+        input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad), descan,
+        given, bad_pixels,
+    )  # fmt: skip
+
+
+def _given_mask(mask, pipeline, shape: tuple[int, int]) -> np.ndarray | None:
+    """The user's mask (a file or an array) joined with the pipeline's own; True = bad."""
+    from ..io._mask import read_mask
+
+    if mask is None:
+        given = None
+    elif isinstance(mask, str | os.PathLike):
+        given = read_mask(mask, shape)
+    else:
+        given = np.asarray(mask)
+        if given.shape != shape or given.dtype != bool:
+            raise InputError(f"mask: expected an ({shape[0]}, {shape[1]}) bool array, True = bad pixel; got {given.dtype} {given.shape}")
+    own = pipeline.mask
+    if own is not None:
+        if own.shape != shape:
+            raise InputError(f"the pipeline's mask is {own.shape[0]}x{own.shape[1]} px but the frames are {shape[0]}x{shape[1]}")
+        given = own if given is None else given | own
+    return given
+
+
+# ----------------------------------------------------------------------------- 2. mask
+
+
+def _mask(job: _Job, log) -> MaskInfo:
+    """The run's mask; the job's pipeline gets it (its own compiled step)."""
+    info = build_mask(job.source, job.mask, job.bad_pixels == "auto")
+    for line in mask_lines(info):
+        log(line)
+    if info.mask is not None:
+        job.pipeline = job.pipeline.with_mask(info.mask)
+    return info
 
 
 def _refine_name(cfg: PipelineConfig) -> str:
@@ -462,7 +521,7 @@ class _Either:
         return any(e.is_set() for e in self.events)
 
 
-# ----------------------------------------------------------------------------- 2. calibrate (pass 0)
+# ----------------------------------------------------------------------------- 3. calibrate (pass 0)
 
 
 def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cancel, log) -> _Calibration:
@@ -519,21 +578,6 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
     return _Calibration(ellipse, cfg.ellipse_method, secs, estimated=True, refinement=refinement)
 
 
-@functools.lru_cache(maxsize=8)
-def _estimate_fn(cfg: PipelineConfig, data_sharding, replicated):
-    """The beam centres before their refinement: the compiled step's stages up to
-    ``center_stage``, compiled once per configuration and mesh."""
-    import jax
-
-    from ..pipeline._pipeline import as_counts, center_stage, denoise_stage
-
-    def fn(params, frames):
-        x, _ = as_counts(frames)
-        return center_stage(cfg, params, denoise_stage(cfg, params, x))
-
-    return jax.jit(fn, in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
-
-
 @functools.lru_cache(maxsize=1)
 def _masked_sum():
     """``(corrected, flags, weights) -> (sum, count, weights used)`` of the frames
@@ -564,7 +608,7 @@ def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict]
 
     n = min(frames.shape[0], n)
     idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
-    estimate = _estimate_fn(pipe.config, pipe.data_sharding, pipe.replicated)
+    estimate = pipe._estimate
     masked_sum = _masked_sum()
     eye = jax.device_put(jnp.eye(2, dtype=jnp.float32), pipe.replicated)
     total = jnp.zeros(frames.shape[-2:], jnp.float32)
@@ -584,7 +628,8 @@ def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict]
     held = (used > 0) & ((fl & FLAG_REFINE) == 0)
     shift = np.linalg.norm(ref[held].astype(np.float64) - est[held], axis=-1)
     stats = {"center_shift_median": float(np.median(shift)) if shift.size else float("nan"), "center_shift_frames": int(shift.size)}
-    return pipe.estimate_ellipse(mean), mean, stats
+    coverage = pipe.coverage(ref, mean.shape, weights=used)  # None without a mask
+    return pipe.estimate_ellipse(mean, coverage), mean, stats
 
 
 def _ellipse_refinement_text(r: dict) -> str:
@@ -600,7 +645,7 @@ def _ellipse_refinement_text(r: dict) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- 3. descan (the centres pass)
+# ----------------------------------------------------------------------------- 4. descan (the centres pass)
 
 
 def _descan(job: _Job, progress: bool, cancel: Cancel, log) -> DescanPass:
@@ -619,7 +664,7 @@ def _descan(job: _Job, progress: bool, cancel: Cancel, log) -> DescanPass:
     return dp
 
 
-# ----------------------------------------------------------------------------- 4. stream (pass 1)
+# ----------------------------------------------------------------------------- 5. stream (pass 1)
 
 
 def _stream_pass(
@@ -639,13 +684,13 @@ def _stream_pass(
             bar.close()
 
 
-# ----------------------------------------------------------------------------- 5. finish
+# ----------------------------------------------------------------------------- 6. finish
 
 
-def _fit_mean(mean: np.ndarray) -> tuple[float, float, float]:
+def _fit_mean(mean: np.ndarray, coverage: np.ndarray | None = None) -> tuple[float, float, float]:
     """(a/b, sqrt(a b), a-axis angle in rad) of the ellipse of the steepest edge of a
-    centred mean pattern (the classical estimate, :func:`prenet_jax.ops.fit_ellipse_edge`);
-    NaN if none."""
+    centred mean pattern (the classical estimate, :func:`prenet_jax.ops.fit_ellipse_edge`,
+    off the azimuths a mask hid: ``coverage``); NaN if none."""
     import jax
     import jax.numpy as jnp
 
@@ -653,13 +698,27 @@ def _fit_mean(mean: np.ndarray) -> tuple[float, float, float]:
 
     nan = float("nan")
     try:
-        fit = jax.jit(fit_ellipse_edge)(jnp.asarray(mean, jnp.float32))  # one compile, not one per op
+        cov = None if coverage is None else jnp.asarray(coverage, jnp.float32)
+        fit = jax.jit(fit_ellipse_edge)(jnp.asarray(mean, jnp.float32), coverage=cov)  # one compile, not one per op
         a, b, angle = float(fit["a"]), float(fit["b"]), float(fit["angle"])
     except Exception:
         return nan, nan, nan
     if not (np.isfinite(a) and np.isfinite(b) and b > 0):
         return nan, nan, nan
     return a / b, math.sqrt(a * b), angle
+
+
+def _output_coverage(job: _Job, st: StreamStats, cal: _Calibration, n: int = 1024) -> np.ndarray | None:
+    """With a mask: the fraction of the frames in the corrected mean that saw each of its
+    pixels, from up to ``n`` of the frames in it (their centres and the ellipse undone)."""
+    if job.pipeline.mask is None:
+        return None
+    good = np.flatnonzero(((st.flags & FLAGS_EXCLUDED) == 0).reshape(-1))
+    if not good.size:
+        return None
+    pick = good[np.unique(np.linspace(0, good.size - 1, min(n, good.size)).round().astype(np.int64))]
+    centers = st.centers.reshape(-1, 2)[pick] + job.pad  # in the padded frame the step warped
+    return job.pipeline.coverage(centers, job.out_shape[2:], matrix=cal.ellipse.matrix())
 
 
 def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
@@ -689,6 +748,7 @@ def _finish(
     log,
     figures: list,
     dp: DescanPass | None = None,
+    masks: MaskInfo | None = None,
 ) -> _Finished:
     """Metadata, figures, then the atomic rename. Figures are written before the
     rename, into ``figures``, so that a failure leaves neither: the caller's
@@ -698,7 +758,7 @@ def _finish(
     cancel.enter("finish")
     if st.n_good == 0:
         log("warning: every frame is flagged empty or non-finite: the means and figures are empty")
-    residual, radius, residual_angle = _fit_mean(st.mean_after)
+    residual, radius, residual_angle = _fit_mean(st.mean_after, _output_coverage(job, st, cal))
     if not np.isfinite(radius):
         radius = 1.0  # no edge to measure: a, b are then the axes of a unit circle
     cfg = job.config
@@ -721,6 +781,8 @@ def _finish(
     )  # fmt: skip
     if dp is not None:
         record.update(descan_record(dp))
+    if masks is not None:
+        record.update(mask_record(masks))
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
     try:
@@ -745,7 +807,7 @@ def _finish(
                 job.output, st.mean_before, st.mean_after, st.centers if dp is None else dp.measured,
                 st.friedel_after if indep == "friedel" else st.centers_after,
                 good, title, between=cancel.check, note=note, after_label=f"after: {AFTER_NAMES[indep]} of the output (independent check)",
-                descan=None if dp is None else dp.fit,
+                descan=None if dp is None else dp.fit, mask=None if masks is None else masks.mask,
             )  # fmt: skip
             figures.extend(paths)
         except OSError as e:
@@ -760,10 +822,18 @@ def _finish(
     return done
 
 
-# ----------------------------------------------------------------------------- 6. summary
+# ----------------------------------------------------------------------------- 7. summary
 
 
-def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, seconds: dict, dp: DescanPass | None = None) -> list[str]:
+def _summary(
+    job: _Job,
+    st: StreamStats,
+    cal: _Calibration,
+    done: _Finished,
+    seconds: dict,
+    dp: DescanPass | None = None,
+    masks: MaskInfo | None = None,
+) -> list[str]:
     n = job.source.n_frames
     h, w = job.out_shape[2:]
     c0 = frame_center(h, w)
@@ -781,6 +851,8 @@ def _summary(job: _Job, st: StreamStats, cal: _Calibration, done: _Finished, sec
         lines.extend(_center_lines(job.config, st, sel, c0, None if dp is None else dp.measured))
     if dp is not None:
         lines.extend(descan_lines(dp))
+    if masks is not None:
+        lines.extend(mask_lines(masks))
     lines.extend(_edge_lines(job, st, good))
     ref = done.refinement
     refined = ref is not None and "ellipse_before" in ref
