@@ -1,5 +1,6 @@
 """Helpers every stage needs, written once: files that appear whole or not at all,
-checksums, provenance (versions, git commit) and ``(min, max)`` settings."""
+checksums, provenance (versions, git commit), ``(min, max)`` settings and the start
+of a multi-process job."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "sha256_file", "versions", "git_commit", "min_max"]
+__all__ = ["atomic_path", "atomic_write_text", "sha256_file", "versions", "git_commit", "min_max", "distributed_initialize"]
 
 
 @contextlib.contextmanager
@@ -140,3 +141,25 @@ def call_from_file(path: str | os.PathLike, function: str, *args, missing: str =
     if not hasattr(mod, function):
         raise ValueError(f"{path} defines no {function}()")
     return getattr(mod, function)(*args)
+
+
+def distributed_initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None, cpu_collectives: str | None = "gloo"
+) -> tuple[int, int]:
+    """``jax.distributed.initialize`` once per process (training and inference share it).
+
+    Without arguments JAX finds the job from the cluster environment (SLURM, Open MPI,
+    TPU pods); ``coordinator`` (``HOST:PORT`` of process 0), ``num_processes`` and
+    ``process_id`` set it by hand. ``cpu_collectives`` (``"gloo"`` or ``"mpi"``) lets
+    processes on CPUs exchange arrays. Must run before anything touches a JAX device.
+
+    Returns ``(process_index, process_count)``.
+    """
+    import jax
+
+    if not jax.distributed.is_initialized():
+        if cpu_collectives:
+            jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+        kw = {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
+        jax.distributed.initialize(**{k: v for k, v in kw.items() if v is not None})
+    return jax.process_index(), jax.process_count()

@@ -10,7 +10,7 @@ import prenet_jax as pj
 from prenet_jax.config import PipelineConfig
 from prenet_jax.io._readers import InputError, read_result
 from prenet_jax.preprocess import preprocess_files
-from prenet_jax.preprocess._batch import batch_outputs, expand_inputs
+from prenet_jax.preprocess._batch import ReadAhead, batch_outputs, expand_inputs
 
 ELLIPSE = pj.Ellipse(1.06, 0.7)
 
@@ -112,3 +112,20 @@ def test_inputs_from_folders_and_patterns_and_clashing_names(tmp_path):
         batch_outputs(expand_inputs([tmp_path / "x.npy", tmp_path / "sub"]), tmp_path / "out")
     rc, _, err = run(tmp_path / "missing.h5", tmp_path / "x.npy", "-o", tmp_path / "out", "--cpu")
     assert rc == 2 and "missing.h5: no such file" in err
+
+
+def test_the_next_file_is_read_ahead_while_one_runs(tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, _cube(1)["cube"].astype(np.float32))
+    np.save(b, _cube(2)["cube"].astype(np.float32))
+    lines = []
+    sts = preprocess_files([a, b], tmp_path / "out", ellipse=ELLIPSE, diagnostics=False, progress=False, log=lines.append)
+    assert [s.status for s in sts] == ["done", "done"]
+    # the first file takes seconds (a compile), reading the second a few milliseconds
+    assert sts[0].read_ahead == 0 and sts[1].read_ahead == b.stat().st_size
+    # the budget and stop() bound what is read
+    (tmp_path / "big.bin").write_bytes(bytes(3 << 20))
+    r = ReadAhead(tmp_path / "big.bin", budget=1 << 20)
+    r._thread.join()
+    assert r.stop() == 1 << 20
+    assert ReadAhead(tmp_path / "missing.bin").stop() == 0  # an unreadable file fails in its own turn

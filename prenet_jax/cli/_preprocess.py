@@ -70,7 +70,7 @@ def _select_devices(args):
     import jax
 
     if args.cpu:
-        return jax.devices("cpu")
+        return jax.local_devices(backend="cpu")  # this process's (a --distributed job sees every process's)
     devs = jax.local_devices()
     if not args.devices:
         return devs
@@ -372,6 +372,15 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     dev = g.add_mutually_exclusive_group()
     dev.add_argument("--devices", metavar="I,J", help="local accelerators to use, by number (default: all); see `prenet-jax info`")
     dev.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is present")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="share one scan's rows among the processes of a jax.distributed job (SLURM srun, mpirun, or the three options "
+        "below on every process); process 0 merges the parts into OUTPUT (docs/preprocess.md, infer/distributed/)",
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="--distributed by hand: the address of process 0 (implies --distributed)")
+    g.add_argument("--num-processes", type=_positive_int, metavar="N", help="--distributed by hand: how many processes")
+    g.add_argument("--process-id", type=int, metavar="I", help="--distributed by hand: this process's number, 0 to N-1")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_preprocess, handles_signals=True)
     return p
@@ -400,8 +409,17 @@ def run_preprocess(args) -> int:
                     raise InputError(
                         f"--output-dtype {args.output_dtype!r}: use float32, input, or an integer type such as uint16"
                     ) from None
+            distributed = args.distributed or args.coordinator is not None
             if _is_batch(args):
+                if distributed:
+                    raise InputError("--distributed shares ONE scan among processes; give one input file (or run many files without it)")
                 return _run_batch(args, ellipse, cancel, log)
+            if distributed:  # before anything touches a device
+                from ..preprocess._distributed import initialize
+
+                rank, _ = initialize(args.coordinator, args.num_processes, args.process_id)
+                if rank:
+                    log = lambda s: None  # noqa: E731  (process 0 speaks for the job)
             source = args.input[0]
             if args.resume and not args.overwrite and Path(args.output).exists() and is_finished_output(Path(args.output)):
                 log(f"{args.output} is finished (--resume): nothing to do")
@@ -412,6 +430,14 @@ def run_preprocess(args) -> int:
             cancel.check()
             pipe, weights_id = _build_pipeline(args, log)
             cancel.check()
+            if distributed:
+                from ..preprocess._distributed import preprocess_distributed
+
+                preprocess_distributed(
+                    source, args.output, resume=args.resume, pipeline=pipe, overwrite=args.overwrite,
+                    **_file_options(args, ellipse, weights_id), log=log, cancel=cancel,
+                )  # fmt: skip
+                return 0
             preprocess_file(
                 source,
                 args.output,

@@ -7,20 +7,15 @@ import json
 import os
 import sys
 
-import jax
-
+from .._util import distributed_initialize
 from ..training import cache_dir, evaluate_e2e, export, load_config, override, plot_curves, train
 
 __all__ = ["add_train_parser"]
 
 
 def _distributed_init(args) -> None:
-    if getattr(args, "cpu_collectives", None):
-        jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
-    if args.coordinator:
-        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-    elif args.distributed:
-        jax.distributed.initialize()  # cluster environments (SLURM, Open MPI, TPU pods) detect themselves
+    if args.coordinator or args.distributed:  # without a coordinator the cluster environment says (SLURM, Open MPI, TPU pods)
+        distributed_initialize(args.coordinator, args.num_processes, args.process_id, getattr(args, "cpu_collectives", None))
 
 
 def _run_cli(args) -> int:

@@ -948,6 +948,31 @@ class EMDWriter:
         """One encoded chunk to the file (the one place bytes of the cube are written)."""
         self.data.id.write_direct_chunk(offset, chunk)
 
+    def copy_rows_from(self, path: str | os.PathLike, row: int) -> int:
+        """Copy the cube of another file written by an EMDWriter of the same scan
+        columns, frame shape, dtype and compression (a part of the scan's rows) into
+        rows ``row:`` of this one, chunk by chunk as stored: nothing is decoded or
+        encoded again. Returns the bytes copied."""
+        import h5py
+
+        t0 = time.perf_counter()
+        copied = 0
+        with h5py.File(path, "r") as f:
+            src = f[f"{_ROOT}/{_CUBE}/data"]
+            if src.shape[1:] != self.shape[1:] or src.dtype != self.dtype or src.chunks != self.data.chunks:
+                raise ValueError(
+                    f"{path}: cube {src.shape} {src.dtype} chunks {src.chunks} does not fit {self.shape} {self.dtype} {self.data.chunks}"
+                )
+            if src.compression != self.data.compression:
+                raise ValueError(f"{path}: compression {src.compression} differs from {self.data.compression}")
+            for i in range(src.shape[0]):
+                for j in range(0, src.shape[1], self.chunk_cols):
+                    mask, raw = src.id.read_direct_chunk((i, j, 0, 0))
+                    self.data.id.write_direct_chunk((row + i, j, 0, 0), raw, mask)
+                    copied += len(raw)
+        self.write_seconds += time.perf_counter() - t0
+        return copied
+
     # -- metadata and commit
     def write_metadata(self, calibration: dict, preprocessing: dict, dims: dict | None = None) -> None:
         """py4DSTEM ``Calibration`` (of the corrected cube) and a ``preprocessing`` record."""

@@ -55,6 +55,16 @@ def _neighbours(img: np.ndarray) -> np.ndarray:
     return np.sort(np.stack([p[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]), axis=0)
 
 
+def pixel_sums(frames) -> np.ndarray:
+    """``(N, H, W)`` -> ``(H, W)`` float64 sum over the frames of the counts (negatives and
+    NaN/Inf as 0), without a float64 copy of the stack."""
+    total = np.zeros(np.shape(frames)[1:], np.float64)
+    for f in frames:
+        f = np.asarray(f, np.float64)
+        total += np.where(np.isfinite(f) & (f > 0), f, 0.0)
+    return total
+
+
 def detect_bad_pixels(frames, *, hot_ratio: float = 5.0, significance: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """Hot and dead pixels from a stack of frames sampled across a scan.
 
@@ -73,16 +83,16 @@ def detect_bad_pixels(frames, *, hot_ratio: float = 5.0, significance: float = 1
 
     Parameters
     ----------
-    frames : (N, H, W) counts (negatives and NaN/Inf are read as 0)
+    frames : (N, H, W) counts (negatives and NaN/Inf are read as 0), or their sum
+        over the frames, (H, W) (what a caller reading them in pieces accumulates)
     hot_ratio, significance : the thresholds above
 
     Returns
     -------
     (hot, dead): (H, W) bool each
     """
-    x = np.asarray(frames, np.float64)
-    x = np.where(np.isfinite(x) & (x > 0), x, 0.0)
-    total = x.sum(0)
+    x = np.asarray(frames)
+    total = pixel_sums(x) if x.ndim == 3 else x.astype(np.float64)
     nb = _neighbours(total)
     second, median = nb[-2], 0.5 * (nb[3] + nb[4])
     hot = (total > hot_ratio * second) & ((total - second) / np.sqrt(second + 1.0) > significance)

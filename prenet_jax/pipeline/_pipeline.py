@@ -691,15 +691,18 @@ class Pipeline:
         if flat.size < 8:
             return None
         index = np.unique(flat[np.linspace(0, flat.size - 1, min(n, flat.size)).round().astype(np.int64)])
-        x = np.asarray(frames[index], np.float64)
-        x = np.where(np.isfinite(x) & (x > 0), x, 0.0)
-        k = np.round(x)
-        if np.abs(x - k).max() > 1e-3:
-            return None
-        half = np.random.default_rng(seed).binomial(k.astype(np.int64), 0.5)
-        c1 = self.find_centers(half.astype(np.float32))
-        c2 = self.find_centers((k - half).astype(np.float32))
-        d = np.sqrt(counts[index])[:, None] * (c1 - c2) / 2.0
+        rng = np.random.default_rng(seed)
+        c1, c2 = [], []
+        for i in range(0, index.size, self.batch_size):  # one batch of frames in memory at a time
+            x = np.asarray(frames[index[i : i + self.batch_size]], np.float32)
+            x = np.where(np.isfinite(x) & (x > 0), x, 0.0)
+            k = np.round(x)
+            if np.abs(x - k).max() > 1e-3:
+                return None
+            half = rng.binomial(k.astype(np.int64), 0.5).astype(np.float32)
+            c1.append(self.find_centers(half))
+            c2.append(self.find_centers(k - half))
+        d = np.sqrt(counts[index])[:, None] * (np.concatenate(c1) - np.concatenate(c2)) / 2.0
         d = d[np.isfinite(d).all(-1)]
         if d.shape[0] < 8:
             return None

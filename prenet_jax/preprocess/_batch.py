@@ -12,6 +12,10 @@ reported and skipped, and the others go on; an interruption (SIGINT, SIGTERM) st
 the whole run, removes the file in progress and keeps the finished ones, which a
 re-run with ``resume=True`` skips (outputs appear whole or not at all, so an output
 that exists and carries the ``preprocessing`` record is finished).
+
+While a file is processed, the next one is read ahead into the operating system's
+page cache by a thread (:class:`ReadAhead`, at most a quarter of the free memory), so
+its reads (and its checksum) come from memory instead of waiting on the disk.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,7 +35,7 @@ from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._run import FileResult, preprocess_file
 from ._stream import StreamError
 
-__all__ = ["FileStatus", "batch_outputs", "expand_inputs", "is_finished_output", "preprocess_files", "status_table"]
+__all__ = ["FileStatus", "ReadAhead", "batch_outputs", "expand_inputs", "is_finished_output", "preprocess_files", "status_table"]
 
 #: The suffix of the output of each input in a run over many files.
 OUTPUT_SUFFIX = "_pre.h5"
@@ -57,6 +62,7 @@ class FileStatus:
     flagged : frames with any flag (non-finite, empty, saturated, edge loss, ...; the
         file's summary and record say which)
     result : the :class:`~prenet_jax.preprocess.FileResult` of a finished file
+    read_ahead : bytes of this file read into the page cache while the previous file ran
     """
 
     input: Path
@@ -68,6 +74,7 @@ class FileStatus:
     seconds: float = 0.0
     flagged: int = 0
     result: FileResult | None = None
+    read_ahead: int = 0
 
     @property
     def frames_per_s(self) -> float:
@@ -150,6 +157,7 @@ def preprocess_files(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     cancel: Cancel | None = None,
+    read_ahead: bool = True,
     **options,
 ) -> list[FileStatus]:
     """Preprocess many files into ``outdir`` with one pipeline (one compilation per
@@ -166,6 +174,7 @@ def preprocess_files(
     log : where the notices, each file's summary and the final table go
     cancel : the run's stop flag (the command line's); default: SIGINT and SIGTERM stop
         the run cleanly while it lasts, and are re-raised as :class:`Interrupted`
+    read_ahead : read the next file into the page cache while one runs (:class:`ReadAhead`)
     options : the keyword arguments of :func:`~prenet_jax.preprocess.preprocess_file`
         (``ellipse``, ``output_dtype``, ``refine``, ``pad``, ...), the same for every file
 
@@ -194,52 +203,131 @@ def preprocess_files(
         pipeline = Pipeline(PipelineConfig.classical())
     statuses = [FileStatus(i, o) for i, o in zip(files, outs)]
     if cancel is not None:
-        return _run_all(statuses, pipeline, resume, overwrite, log, cancel, options)
+        return _run_all(statuses, pipeline, resume, overwrite, log, cancel, read_ahead, options)
     cancel = Cancel()
     with catch_signals(cancel):
         try:
-            return _run_all(statuses, pipeline, resume, overwrite, log, cancel, options)
+            return _run_all(statuses, pipeline, resume, overwrite, log, cancel, read_ahead, options)
         except Interrupted as e:
             stopped = e
     redeliver(stopped)  # the caller's handlers are back: let them act on the signal
     raise stopped
 
 
-def _run_all(statuses: list[FileStatus], pipeline, resume: bool, overwrite: bool, log, cancel: Cancel, options: dict) -> list[FileStatus]:
-    for k, st in enumerate(statuses):
-        log(f"[{k + 1}/{len(statuses)}] {st.input} -> {st.output}")
-        if st.output.exists() and not overwrite:
-            if resume and is_finished_output(st.output):
-                st.status, st.reason = "skipped", "finished by an earlier run (resume)"
-                log(f"  skipped: {st.reason}")
-                continue
-            what = "an unfinished or foreign file" if resume else "it exists"
-            st.status, st.problem = "failed", "output"
-            st.reason = f"{st.output.name}: {what}; give --overwrite to replace it" + (
-                "" if resume else " (or --resume to skip finished outputs)"
-            )
-            log(f"  failed: {st.reason}")
-            continue
-        t0 = time.perf_counter()
+class ReadAhead:
+    """Read a file into the page cache in a background thread, while another file is
+    processed: the next file's reads then come from memory.
+
+    Reads the file from its start in 8 MiB chunks (after a ``POSIX_FADV_WILLNEED`` hint)
+    until its end, ``budget`` bytes, or :meth:`stop`. The bytes are thrown away: the
+    kernel keeps them. For an EMPAD ``.xml`` header, the ``.raw`` beside it is read.
+
+    Parameters
+    ----------
+    path : the file
+    budget : at most this many bytes (default: a quarter of the available memory, so
+        that warming the next file does not evict the current one's pages)
+    """
+
+    CHUNK = 8 << 20
+
+    def __init__(self, path: str | os.PathLike, budget: int | None = None):
+        path = Path(path)
+        if path.suffix.lower() == ".xml" and path.with_suffix(".raw").exists():
+            path = path.with_suffix(".raw")
+        self.path = path
+        self.budget = _available_memory() // 4 if budget is None else int(budget)
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prenet-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            cancel.check()
-            res = preprocess_file(st.input, st.output, pipeline=pipeline, overwrite=overwrite, log=log, cancel=cancel, **options)
-        except Interrupted:
-            st.status, st.reason = "interrupted", "its output was removed"
-            log(status_table(statuses))
-            raise
-        except InputError as e:
-            st.status, st.reason, st.problem = "failed", str(e), "input"
-        except (OutputError, StreamError, OSError) as e:
-            st.status, st.reason, st.problem = "failed", str(e), "output"
-        else:
-            st.status, st.result = "done", res
-            st.frames, st.flagged = res.frames, _flagged(res)
-        st.seconds = time.perf_counter() - t0
-        if st.status == "failed":
-            log(f"  failed: {st.reason}")
+            with open(self.path, "rb", buffering=0) as f:
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(f.fileno(), 0, min(self.budget, os.fstat(f.fileno()).st_size), os.POSIX_FADV_WILLNEED)
+                while not self._stop.is_set() and self.bytes < self.budget:
+                    chunk = f.read(min(self.CHUNK, self.budget - self.bytes))
+                    if not chunk:
+                        return
+                    self.bytes += len(chunk)
+        except OSError:
+            return  # a file that cannot be read fails in its own turn, with its own message
+
+    def stop(self) -> int:
+        """Stop reading (the file's own run takes over); returns the bytes read."""
+        self._stop.set()
+        self._thread.join()
+        return self.bytes
+
+
+def _available_memory() -> int:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (1 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 30
+
+
+def _run_all(
+    statuses: list[FileStatus], pipeline, resume: bool, overwrite: bool, log, cancel: Cancel, read_ahead: bool, options: dict
+) -> list[FileStatus]:
+    ahead: ReadAhead | None = None
+    try:
+        for k, st in enumerate(statuses):
+            if ahead is not None:
+                st.read_ahead = ahead.stop()
+            nxt = statuses[k + 1] if read_ahead and k + 1 < len(statuses) else None
+            # not a file whose output exists: it will be skipped (resume) or fail
+            ahead = ReadAhead(nxt.input) if nxt is not None and (overwrite or not nxt.output.exists()) else None
+            _run_one(k, st, statuses, pipeline, resume, overwrite, log, cancel, options)
+    finally:
+        if ahead is not None:
+            ahead.stop()
     log(status_table(statuses))
     return statuses
+
+
+def _run_one(k: int, st: FileStatus, statuses, pipeline, resume: bool, overwrite: bool, log, cancel: Cancel, options: dict) -> None:
+    """File ``k`` of the run: skipped, failed (reported, the run goes on) or done."""
+    log(
+        f"[{k + 1}/{len(statuses)}] {st.input} -> {st.output}" + (f" ({st.read_ahead / 2**20:.0f} MiB read ahead)" if st.read_ahead else "")
+    )
+    if st.output.exists() and not overwrite:
+        if resume and is_finished_output(st.output):
+            st.status, st.reason = "skipped", "finished by an earlier run (resume)"
+            log(f"  skipped: {st.reason}")
+            return
+        what = "an unfinished or foreign file" if resume else "it exists"
+        st.status, st.problem = "failed", "output"
+        st.reason = f"{st.output.name}: {what}; give --overwrite to replace it" + (
+            "" if resume else " (or --resume to skip finished outputs)"
+        )
+        log(f"  failed: {st.reason}")
+        return
+    t0 = time.perf_counter()
+    try:
+        cancel.check()
+        res = preprocess_file(st.input, st.output, pipeline=pipeline, overwrite=overwrite, log=log, cancel=cancel, **options)
+    except Interrupted:
+        st.status, st.reason = "interrupted", "its output was removed"
+        log(status_table(statuses))
+        raise
+    except InputError as e:
+        st.status, st.reason, st.problem = "failed", str(e), "input"
+    except (OutputError, StreamError, OSError) as e:
+        st.status, st.reason, st.problem = "failed", str(e), "output"
+    else:
+        st.status, st.result = "done", res
+        st.frames, st.flagged = res.frames, _flagged(res)
+    st.seconds = time.perf_counter() - t0
+    if st.status == "failed":
+        log(f"  failed: {st.reason}")
 
 
 def status_table(statuses: list[FileStatus]) -> str:

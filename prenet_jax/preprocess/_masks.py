@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from ..io._readers import Source
-from ..ops._masks import detect_bad_pixels
+from ..ops._masks import detect_bad_pixels, pixel_sums
 
 __all__ = ["MaskInfo", "BAD_PIXEL_FRAMES", "build_mask", "mask_lines", "mask_record"]
 
@@ -50,7 +50,8 @@ def build_mask(source: Source, given: np.ndarray | None, detect: bool, n: int = 
     if detect:
         total = source.n_frames
         index = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(np.int64))
-        hot, dead = detect_bad_pixels(source.read_frames(index))
+        total = sum(pixel_sums(source.read_frames(index[i : i + 32])) for i in range(0, index.size, 32))  # bounded memory
+        hot, dead = detect_bad_pixels(total)
         if given is not None:
             hot, dead = hot & ~given, dead & ~given
         info.hot, info.dead, info.frames = hot, dead, int(index.size)
