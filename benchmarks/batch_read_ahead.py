@@ -1,7 +1,8 @@
 """Many files in one run: does reading the next file ahead save the time its reads take?
 
-Writes ``--files`` synthetic cubes (:func:`file_to_file.make_cube`: chunked HDF5,
-uint16 Poisson counts) and runs :func:`prenet_jax.preprocess.preprocess_files` over
+Writes ``--files`` synthetic cubes (``--format npy``: raw uint16 Poisson counts, as a
+detector writes them, which do not compress; ``h5``: :func:`file_to_file.make_cube`,
+chunked and compressed, a few MiB) and runs :func:`prenet_jax.preprocess.preprocess_files` over
 them twice, with the page cache dropped before each run (``/proc/sys/vm/drop_caches``;
 without the right to drop it the files are in memory and the comparison means
 nothing, so the script stops): once reading each file only when its turn comes, once
@@ -9,7 +10,7 @@ reading the next file ahead while the current one runs (the default). The time t
 one file cold (alone, ``cat``-like) is measured too. The result is appended to
 benchmarks/RESULTS.md.
 
-    python benchmarks/batch_read_ahead.py                    # 3 files of 32x32 x 256x256 uint16 (128 MiB each)
+    python benchmarks/batch_read_ahead.py                    # 3 .npy files of 32x32 x 256x256 uint16 (128 MiB each)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--scan", type=int, nargs=2, default=(32, 32))
     ap.add_argument("--frame", type=int, nargs=2, default=(256, 256))
     ap.add_argument("--dose", type=float, default=1e4)
+    ap.add_argument("--format", choices=("npy", "h5"), default="npy")
     ap.add_argument("--dir", type=Path, default=None, help="where the files go (default: a temporary folder on the disk of /var/tmp)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -66,9 +68,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir or "/var/tmp") as tmp:
         tmp = Path(tmp)
-        files = [tmp / f"scan{i}.h5" for i in range(args.files)]
+        files = [tmp / f"scan{i}.{args.format}" for i in range(args.files)]
         for i, f in enumerate(files):
-            make_cube(f, tuple(args.scan), tuple(args.frame), np.uint16, args.dose, seed=i)
+            if args.format == "h5":
+                make_cube(f, tuple(args.scan), tuple(args.frame), np.uint16, args.dose, seed=i)
+                continue
+            rng = np.random.default_rng(i)
+            rows = np.lib.format.open_memmap(f, "w+", np.uint16, tuple(args.scan) + tuple(args.frame))
+            pattern = pj.synthetic_cube(scan=(1, 1), shape=tuple(args.frame), radius=args.frame[0] / 12, seed=i)["cube"][0, 0]
+            for r in range(args.scan[0]):  # Poisson counts: incompressible, like a detector's raw frames
+                rows[r] = rng.poisson(pattern / pattern.sum() * args.dose, (args.scan[1],) + tuple(args.frame))
+            rows.flush()
+            del rows
         size = files[0].stat().st_size
         read_s = float(np.median([cold_read(f) for f in files]))
         kw = dict(ellipse=pj.Ellipse(1.05, 0.4), diagnostics=False, progress=False, log=lambda s: None, overwrite=True)
@@ -83,7 +94,8 @@ def main() -> None:
             assert all(s.status == "done" for s in sts), [s.reason for s in sts]
     frames = args.scan[0] * args.scan[1]
     lines = [
-        f"{args.files} files of ({args.scan[0]}, {args.scan[1]}, {args.frame[0]}, {args.frame[1]}) uint16, chunked HDF5 "
+        f"{args.files} files of ({args.scan[0]}, {args.scan[1]}, {args.frame[0]}, {args.frame[1]}) uint16, "
+        f"{'raw .npy' if args.format == 'npy' else 'chunked gzip HDF5'} "
         f"({size / 2**20:.0f} MiB each, {os.cpu_count()} cores), classical methods, fixed ellipse, batch {pipe.batch_size}, "
         f"page cache dropped before each run; one file read cold alone: {read_s:.2f} s ({size / 2**20 / read_s:.0f} MiB/s)",
         "",

@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--refine", action="store_true", help="also time the fused step with center_refine='friedel' (its cost)")
+    ap.add_argument("--mask", action="store_true", help="also time the fused step with a detector mask (a beam stop's rod; its cost)")
     ap.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
@@ -70,10 +71,15 @@ def main(argv=None) -> int:
     rows = []
     fused = _time(lambda: pipe.step_fn(pipe.params, batch, matrix), args.repeats)
     rows.append(("fused step", fused))
-    refined = None
+    refined = masked = None
     if args.refine:
         rpipe = pipe.with_refinement()
         refined = _time(lambda: rpipe.step_fn(rpipe.params, batch, matrix), args.repeats)
+    if args.mask:
+        rod = np.zeros((s, s), bool)
+        rod[s // 2 - 3 : s // 2 + 3, : s // 2 - 8] = True  # a beam stop's rod from the edge to near the centre
+        mpipe = pipe.with_mask(rod)
+        masked = _time(lambda: mpipe.step_fn(mpipe.params, batch, matrix), args.repeats)
     # Stages alone, on the same batch (each its own jit program).
     from prenet_jax.pipeline import center_stage, denoise_stage, warp_stage
 
@@ -102,6 +108,11 @@ def main(argv=None) -> int:
         table.append(
             f"fused step with center_refine='friedel' (window {cfg.refine_window} px, {cfg.refine_steps} steps): "
             f"{refined * 1e3:.2f} ms / batch, {b / refined:,.0f} frames/s: +{100 * (refined / fused - 1):.0f} % over the fused step"
+        )
+    if masked is not None:
+        table.append(
+            f"fused step with a detector mask (a rod of {int(rod.sum())} px): {masked * 1e3:.2f} ms / batch, {b / masked:,.0f} frames/s: "
+            f"{100 * (masked / fused - 1):+.0f} % over the fused step"
         )
     print(environment())
     print("\n".join(table))

@@ -27,13 +27,16 @@ def fill_masked(frames: jax.Array, valid: jax.Array, sigma: float = 1.5) -> jax.
     """Masked pixels of ``(..., H, W)`` frames replaced by a Gaussian-weighted mean of
     their valid neighbours (normalised convolution); 0 where no valid pixel lies within
     a few ``sigma``. What the networks and the Gaussian denoiser see: a plausible value,
-    not a dead 0 or a hot spike."""
+    not a dead 0 or a hot spike. A frame of whole counts stays whole (its filled values
+    are rounded): the dose-adaptive Gaussian reads whole numbers as counts, and a
+    fractional fill would make it measure the frame's units instead (and cost a sort)."""
     v = jnp.asarray(valid, jnp.float32)
     x = jnp.asarray(frames, jnp.float32)
     num = gaussian_filter(x * v, sigma)
     den = gaussian_filter(jnp.broadcast_to(v, x.shape[-2:])[None], sigma)[0]
     filled = jnp.where(den > 1e-3, num / jnp.maximum(den, 1e-3), 0.0)
-    return jnp.where(v > 0.5, x, filled)
+    counts = jnp.all((x == jnp.round(x)) | (v < 0.5), axis=(-2, -1), keepdims=True)
+    return jnp.where(v > 0.5, x, jnp.where(counts, jnp.round(filled), filled))
 
 
 def mirrored_valid(valid: jax.Array, center: jax.Array) -> jax.Array:
