@@ -4,13 +4,19 @@
 frames (pass 0), streams every frame through the compiled step with reader and
 writer threads (pass 1, :func:`stream`) and finishes the output file and its
 diagnostic figures. :func:`preprocess_files` runs many files into a folder with one
-pipeline (one compilation per frame shape), skipping failed ones. SIGINT/SIGTERM stop
+pipeline (one compilation per frame shape), skipping failed ones, and
+:func:`preprocess_distributed` shares one scan among the processes of a
+``jax.distributed`` job. ``descan=`` adds a centres pass and a fitted descan model
+(:class:`DescanPass`), ``mask=`` a detector mask (:class:`MaskInfo`). SIGINT/SIGTERM stop
 a run cleanly (:class:`Interrupted`).
 """
 
-from ._batch import FileStatus, preprocess_files
+from ._batch import FileStatus, ReadAhead, preprocess_files
 from ._cancel import Cancel, Interrupted
+from ._descan import DESCAN_MODES, DescanPass
 from ._diagnostics import diagnostic_paths, write_diagnostics
+from ._distributed import preprocess_distributed
+from ._masks import MaskInfo
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem
 from ._run import FileResult, preprocess_file
 from ._stream import (
@@ -26,14 +32,18 @@ from ._stream import (
 )
 
 __all__ = [
+    "DESCAN_MODES",
     "FLAG_NAMES",
     "FLAG_NEGATIVE",
     "FLAG_SATURATED",
     "FLAGS_EXCLUDED",
     "Cancel",
+    "DescanPass",
     "FileResult",
     "FileStatus",
     "Interrupted",
+    "MaskInfo",
+    "ReadAhead",
     "StreamError",
     "StreamStats",
     "diagnostic_paths",
@@ -41,6 +51,7 @@ __all__ = [
     "ellipse_to_py4dstem",
     "make_post",
     "output_dtype_for",
+    "preprocess_distributed",
     "preprocess_file",
     "preprocess_files",
     "stream",

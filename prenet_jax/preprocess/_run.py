@@ -1,6 +1,6 @@
 """File to file: :func:`preprocess_file`, the library side of ``prenet-jax preprocess``.
 
-A run is six (seven) steps, each a function below::
+A run is up to seven steps, each a function below::
 
     validate  -> open the input read-only, check the options and the output path
     mask      -> the detector mask: given, and hot and dead pixels found (:mod:`._masks`)
