@@ -34,7 +34,7 @@ def _local_script(src, out, *extra):
 def test_row_shares():
     assert row_shares(9, 2) == [(0, 4), (4, 9)]
     assert row_shares(3, 4) == [(0, 1), (1, 2), (2, 2), (2, 3)]  # a process may get no row
-    assert sum(b - a for a, b in row_shares(257, 7)) == 257
+    assert sum(b - a for a, b in row_shares(257, 7)) == 257  # (a run refuses more processes than rows)
 
 
 @pytest.mark.slow
@@ -115,3 +115,10 @@ def test_a_finished_part_is_reused_by_resume_and_only_by_a_run_like_it(tmp_path)
     other = run(_Calibration(pj.Ellipse(1.08, 0.3), "fixed"), True)
     assert not other.reused
     job.source.close()
+
+
+def test_more_processes_than_rows_is_refused_by_every_process(tmp_path):
+    np.save(tmp_path / "row.npy", np.ones((1, 4, 16, 16), np.float32))
+    p = _local_script(tmp_path / "row.npy", tmp_path / "out.h5")
+    assert p.returncode == 2 and p.stderr.count("2 processes for 1 scan rows") == 2, p.stdout + p.stderr
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["row.npy"]

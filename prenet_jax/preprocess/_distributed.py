@@ -328,6 +328,9 @@ def _distributed(
 
     t_all = time.perf_counter()
     job = _validated(input, output, log, ellipse is not None, **opts)
+    if n > job.source.shape[0]:
+        job.source.close()
+        raise InputError(f"--distributed: {n} processes for {job.source.shape[0]} scan rows; use at most one process per row")
     shares = row_shares(job.source.shape[0], n)
     rows = shares[k]
     log(f"distributed: {n} processes, rows {', '.join(f'{a}:{b}' for a, b in shares)}; this is process {k}")
