@@ -90,7 +90,7 @@ def centers_pass(
     block_bytes: int = 32 << 20,
     progress: Callable[[int], None] | None = None,
     cancel: Cancel | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The beam centre of every frame of ``source`` (denoised first, as in the step).
 
     Blocks are read in the order pass 1 reads them, the next one while the current
