@@ -248,3 +248,58 @@ def test_peer_workers_are_package_files_that_run_without_prenet_jax(tmp_path, mo
     np.testing.assert_array_equal(found, [[8.0, 10.0]] * 3)
     with pytest.raises(RuntimeError, match="unknown task"):
         run_peer("pyxem", "no_such_task", np.zeros((1, 4, 4)))
+
+
+def _tiny_centers_setup():
+    es = make_synthetic(n_patterns=6, n_scans=1, scan_frames=2, size=32, per_group=3)
+    net, note = load_network("untrained", 32)
+    cfg = EvalConfig(doses=(1e3, 1e4), batch=8)
+    return es, Methods(network=net, network_note=note), cfg
+
+
+def test_refined_network_row_matches_its_own_pipeline():
+    """The +refine row starts from the network row's centres instead of running the
+    networks again: the numbers are those of the refining pipeline itself."""
+    from prenet_jax.evaluation._pipelines import network_center_pipelines, network_centers
+
+    es, methods, cfg = _tiny_centers_setup()
+    frames = corrupt_single(es, 1e4, cfg)["noisy"]
+    _, pipes = network_center_pipelines(methods)
+    found = network_centers(pipes, frames, batch=4)  # 6 frames: a short last batch too
+    direct = pipes["network+refine"].find_centers(frames)
+    np.testing.assert_allclose(found["network+refine"], direct, atol=1e-3)
+    np.testing.assert_allclose(found["network"], pipes["network"].find_centers(frames), atol=0)
+
+
+def test_interrupted_evaluation_resumes_after_its_last_finished_dose(tmp_path, monkeypatch):
+    from prenet_jax.evaluation import _tables, open_stash
+
+    es, methods, cfg = _tiny_centers_setup()
+    quiet = dict(log=lambda *_: None)
+    whole = run_evaluation(es, methods, cfg, ("centers",), **quiet)
+    real = _tables.corrupt_single
+    seen = []
+
+    def corrupt(es_, dose, cfg_):
+        seen.append(dose)
+        if dose == 1e4 and len(seen) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second dose of the first run
+        return real(es_, dose, cfg_)
+
+    monkeypatch.setattr(_tables, "corrupt_single", corrupt)
+    stash = open_stash(tmp_path / "partial", es, methods, cfg, **quiet)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(es, methods, cfg, ("centers",), stash=stash, **quiet)
+    assert [p.name for p in stash.dir.iterdir()] == ["centers_1000.pkl"]
+    again = open_stash(tmp_path / "partial", es, methods, cfg, **quiet)
+    res = run_evaluation(es, methods, cfg, ("centers",), stash=again, **quiet)
+    assert seen == [1e3, 1e4, 1e4] and res["parts_reused"] == 1  # the first dose is not computed again
+    assert json.dumps(res["centers"]["rows"]) == json.dumps(whole["centers"]["rows"])
+    for dose, errs in whole["centers"]["errors"].items():
+        for name, e in errs.items():
+            np.testing.assert_array_equal(res["centers"]["errors"][dose][name], e)
+    # Another seed is another evaluation: nothing of this one is reused.
+    other = open_stash(tmp_path / "partial", es, methods, EvalConfig(doses=cfg.doses, batch=8, seed=1), **quiet)
+    assert other.dir != again.dir and not other.dir.exists()
+    again.clear()
+    assert not (tmp_path / "partial").exists()

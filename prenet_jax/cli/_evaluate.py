@@ -12,6 +12,7 @@ import shlex
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from ..evaluation._config import (
     CENTER_METHODS,
@@ -24,7 +25,7 @@ from ..evaluation._config import (
 from ..evaluation._evalset import EvalSetConfig, load_or_make
 from ..evaluation._pipelines import load_network
 from ..evaluation._report import write_report
-from ..evaluation._tables import run_evaluation
+from ..evaluation._tables import open_stash, run_evaluation
 from ..evaluation.peers import available_peers
 
 __all__ = ["add_evaluate_parser", "run_evaluate_cli"]
@@ -116,9 +117,13 @@ def run_evaluate_cli(args) -> int:
     print(f"networks: {note}; peers: {peers or 'none'}")
     cfg = EvalConfig(doses=tuple(float(x) for x in args.doses), max_shift=args.max_shift, seed=args.seed, peer_max=args.peer_max)
     methods = Methods(network=net, network_note=note, peers=peers, select=tuple(args.methods) if args.methods else None)
+    # Finished parts wait in OUTPUT/partial until the report is written: the same command
+    # run again after an interruption starts after the last of them.
+    stash = open_stash(Path(args.output) / "partial", es, methods, cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        res = run_evaluation(es, methods, cfg, args.tables)
+        res = run_evaluation(es, methods, cfg, args.tables, stash=stash)
     path = write_report(res, args.output, _command_line(), figures=not args.no_figures)
+    stash.clear()
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -41,6 +41,16 @@ disk asymmetric), see :mod:`prenet_jax.training._augment`.
 from ._config import EvalConfig, Methods
 from ._evalset import EvalSet, EvalSetConfig, load_or_make
 from ._report import write_report
-from ._tables import evaluate_weights, run_evaluation
+from ._tables import evaluate_weights, open_stash, run_evaluation
 
-__all__ = ["EvalConfig", "EvalSet", "EvalSetConfig", "Methods", "evaluate_weights", "load_or_make", "run_evaluation", "write_report"]
+__all__ = [
+    "EvalConfig",
+    "EvalSet",
+    "EvalSetConfig",
+    "Methods",
+    "evaluate_weights",
+    "load_or_make",
+    "open_stash",
+    "run_evaluation",
+    "write_report",
+]

@@ -274,7 +274,10 @@ def write_report(res: dict, out_dir, command: str | None = None, figures: bool =
             lines += section(res[table], res)
     if figs:
         lines += ["## Figures", ""] + [f"![{title}]({path.name})\n\n*{title}*\n" for path, title in figs]
-    lines += ["## Timing", "", ", ".join(f"{k}: {v:.0f} s" for k, v in res["timing"].items()), ""]
+    timing = ", ".join(f"{k}: {v:.0f} s" for k, v in res["timing"].items())
+    if res.get("parts_reused"):
+        timing += f" (after an interruption: {res['parts_reused']} finished parts were reused, their time is not counted)"
+    lines += ["## Timing", "", timing, ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     write_results_json(res, out / "results.json")

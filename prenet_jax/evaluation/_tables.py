@@ -50,9 +50,11 @@ from ._pipelines import (
     ellipse_pipelines,
     load_network,
     network_center_pipelines,
+    network_centers,
     refine_ellipses,
 )
 from ._report import write_report
+from ._stash import Stash, evaluation_key, no_stash
 from .peers import available_peers, run_peer
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "evaluate_ellipse",
     "evaluate_end_to_end",
     "evaluate_weights",
+    "open_stash",
     "run_evaluation",
 ]
 
@@ -127,25 +130,40 @@ def _denoise_examples(noisy: np.ndarray, target: np.ndarray, results: dict, meth
     return ex
 
 
-def evaluate_denoising(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, keep_examples: bool = True) -> dict:
-    """Table 1. Returns ``{"rows": [...], "examples": {...}, "params": {...}}``."""
+def _denoise_dose(es: EvalSet, methods: Methods, cfg: EvalConfig, dose: float, log: Callable, keep_examples: bool) -> dict:
+    """Table 1 at one dose: ``{"rows", "params", "examples"}``."""
+    t0 = time.perf_counter()
+    kinds = np.repeat(es.scans_kind, es.scans.shape[1])
+    data = corrupt_scans(es, dose, cfg)
+    results = _denoise_all(data["noisy"], data["target"], methods)
+    inp = results["input"][0]
+    rows, params = [], {}
+    for name, (scores, par) in results.items():
+        values = {**scores, "dpsnr": scores["psnr"] - inp["psnr"], "mse_ratio": scores["mse"] / inp["mse"]}
+        rows.append({"dose": dose, "method": name, "by_kind": _by_kind(values, kinds)})
+        if par:
+            params[name] = par
+    examples = _denoise_examples(data["noisy"], data["target"], results, methods) if keep_examples else None
+    summary = ", ".join(f"{k} PSNR {np.mean(v[0]['psnr']):.2f} dB" for k, v in results.items())
+    log(f"  denoise dose {dose:g}: {summary} ({time.perf_counter() - t0:.0f} s)")
+    return {"rows": rows, "params": params, "examples": examples}
+
+
+def evaluate_denoising(
+    es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, keep_examples: bool = True, stash: Stash | None = None
+) -> dict:
+    """Table 1. Returns ``{"rows": [...], "examples": {...}, "params": {...}}``; each
+    dose is a part of ``stash``."""
+    stash = stash or no_stash()
     m, f = es.scans.shape[:2]
-    kinds = np.repeat(es.scans_kind, f)
     rows, params, examples = [], {}, {}
     for dose in cfg.doses:
-        t0 = time.perf_counter()
-        data = corrupt_scans(es, dose, cfg)
-        results = _denoise_all(data["noisy"], data["target"], methods)
-        inp = results["input"][0]
-        for name, (scores, par) in results.items():
-            values = {**scores, "dpsnr": scores["psnr"] - inp["psnr"], "mse_ratio": scores["mse"] / inp["mse"]}
-            rows.append({"dose": dose, "method": name, "by_kind": _by_kind(values, kinds)})
-            if par:
-                params.setdefault(name, {})[str(dose)] = par
-        if keep_examples:
-            examples[str(dose)] = _denoise_examples(data["noisy"], data["target"], results, methods)
-        summary = ", ".join(f"{k} PSNR {np.mean(v[0]['psnr']):.2f} dB" for k, v in results.items())
-        log(f"  denoise dose {dose:g}: {summary} ({time.perf_counter() - t0:.0f} s)")
+        part = stash.part(f"denoise_{dose:g}", lambda: _denoise_dose(es, methods, cfg, dose, log, keep_examples))
+        rows += part["rows"]
+        for name, par in part["params"].items():
+            params.setdefault(name, {})[str(dose)] = par
+        if part["examples"] is not None:
+            examples[str(dose)] = part["examples"]
     return {"rows": rows, "params": params, "examples": examples, "n_frames": int(m * f), "n_patches": int(m)}
 
 
@@ -200,27 +218,37 @@ def _center_rows(
     return rows, errors
 
 
-def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print) -> dict:
-    """Table 2. Returns ``{"rows": [...], "errors": {dose: {method: (N,) er}}}``."""
+def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, stash: Stash | None = None) -> dict:
+    """Table 2. Returns ``{"rows": [...], "errors": {dose: {method: (N,) er}}}``; each
+    dose is a part of ``stash``."""
+    stash = stash or no_stash()
     rows, errors, notes = [], {}, {}
     classical = classical_center_pipelines(methods, cfg.batch)
     denoiser, network = network_center_pipelines(methods)
     radii = disk_radii(es)
     sel = _subset(es.single.shape[0], cfg.peer_max)
     jobs = _peer_center_jobs(methods, radii[sel])
-    for dose in cfg.doses:
+
+    def one_dose(dose: float) -> dict:
         t0 = time.perf_counter()
         data = corrupt_single(es, dose, cfg)
         frames = data["noisy"]
         found = {name: p.find_centers(frames) for name, p in classical.items()}
         if network:
             denoised = frames if denoiser is None else denoiser.denoise(frames)
-            found.update({name: p.find_centers(denoised) for name, p in network.items()})
-        found.update(_peer_centers(frames, sel, jobs, notes, log))
-        dose_rows, errors[str(dose)] = _center_rows(found, data["center"], es.single_kind, sel, dose)
-        rows += dose_rows
-        summary = ", ".join(f"{k} MAE-R {np.nanmean(v):.3f} px" for k, v in errors[str(dose)].items())
+            found.update(network_centers(network, denoised))
+        dose_notes: dict = {}
+        found.update(_peer_centers(frames, sel, jobs, dose_notes, log))
+        dose_rows, dose_errors = _center_rows(found, data["center"], es.single_kind, sel, dose)
+        summary = ", ".join(f"{k} MAE-R {np.nanmean(v):.3f} px" for k, v in dose_errors.items())
         log(f"  centres dose {dose:g}: {summary} ({time.perf_counter() - t0:.0f} s)")
+        return {"rows": dose_rows, "errors": dose_errors, "notes": dose_notes}
+
+    for dose in cfg.doses:
+        part = stash.part(f"centers_{dose:g}", lambda: one_dose(dose))
+        rows += part["rows"]
+        errors[str(dose)] = part["errors"]
+        notes.update(part["notes"])
     return {"rows": rows, "errors": errors, "notes": notes, "n_patterns": int(es.single.shape[0])}
 
 
@@ -356,8 +384,9 @@ def _ellipse_examples(noisy: np.ndarray, est: dict, smp: dict, true_matrices: li
     return ex
 
 
-def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print) -> dict:
-    """Table 3 (and the radial-profile figure's data)."""
+def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, stash: Stash | None = None) -> dict:
+    """Table 3 (and the radial-profile figure's data); each dose is a part of ``stash``."""
+    stash = stash or no_stash()
     t0 = time.perf_counter()
     smp = ellipse_samples(es, cfg)
     n = smp["ratio"].shape[0]
@@ -365,22 +394,33 @@ def evaluate_ellipse(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
     pipes = ellipse_pipelines(methods)
     peer_sel = _subset(n, cfg.peer_max if cfg.peer_max is not None else RING_FIT_DEFAULT_MAX)
     true_matrices = [Ellipse(float(a), float(b)).matrix() for a, b in zip(smp["ratio"], smp["angle"])]
-    rows, notes, profiles = [], {}, {}
-    for dose in cfg.doses:
+
+    def one_dose(dose: float) -> dict:
         t1 = time.perf_counter()
         noisy = noisy_means(smp["expected"], dose, cfg)
         est = _estimate_ellipses(noisy, pipes)
         for name in [m for m in est if methods.wants(m + REFINE)]:
             est[name + REFINE] = refine_ellipses(noisy, est[name])
+        dose_notes: dict = {}
         if "py4dstem" in methods.peers and methods.wants("py4dstem_ring"):
-            ring = _peer_ellipses(noisy, smp["radius"], peer_sel, notes, log)
+            ring = _peer_ellipses(noisy, smp["radius"], peer_sel, dose_notes, log)
             if ring is not None:
                 est["py4dstem_ring"] = ring
         rsd = _radial_stds(noisy, est, true_matrices)
-        rows += _ellipse_rows(dose, est, rsd, smp, peer_sel, cfg)
-        profiles[str(dose)] = _ellipse_examples(noisy, est, smp, true_matrices)
         msg = ", ".join(f"{k} ratio err {np.nanmean(metrics.ratio_error(v[:, 0], smp['ratio'])):.4f}" for k, v in est.items())
         log(f"  ellipse dose {dose:g}: {msg} ({time.perf_counter() - t1:.0f} s)")
+        return {
+            "rows": _ellipse_rows(dose, est, rsd, smp, peer_sel, cfg),
+            "profiles": _ellipse_examples(noisy, est, smp, true_matrices),
+            "notes": dose_notes,
+        }
+
+    rows, notes, profiles = [], {}, {}
+    for dose in cfg.doses:
+        part = stash.part(f"ellipse_{dose:g}", lambda: one_dose(dose))
+        rows += part["rows"]
+        profiles[str(dose)] = part["profiles"]
+        notes.update(part["notes"])
     return {
         "rows": rows,
         "notes": notes,
@@ -505,11 +545,28 @@ def _set_summary(es: EvalSet) -> dict:
     return out
 
 
+def open_stash(root, es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print) -> Stash:
+    """The stash of finished parts for this evaluation under ``root`` (None: none)."""
+    if root is None:
+        return no_stash()
+    return Stash(root, evaluation_key(cfg.to_dict(), es, methods), log)
+
+
 def run_evaluation(
-    es: EvalSet, methods: Methods, cfg: EvalConfig = _DEFAULT_CONFIG, tables: Sequence[str] = TABLES, log: Callable = print
+    es: EvalSet,
+    methods: Methods,
+    cfg: EvalConfig = _DEFAULT_CONFIG,
+    tables: Sequence[str] = TABLES,
+    log: Callable = print,
+    stash: Stash | None = None,
 ) -> dict:
     """Run the selected tables; returns everything the report needs (JSON-able except
-    the ``examples``/``profiles``/``errors`` arrays, which only the figures use)."""
+    the ``examples``/``profiles``/``errors`` arrays, which only the figures use).
+
+    With a ``stash`` (:func:`open_stash`), each finished dose of a table (table 4 as a
+    whole) is kept, and a rerun after an interruption starts after the last one.
+    """
+    stash = stash or no_stash()
     res: dict = {
         "config": cfg.to_dict(),
         "set": _set_summary(es),
@@ -522,18 +579,19 @@ def run_evaluation(
         t0 = time.perf_counter()
         log(f"{t} ...")
         if t == "denoise":
-            res["denoise"] = evaluate_denoising(es, methods, cfg, log)
+            res["denoise"] = evaluate_denoising(es, methods, cfg, log, stash=stash)
         elif t == "centers":
-            res["centers"] = evaluate_centers(es, methods, cfg, log)
+            res["centers"] = evaluate_centers(es, methods, cfg, log, stash=stash)
         elif t == "ellipse":
-            res["ellipse"] = evaluate_ellipse(es, methods, cfg, log)
+            res["ellipse"] = evaluate_ellipse(es, methods, cfg, log, stash=stash)
         elif t == "e2e":
             # The classical pipelines filter with table 1's best sigma when it ran.
             sigmas = res.get("denoise", {}).get("params", {}).get("gaussian")
-            res["e2e"] = evaluate_end_to_end(es, methods, cfg, sigmas, log)
+            res["e2e"] = stash.part("e2e", lambda: evaluate_end_to_end(es, methods, cfg, sigmas, log))
         else:
             raise ValueError(f"unknown table {t!r}: use {TABLES}")
         res["timing"][t] = time.perf_counter() - t0
+    res["parts_reused"] = stash.reused
     return res
 
 
@@ -546,10 +604,13 @@ def evaluate_weights(
     tables: Sequence[str] = TABLES,
     peers: Sequence[str] = ("py4dstem", "pyxem"),
     log: Callable = print,
+    stash_dir=None,
 ) -> Path:
     """Evaluate exported weights on the held-out set in ``data`` (written by
     :func:`prenet_jax.evaluation.load_or_make`) beside the classical methods and the
-    peers found; write the report into ``out_dir``. Returns the path of ``report.md``."""
+    peers found; write the report into ``out_dir``. Returns the path of ``report.md``.
+    With ``stash_dir``, an interrupted evaluation resumes after its last finished part
+    (:func:`run_evaluation`); the parts are removed once the report is written."""
     es = load_or_make(data)
     net, note = load_network(str(weights), es.single.shape[-1])
     found = available_peers(tuple(peers)) if peers else {}
@@ -557,7 +618,10 @@ def evaluate_weights(
         f"test set: {es.single.shape[0]} single patterns, {es.scans.shape[0]} x {es.scans.shape[1]} scan frames; networks: {note}; peers: {found or 'none'}"
     )
     methods = Methods(network=net, network_note=note, peers=found)
+    stash = open_stash(stash_dir, es, methods, cfg, log)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
-        res = run_evaluation(es, methods, cfg, tables, log=log)
-    return write_report(res, out_dir, f"prenet-jax evaluate --data {data} --weights {weights} -o {out_dir}")
+        res = run_evaluation(es, methods, cfg, tables, log=log, stash=stash)
+    path = write_report(res, out_dir, f"prenet-jax evaluate --data {data} --weights {weights} -o {out_dir}")
+    stash.clear()
+    return path

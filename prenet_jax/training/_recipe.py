@@ -244,7 +244,9 @@ def run_recipe(
             from ..evaluation import evaluate_weights
 
             kw = {} if recipe.evaluation is None else {"cfg": recipe.evaluation}
-            path = evaluate_weights(recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, **kw)
+            path = evaluate_weights(
+                recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, stash_dir=wd / "eval" / "partial", **kw
+            )
             if recipe.report is not None:
                 _copy_report(path, Path(recipe.report))
             done(stage, report=str(path))
