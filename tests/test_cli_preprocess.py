@@ -231,11 +231,12 @@ def test_defective_frames_are_flagged_and_do_not_spread(tmp_path):
     assert rb["preprocessing"]["frames_in_means"] == 13
 
 
-def test_negative_pixels_can_be_refused(tmp_path):
+@pytest.mark.parametrize("descan", ["frame", "plane"])  # the streamed step; the descan run's centres pass
+def test_negative_pixels_can_be_refused(tmp_path, descan):
     cube = pj.synthetic_cube(scan=(2, 2), shape=(32, 32), radius=5.0, seed=1)["cube"] - 0.01
     np.save(tmp_path / "neg.npy", cube)
-    rc, out, err = run(tmp_path / "neg.npy", "-o", tmp_path / "neg.h5", "--negative", "error", "--no-ellipse")
-    assert rc == 2 and "negative pixels" in err and "--negative clip" in err
+    rc, out, err = run(tmp_path / "neg.npy", "-o", tmp_path / "neg.h5", "--negative", "error", "--no-ellipse", "--descan", descan)
+    assert rc == 2 and "has negative pixels (min -0.01)" in err and "--negative clip" in err
     assert not (tmp_path / "neg.h5").exists() and not list(tmp_path.glob(".neg*"))
 
 

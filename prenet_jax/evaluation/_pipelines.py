@@ -125,7 +125,7 @@ def network_centers(pipes: dict[str, Pipeline], frames: np.ndarray, batch: int =
     ``frames``. The ``+refine`` row starts its Friedel refinement from the network row's
     centres instead of running the networks a second time: the same numbers as its own
     pipeline's (the refinement of a centre depends on that centre and the frame only),
-    at half the cost of the networks, which dominate the table's time on a CPU."""
+    for one pass of the networks instead of two."""
     found = {}
     for name, p in pipes.items():
         base = found.get(name.removesuffix(REFINE)) if name.endswith(REFINE) else None

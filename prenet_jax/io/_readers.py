@@ -59,6 +59,7 @@ __all__ = [
     "InputError",
     "OutputError",
     "output_error",
+    "negative_error",
     "Source",
     "open_input",
     "sha256_file",
@@ -121,6 +122,14 @@ def output_error(path: Path, what: str, e: BaseException) -> OutputError:
     err = OutputError(f"{what} {path} failed: {reason}; {hint}. Nothing was written")
     err.errno = code
     return err
+
+
+def negative_error(what: str, minimum: float) -> InputError:
+    """The :class:`InputError` for negative pixels under ``negative="error"``: what has
+    them, how negative, and the fix."""
+    return InputError(
+        f"{what} has negative pixels (min {minimum:.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
+    )
 
 
 # ----------------------------------------------------------------------------- sources
@@ -353,9 +362,7 @@ class FrameView:
             bad = ~np.isfinite(out).all(axis=(1, 2))
             out[bad] = 0
         if self.negative == "error" and out.dtype.kind in "if" and out.size and out.min() < 0:
-            raise InputError(
-                f"{self.source._what()} has negative pixels (min {float(out.min()):.4g}); use --negative clip to treat them as zero counts"
-            )
+            raise negative_error(self.source._what(), float(out.min()))
         if self.on_read is not None:
             self.on_read(len(index))
         return out

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from ..conventions import FLAG_DESCAN, FLAGS_EXCLUDED
-from ..io._readers import FrameView, InputError, Source, plan_blocks
+from ..io._readers import FrameView, InputError, Source, negative_error, plan_blocks
 from ..ops._descan import Descan, fit_descan
 from ..pipeline._pipeline import THINNING_FRAMES, Pipeline, _frame_counts
 from ..pipeline._validate import host_dtype
@@ -126,9 +126,7 @@ def centers_pass(
     def read(k: int) -> np.ndarray:
         arr = np.asarray(source.read_block(*blocks[k])).reshape(-1, h, w)
         if negative == "error" and arr.dtype.kind in "if" and arr.size and np.nanmin(arr) < 0:
-            raise InputError(
-                f"{source._what()} has negative pixels (min {float(np.nanmin(arr)):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
-            )
+            raise negative_error(source._what(), float(np.nanmin(arr)))
         return arr.astype(hdt, copy=False)
 
     def retire() -> None:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
-from ..io._readers import InputError, OutputError, Source, output_error, plan_blocks
+from ..io._readers import InputError, OutputError, Source, negative_error, output_error, plan_blocks
 from ..ops._centers import com_center
 from ..ops._refine import refine_center
 from ..ops._warp import frame_center
@@ -548,9 +548,7 @@ class _Stream:
         except Exception as e:  # a failure on the device surfaces when its results are fetched
             raise self._compute_error(pos0, n, e) from e
         if self.negative == "error" and (res["flags"][:n] & FLAG_NEGATIVE).any():
-            raise InputError(
-                f"{self.source._what()} has negative pixels (min {float(res['raw_min']):.4g}); use --negative clip to treat them as zero counts (dark-subtracted data)"
-            )
+            raise negative_error(self.source._what(), float(res["raw_min"]))
         self.wait_out += _put(self.q_out, (pos0, n, res), self.stopping)
         if self.progress is not None:
             self.progress(n)
