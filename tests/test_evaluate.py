@@ -250,19 +250,14 @@ def test_peer_workers_are_package_files_that_run_without_prenet_jax(tmp_path, mo
         run_peer("pyxem", "no_such_task", np.zeros((1, 4, 4)))
 
 
-def _tiny_centers_setup():
-    es = make_synthetic(n_patterns=6, n_scans=1, scan_frames=2, size=32, per_group=3)
-    net, note = load_network("untrained", 32)
-    cfg = EvalConfig(doses=(1e3, 1e4), batch=8)
-    return es, Methods(network=net, network_note=note), cfg
-
-
 def test_refined_network_row_matches_its_own_pipeline():
     """The +refine row starts from the network row's centres instead of running the
     networks again: the numbers are those of the refining pipeline itself."""
     from prenet_jax.evaluation._pipelines import network_center_pipelines, network_centers
 
-    es, methods, cfg = _tiny_centers_setup()
+    es = make_synthetic(n_patterns=6, n_scans=1, scan_frames=2, size=32, per_group=3)
+    net, note = load_network("untrained", 32)
+    methods, cfg = Methods(network=net, network_note=note), EvalConfig(doses=(1e4,), batch=8)
     frames = corrupt_single(es, 1e4, cfg)["noisy"]
     _, pipes = network_center_pipelines(methods)
     found = network_centers(pipes, frames, batch=4)  # 6 frames: a short last batch too
@@ -274,7 +269,8 @@ def test_refined_network_row_matches_its_own_pipeline():
 def test_interrupted_evaluation_resumes_after_its_last_finished_dose(tmp_path, monkeypatch):
     from prenet_jax.evaluation import _tables, open_stash
 
-    es, methods, cfg = _tiny_centers_setup()
+    es = make_synthetic(n_patterns=6, n_scans=1, scan_frames=2, size=32, per_group=3)
+    methods, cfg = Methods(select=("com",)), EvalConfig(doses=(1e3, 1e4), batch=8)  # one classical row suffices here
     quiet = dict(log=lambda *_: None)
     whole = run_evaluation(es, methods, cfg, ("centers",), **quiet)
     real = _tables.corrupt_single
