@@ -55,6 +55,14 @@ class PipelineConfig:
         its estimate and is flagged ``FLAG_REFINE``), or ``"none"``.
     refine_window, refine_steps : the square of pixels (px) around the estimate that
         the refinement compares with its rotation, and its Gauss-Newton steps.
+    center_consensus : with ``center_method="network"``, a classical estimate
+        (``"com"`` or ``"friedel"``) computed in the same step that replaces the
+        network's wherever the two agree within ``consensus_px``; ``"none"``: the
+        network's alone. The classical methods are exact on clean, symmetric disks
+        (0.025 px on the demo cube, where the release networks are 0.12 px off); the
+        network finds the disk where they fail (cut-off and dynamical patterns, errors
+        of pixels to tens of pixels). Measured in ``docs/training.md``.
+    consensus_px : the agreement radius of ``center_consensus`` (native px).
     interpolation : ``"linear"`` or ``"cubic"`` resampling of the corrected frames.
     transform : intensity transform of the networks' input, after dividing each
         frame by its maximum: ``"sqrt"`` (variance-stabilising for Poisson counts,
@@ -102,6 +110,8 @@ class PipelineConfig:
     center_refine: Literal["none", "friedel"] = "none"
     refine_window: int = 64
     refine_steps: int = 6
+    center_consensus: Literal["none", "com", "friedel"] = "none"
+    consensus_px: float = 1.0
 
     def __post_init__(self):
         for name, allowed in (("denoise_method", DENOISE_METHODS), ("center_method", CENTER_METHODS), ("ellipse_method", ELLIPSE_METHODS)):
@@ -109,6 +119,10 @@ class PipelineConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         if self.center_refine not in ("none", "friedel"):
             raise ValueError(f"center_refine={self.center_refine!r}: use 'friedel' or 'none'")
+        if self.center_consensus not in ("none", "com", "friedel"):
+            raise ValueError(f"center_consensus={self.center_consensus!r}: use 'com', 'friedel' or 'none'")
+        if not self.consensus_px > 0:
+            raise ValueError(f"consensus_px={self.consensus_px!r}: give the agreement radius in px (> 0)")
         if self.refine_window < 16 or self.refine_steps < 1:
             raise ValueError("refine_window must be at least 16 px and refine_steps at least 1")
         if self.interpolation not in ("linear", "cubic"):

@@ -13,11 +13,20 @@ def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def run_preprocess(*argv) -> tuple[int, str, str]:
-    """``prenet-jax preprocess ARGV --no-progress`` in this process: (exit code, stdout, stderr)."""
+def run_preprocess(*argv, weights: bool = False) -> tuple[int, str, str]:
+    """``prenet-jax preprocess ARGV --no-progress`` in this process: (exit code, stdout, stderr).
+
+    These tests exercise the file path (formats, faults, interrupts, masks, descan) with
+    the classical methods, which need no compile of the networks: ``--classical`` is
+    added unless ``weights`` is set or ARGV names weights. The bundled weights' default
+    is tested in tests/test_bundled_weights.py.
+    """
+    argv = [str(a) for a in argv]
+    if not weights and "--weights" not in argv:
+        argv.append("--classical")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["preprocess", *map(str, argv), "--no-progress"])
+        rc = main(["preprocess", *argv, "--no-progress"])
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -38,7 +38,20 @@ def _sha(path: Path) -> str:
 
 
 def _command(src: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "prenet_jax.cli", "preprocess", str(src), "-o", str(out), "--cpu", "--no-progress", "--batch-size", "32"]
+    return [
+        sys.executable,
+        "-m",
+        "prenet_jax.cli",
+        "preprocess",
+        str(src),
+        "-o",
+        str(out),
+        "--cpu",
+        "--no-progress",
+        "--batch-size",
+        "32",
+        "--classical",
+    ]
 
 
 def _check(run: int, rc: int, err: str, sig: signal.Signals, folder: Path, src: Path, before: str, shape) -> list[str]:

@@ -91,7 +91,7 @@ def test_summary_and_diagnostics(known):
         "py4DSTEM: a",
         "frames flagged",
         "running on the CPU",
-        "no trained weights",
+        "methods: denoise=gaussian (sigma from each frame's counts), center=com, ellipse=fit",
     ):
         assert text in out
     # noise-free intensities: the dose-adaptive Gaussian finds no noise to remove, and says so
@@ -149,7 +149,7 @@ def small_h5(tmp_path):
         (["{src}", "--dataset", "tiny"], "frames are 6x6 px; the pipeline needs at least 8x8"),
         (["{src}", "--dataset", "cube", "--ellipse", "1.1"], "expected RATIO,ANGLE_DEG"),
         (["{src}", "--dataset", "cube", "--devices", "7"], "local device"),
-        (["{src}", "--dataset", "cube", "--center-method", "network"], "--weights"),
+        (["{src}", "--dataset", "cube", "--denoise-method", "network"], "hold no such network (they hold center_fine, center_net)"),
         (["{src}", "--dataset", "cube", "--scan", "2,2"], "does not match the scan shape"),
         (["{src}", "--dataset", "cube", "--output-dtype", "complex64"], "output dtype"),
         (["{src}", "--dataset", "cube", "--weights", "{d}"], "no weights.npz"),

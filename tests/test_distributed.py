@@ -18,7 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cli(*argv, **popen):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "prenet_jax.cli", "preprocess", *map(str, argv), "--cpu", "--no-progress", "--batch-size", "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prenet_jax.cli",
+        "preprocess",
+        *map(str, argv),
+        "--cpu",
+        "--no-progress",
+        "--batch-size",
+        "16",
+        "--classical",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -27,7 +38,7 @@ def _local_script(src, out, *extra):
     cli = f"{sys.executable} -m prenet_jax.cli"
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PRENET_JAX=cli, PYTHON=sys.executable)
     cmd = ["bash", str(ROOT / "infer" / "distributed" / "local.sh"), "-n", "2", str(src), "-o", str(out)]
-    cmd += ["--cpu", "--no-progress", "--batch-size", "16", *map(str, extra)]
+    cmd += ["--cpu", "--no-progress", "--batch-size", "16", "--classical", *map(str, extra)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

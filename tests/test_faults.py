@@ -105,6 +105,7 @@ def test_a_real_write_limit_in_libhdf5(tmp_path, frames):
         "--compression",
         "none",
         "--no-progress",
+        "--classical",
         *FIXED,
     ]
     proc = subprocess.run(argv, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=900)

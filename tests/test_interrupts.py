@@ -151,7 +151,19 @@ def test_a_real_signal_to_a_real_process(tmp_path, cube, phase, sig):
     before = sha(src)
     r, w = os.pipe()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PRENET_TEST_HOLD=phase, PRENET_TEST_HOLD_FD=str(w), PRENET_TEST_HOLD_TIMEOUT="300")
-    argv = [sys.executable, "-c", CLI, "preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--batch-size", "8", *args_for(phase)]
+    argv = [
+        sys.executable,
+        "-c",
+        CLI,
+        "preprocess",
+        str(src),
+        "-o",
+        str(tmp_path / "out.h5"),
+        "--batch-size",
+        "8",
+        "--classical",
+        *args_for(phase),
+    ]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(w,))
     os.close(w)
     try:
@@ -208,7 +220,7 @@ def test_a_signal_handed_over_to_preprocess(tmp_path, cube):
 
     src = tmp_path / "in.npy"
     np.save(src, cube)
-    args = build_parser().parse_args(["preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--no-progress"])
+    args = build_parser().parse_args(["preprocess", str(src), "-o", str(tmp_path / "out.h5"), "--no-progress", "--classical"])
     assert args.handles_signals
     args.startup_signals = [signal.SIGTERM]
     err = io.StringIO()

@@ -142,7 +142,7 @@ def test_bad_input_gets_a_clear_error(bad, match):
         pipe.preprocess(bad)
 
 
-def test_bad_input_to_every_public_function():
+def test_bad_input_to_every_public_function(tmp_path, monkeypatch):
     pipe = pj.Pipeline.classical()
     with pytest.raises(ValueError, match="3-D"):
         pipe.denoise(np.zeros((32, 32)))
@@ -159,7 +159,10 @@ def test_bad_input_to_every_public_function():
         pj.PipelineConfig(center_method="magic")
     with pytest.raises(ValueError, match="lack"):
         pj.Pipeline(pj.PipelineConfig.tiny())  # network methods, no params
-    with pytest.raises(FileNotFoundError, match="no trained weights"):
+    with pytest.raises(FileNotFoundError, match="holds no weights.npz"):
+        pj.Pipeline.from_pretrained(tmp_path)
+    monkeypatch.setattr("prenet_jax.pipeline._weights.WEIGHTS_DIR", tmp_path)  # an installation without weights
+    with pytest.raises(FileNotFoundError, match="ships no trained weights"):
         pj.Pipeline.from_pretrained()
 
 

@@ -35,7 +35,7 @@ def test_refine_runs_without_weights_and_leaves_the_input(refined):
     assert refined["out"].is_file()
     assert (sha(refined["src"]), refined["src"].stat().st_mtime_ns) == refined["before"]
     p = read_result(refined["out"])["preprocessing"]
-    assert "no trained weights" in refined["stdout"] and p["weights_id"].startswith("none")
+    assert "center=com + friedel refinement" in refined["stdout"] and p["weights_id"].startswith("none")
     assert '"center_refine": "friedel"' in p["config_json"] and '"refine": "all"' in p["options_json"]
     for name in ("mean", "centers", "polar", "radial"):
         assert (refined["dir"] / f"out_{name}.png").stat().st_size > 10_000

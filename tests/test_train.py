@@ -258,8 +258,19 @@ def _center_runs(tmp_path_factory):
         aug = augment(jax.random.key(7), jax.numpy.asarray(val.clean[:16]), jax.numpy.asarray(val.zero[:16]), cfg.augment)
         found = pipe.find_centers(np.maximum(np.asarray(aug.noisy), 0))
         err = np.linalg.norm(found - np.asarray(aug.center), axis=-1)
+        # Shipping a chosen subset, with pipeline settings of its own.
+        export(wd / 'coarse', {{'center': wd / 'a'}}, networks=('center_net',), overrides={{'center_consensus': 'com'}})
+        coarse = pj.Pipeline.from_pretrained(wd / 'coarse')
+        err_coarse = np.linalg.norm(coarse.find_centers(np.maximum(np.asarray(aug.noisy), 0)) - np.asarray(aug.center), axis=-1)
+        try:
+            export(wd / 'bad', {{'center': wd / 'a'}}, networks=('ellipse_net',))
+            bad = ''
+        except ValueError as e:
+            bad = str(e)
         print(json.dumps({{'before': before, 'a': a, 'b1': b1, 'b2': b2, 'pipeline_err': float(err.mean()),
-                          'methods': [pipe.config.denoise_method, pipe.config.center_method, pipe.config.ellipse_method]}}))
+                          'methods': [pipe.config.denoise_method, pipe.config.center_method, pipe.config.ellipse_method],
+                          'coarse': [sorted(coarse.params), coarse.config.center_consensus, coarse.config.center_fine is None],
+                          'coarse_err': float(err_coarse.mean()), 'bad': bad, 'bad_exists': (wd / 'bad').exists()}}))
     """)
     for p in multi:
         log, _ = p.communicate(timeout=1800)
@@ -299,7 +310,7 @@ def test_an_exported_run_loads_into_the_pipeline_with_its_provenance(_center_run
 
     wd, out = _center_runs
     cfg, params, manifest = load_weights(wd / "weights")
-    assert out["methods"] == ["none", "network", "fit"]
+    assert out["methods"] == ["gaussian", "network", "fit"]  # the stages without a network: classical
     _, run_vars, meta = load_run_variables(wd / "a")
     for x, y in zip(_leaves(params["center_net"]), _leaves(run_vars["center_net"])):
         np.testing.assert_array_equal(x, y)
@@ -308,6 +319,9 @@ def test_an_exported_run_loads_into_the_pipeline_with_its_provenance(_center_run
     assert info["best_step"] == meta["step"] and "center_err" in info["validation"]
     assert "git_commit" in manifest and manifest["versions"]["jax"]
     assert out["pipeline_err"] < 1.0
+    # A chosen subset ships alone, with its own settings; a network the runs lack is named.
+    assert out["coarse"] == [["center_net"], "com", True] and out["coarse_err"] < 1.5
+    assert "['ellipse_net'] are not in the runs" in out["bad"] and not out["bad_exists"]
 
 
 @pytest.mark.slow

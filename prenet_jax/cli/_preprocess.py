@@ -102,6 +102,10 @@ def _build_pipeline(args, log):
         "ellipse_method": args.no_ellipse or bool(args.ellipse or args.ellipse_py4dstem),
     }
     wanted = {k: ("none" if switched_off[k] else v) for k, v in chosen.items()}
+    if args.classical:
+        if args.weights:
+            raise InputError("--classical runs no networks, --weights gives some: drop one of them")
+        wanted = {k: (_CLASSICAL[k] if v is None else v) for k, v in wanted.items()}
     explicit_net = [k for k, v in wanted.items() if v == "network"]
     needs_net = [k for k, v in wanted.items() if v in (None, "network")]
     config, params, weights_id = None, {}, "none (classical methods)"
@@ -128,7 +132,17 @@ def _build_pipeline(args, log):
         config = PipelineConfig.classical()
         wanted = {k: (_CLASSICAL[k] if v is None else v) for k, v in wanted.items()}
     else:
-        wanted = {k: ("network" if v is None else v) for k, v in wanted.items()}
+        # By default each stage runs what the weights ship with: a network where one was
+        # trained well enough to ship, else that stage's classical method.
+        wanted = {k: (getattr(config, k) if v is None else v) for k, v in wanted.items()}
+        need = {"denoise_method": ("denoiser",), "center_method": ("center_net",), "ellipse_method": ("ellipse_net",)}
+        lacking = [k for k in explicit_net if any(n not in params for n in need[k])]
+        if lacking:
+            names = ", ".join("--" + k.replace("_", "-") + " network" for k in lacking)
+            raise InputError(
+                f"{names}: the weights {weights_id} hold no such network (they hold {', '.join(sorted(params))}); "
+                f"drop the option to run that stage's classical method, or give other weights with --weights DIR"
+            )
     changes: dict[str, Any] = dict(wanted, negative="clip")
     if args.interpolation:
         changes["interpolation"] = args.interpolation
@@ -254,17 +268,25 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("stages and methods")
     g.add_argument(
-        "--denoise-method", choices=("network", "gaussian"), help="default: network if trained weights are available, else gaussian"
+        "--denoise-method",
+        choices=("network", "gaussian"),
+        help="default: what the weights ship with (the bundled ones: gaussian, the denoiser network does not ship yet)",
     )
     g.add_argument(
         "--center-method",
         choices=("network", "com", "friedel"),
-        help="default: network if trained weights are available, else com (centre of mass masked to the direct disk, iterated)",
+        help="default: what the weights ship with (the bundled ones: network, with Friedel symmetry where the two agree); "
+        "without weights com (centre of mass masked to the direct disk, iterated)",
     )
     g.add_argument(
         "--ellipse-method",
         choices=("network", "fit"),
-        help="how pass 0 estimates the ellipse; default: network if weights are available, else fit",
+        help="how pass 0 estimates the ellipse; default: what the weights ship with (the bundled ones: fit)",
+    )
+    g.add_argument(
+        "--classical",
+        action="store_true",
+        help="classical methods at every stage not chosen otherwise (gaussian, com, fit), no weights loaded",
     )
     g.add_argument("--no-denoise", action="store_true", help="skip denoising (the frames keep their noise)")
     g.add_argument(

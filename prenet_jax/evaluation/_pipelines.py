@@ -104,9 +104,11 @@ def network_center_pipelines(methods: Methods) -> tuple[Pipeline | None, dict[st
     if not methods.wants("network") or net is None or "center_net" not in net.params:
         return None, {}
     denoiser = None
+    cfg = net.config.replace(center_method="network", ellipse_method="none")
     if "denoiser" in net.params:
         denoiser = Pipeline(net.config.replace(center_method="none", ellipse_method="none"), {"denoiser": net.params["denoiser"]})
-    cfg = net.config.replace(denoise_method="none", center_method="network", ellipse_method="none")
+        cfg = cfg.replace(denoise_method="none")
+    # else the centre pipeline denoises as shipped (a classical filter, or none)
     centers = Pipeline(cfg, {k: v for k, v in net.params.items() if k in ("center_net", "center_fine")})
     pipes = {"network": centers}
     if methods.wants("network" + REFINE):
@@ -129,7 +131,7 @@ def network_centers(pipes: dict[str, Pipeline], frames: np.ndarray, batch: int =
     found = {}
     for name, p in pipes.items():
         base = found.get(name.removesuffix(REFINE)) if name.endswith(REFINE) else None
-        if base is None:
+        if base is None or p.config.denoise_method != "none":  # it refines the frames it denoised itself
             found[name] = p.find_centers(frames)
             continue
         out = np.empty_like(base)

@@ -237,16 +237,25 @@ def center_stage(cfg: PipelineConfig, params, x: jax.Array, valid: jax.Array | N
     shape = x.shape[-2:]
     if cfg.center_method == "none":
         return jnp.broadcast_to(jnp.asarray(frame_center(shape), jnp.float32), (x.shape[0], 2))
-    if cfg.center_method == "com":
-        return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold, valid=valid))(x)
-    if cfg.center_method == "friedel":
-        return jax.vmap(functools.partial(friedel_center, valid=valid))(x)
+    if cfg.center_method in ("com", "friedel"):
+        return _classical_centers(cfg, cfg.center_method, x, valid)
     s = cfg.image_size
-    coarse = resize_coordinates(_heatmap_centers(cfg, center_heatmap(cfg, params, x)), (s, s), shape)
-    if cfg.center_fine is None:
-        return coarse
-    xn, _ = normalize(x, cfg.transform)
-    return center_fine_stage(cfg, params, xn, coarse)
+    found = resize_coordinates(_heatmap_centers(cfg, center_heatmap(cfg, params, x)), (s, s), shape)
+    if cfg.center_fine is not None:
+        xn, _ = normalize(x, cfg.transform)
+        found = center_fine_stage(cfg, params, xn, found)
+    if cfg.center_consensus == "none":
+        return found
+    classical = _classical_centers(cfg, cfg.center_consensus, x, valid)
+    agree = jnp.linalg.norm(classical - found, axis=-1, keepdims=True) < cfg.consensus_px
+    return jnp.where(agree, classical, found)
+
+
+def _classical_centers(cfg: PipelineConfig, method: str, x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """``(B, 2)`` centres of ``x`` by the thresholded centre of mass or Friedel symmetry."""
+    if method == "com":
+        return jax.vmap(functools.partial(com_center, threshold=cfg.com_threshold, valid=valid))(x)
+    return jax.vmap(functools.partial(friedel_center, valid=valid))(x)
 
 
 #: What ``refine=`` may name: the beam centres, the ellipse, or both.

@@ -422,7 +422,7 @@ def _validate(
     kinds = sorted({d.platform for d in devs})
     log(f"input: {source.describe()}")
     log(
-        f"methods: denoise={_denoise_name(cfg)}, center={cfg.center_method}{_refine_name(cfg)}, ellipse={'fixed' if fixed_ellipse else cfg.ellipse_method}"
+        f"methods: denoise={_denoise_name(cfg)}, center={_center_name(cfg)}, ellipse={'fixed' if fixed_ellipse else cfg.ellipse_method}"
         f"{' + refinement' if 'ellipse' in refine and not fixed_ellipse and cfg.ellipse_method != 'none' else ''}; "
         f"interpolation {cfg.interpolation}; batch {pipeline.batch_size} on {len(devs)} {'/'.join(kinds)} device(s)"
     )
@@ -475,8 +475,12 @@ def _mask(job: _Job, log) -> MaskInfo:
     return info
 
 
-def _refine_name(cfg: PipelineConfig) -> str:
-    return "" if cfg.center_refine == "none" else f" + {cfg.center_refine} refinement"
+def _center_name(cfg: PipelineConfig) -> str:
+    """The centre stage as the log names it: method, consensus, refinement."""
+    consensus = ""
+    if cfg.center_method == "network" and cfg.center_consensus != "none":
+        consensus = f" ({cfg.center_consensus} where it agrees within {cfg.consensus_px:g} px)"
+    return cfg.center_method + consensus + ("" if cfg.center_refine == "none" else f" + {cfg.center_refine} refinement")
 
 
 def _denoise_name(cfg: PipelineConfig) -> str:
@@ -902,6 +906,7 @@ def after_checks(cfg: PipelineConfig) -> tuple[str, str]:
     a different kind than the estimator that chose the shift: Friedel symmetry checks a
     centre of mass (or a network), the centre of mass checks a Friedel centre."""
     friedel = cfg.center_method == "friedel" or cfg.center_refine == "friedel"
+    friedel = friedel or (cfg.center_method == "network" and cfg.center_consensus == "friedel")
     return ("friedel", "com") if friedel else ("com", "friedel")
 
 

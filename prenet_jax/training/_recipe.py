@@ -37,7 +37,7 @@ from .._util import atomic_write_text, call_from_file
 from ._checkpoints import load_run_variables
 from ._export import evaluate_e2e, export
 from ._loop import train
-from .config import TrainConfig
+from .config import TrainConfig, task_networks
 
 __all__ = ["Recipe", "run_recipe", "load_recipe", "STAGES"]
 
@@ -62,6 +62,11 @@ class Recipe:
     e2e_check_batches : held-out batches (validation split, fixed keys) on which the
         end-to-end fine-tune must beat the separate networks to be kept
     storage_dtype : of the shipped weights
+    ship_networks : the networks that ship (None: all that trained); the others' stages
+        run their classical methods. Chosen from the evaluation: a network ships where
+        it beats its classical method on the held-out set.
+    ship_overrides : more pipeline settings of the shipped weights (e.g.
+        ``{"center_consensus": "friedel"}``)
     """
 
     simulation: object
@@ -72,6 +77,8 @@ class Recipe:
     report: Path | None = None
     e2e_check_batches: int = 8
     storage_dtype: str = "float32"
+    ship_networks: tuple[str, ...] | None = None
+    ship_overrides: dict = dataclasses.field(default_factory=dict)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -127,6 +134,12 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
         if not runs:
             return False
         best = _best_steps(runs)
+    networks = None
+    if recipe.ship_networks is not None:  # only those the runs so far have trained
+        trained = {n for kind in runs for n in task_networks(kind, recipe.stages[kind].pipeline)}
+        networks = tuple(n for n in recipe.ship_networks if n in trained)
+        if not networks:
+            return False
     shipped = recipe.weights / "manifest.json"
     if shipped.exists():
         old = json.loads(shipped.read_text()).get("recipe", {}).get("best_steps", {})
@@ -141,6 +154,8 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
         {k: str(r) for k, r in runs.items()},
         storage_dtype=recipe.storage_dtype,
         manifest_extra={"recipe": {**extra, "best_steps": best}},
+        networks=networks,
+        overrides=recipe.ship_overrides,
     )
     old_dir = recipe.weights.with_name(f".{recipe.weights.name}.old")
     if old_dir.exists():
