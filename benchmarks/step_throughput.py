@@ -5,6 +5,7 @@ that holds the compile; reports the median over repeats. Also times each stage
 alone (the networks and the geometry) so the cost of fusing can be read off.
 
     python benchmarks/step_throughput.py --config release --batch 128 --record
+    python benchmarks/step_throughput.py --config bundled --batch 8     # the shipped weights' pipeline
     python benchmarks/step_throughput.py --config tiny --size 64      # CPU smoke run
 """
 
@@ -50,7 +51,12 @@ def _time(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="release", choices=["release", "default", "tiny", "classical"])
+    ap.add_argument(
+        "--config",
+        default="release",
+        choices=["release", "default", "tiny", "classical", "bundled"],
+        help="an architecture with random weights, or the bundled trained weights' pipeline (what preprocess runs by default)",
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=256, help="frame side in px")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
@@ -60,8 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    cfg = _config(args.config, dtype, args.batch)
-    pipe = pj.Pipeline.init(jax.random.key(0), cfg)
+    if args.config == "bundled":
+        shipped = pj.Pipeline.from_pretrained()
+        cfg = shipped.config.replace(compute_dtype=dtype, batch_size=args.batch)
+        pipe = pj.Pipeline(cfg, shipped.params)
+    else:
+        cfg = _config(args.config, dtype, args.batch)
+        pipe = pj.Pipeline.init(jax.random.key(0), cfg)
     b, s = pipe.batch_size, args.size
     rng = np.random.default_rng(0)
     host = rng.integers(0, 4000, size=(b, s, s), dtype=np.uint16)
@@ -95,7 +106,9 @@ def main(argv=None) -> int:
         rows.append((name, t))
     total = sum(t for n, t in rows[1:])
     table = [
-        f"config `{args.config}` ({cfg.denoise_method}/{cfg.center_method} denoise/centre, compute {dtype}), batch {b}, {s}x{s} uint16 frames, median of {args.repeats}",
+        f"config `{args.config}` ({cfg.denoise_method}/{cfg.center_method}"
+        f"{'' if cfg.center_consensus == 'none' else ' + ' + cfg.center_consensus + ' consensus'} denoise/centre, compute {dtype}), "
+        f"batch {b}, {s}x{s} uint16 frames, median of {args.repeats}",
         "",
         "| what | ms / batch | frames/s |",
         "|---|---|---|",
