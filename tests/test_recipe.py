@@ -41,6 +41,9 @@ def _recipe(tmp: Path):
         weights=tmp / "shipped",
         report=tmp / "EVAL.md",
         e2e_check_batches=1,
+        # A chosen subset ships, with its own settings; the ellipse stage runs its fit.
+        ship_networks=("denoiser", "center_net"),
+        ship_overrides={"center_consensus": "com"},
     )
 
 
@@ -71,9 +74,10 @@ def test_the_release_recipe_resumes_ships_improved_weights_and_evaluates(tmp_pat
     expected = {"e2e"} if verdict["keep"] else {"denoiser", "center", "ellipse"}
     assert set(manifest["recipe"]["best_steps"]) == expected
     assert manifest["recipe"]["simulation"]["n_patterns"] == 48
-    assert {n["task"] for n in manifest["networks"].values()} == expected
+    assert {n["task"] for n in manifest["networks"].values()} == (expected - {"ellipse"})
     pipe = pj.Pipeline.from_pretrained(recipe.weights)
-    assert set(pipe.params) == {"denoiser", "center_net", "ellipse_net"}
+    assert set(pipe.params) == {"denoiser", "center_net"}
+    assert (pipe.config.ellipse_method, pipe.config.center_consensus) == ("fit", "com")
     frames = np.random.default_rng(0).poisson(20.0, (2, 32, 32)).astype(np.float32)
     assert np.isfinite(pipe.find_centers(frames)).all()
     # The evaluation report exists and has its network rows.

@@ -442,3 +442,18 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
         assert all(np.isfinite(v) and v > 1e-6 for v in g.values()), g
     rmse = out["rmse"]  # rmse[i] is measured before update i
     assert all(np.isfinite(rmse)) and rmse[-1] < 0.9 * rmse[0], rmse
+
+
+@pytest.mark.slow
+def test_the_export_command_ships_a_chosen_subset(_center_runs, tmp_path, capsys):
+    from prenet_jax.cli import main
+    from prenet_jax.pipeline._weights import load_weights
+
+    wd, _ = _center_runs
+    argv = ["train", "export", "-o", str(tmp_path / "w"), "--center", str(wd / "a"), "--networks", "center_net"]
+    assert main(argv + ["--center-consensus", "friedel"]) == 0
+    cfg, params, manifest = load_weights(tmp_path / "w")
+    assert set(params) == {"center_net"} and set(manifest["networks"]) == {"center_net"}
+    assert (cfg.denoise_method, cfg.center_method, cfg.ellipse_method, cfg.center_consensus) == ("gaussian", "network", "fit", "friedel")
+    assert main(["train", "export", "-o", str(tmp_path / "x"), "--center", str(wd / "a"), "--networks", "ellipse_net"]) == 2
+    assert "['ellipse_net'] are not in the runs" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -27,13 +27,20 @@ def _run_info(args) -> int:
 
     import prenet_jax as pj
 
-    from ..pipeline._weights import WEIGHTS_DIR
+    from ..pipeline._weights import WEIGHTS_DIR, load_weights
 
     print(f"prenet-jax {pj.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
     for d in jax.local_devices():
         print(f"  device {d.id}: {d.device_kind}")
-    have = (WEIGHTS_DIR / "release" / "weights.npz").is_file()
-    print(f"  bundled weights: {'yes' if have else 'none (classical methods only)'}")
+    try:
+        cfg, params, manifest = load_weights(WEIGHTS_DIR / "release")
+    except FileNotFoundError:
+        print("  bundled weights: none (classical methods only)")
+        return 0
+    trained = manifest.get("trained_by", {}).get("git_commit") or manifest.get("git_commit") or "?"
+    consensus = "" if cfg.center_consensus == "none" else f" ({cfg.center_consensus} where within {cfg.consensus_px:g} px)"
+    print(f"  bundled weights: {', '.join(sorted(params))} (trained at commit {trained[:7]}, {WEIGHTS_DIR / 'release'})")
+    print(f"  default methods: denoise {cfg.denoise_method}, centre {cfg.center_method}{consensus}, ellipse {cfg.ellipse_method}")
     return 0
 
 

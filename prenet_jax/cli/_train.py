@@ -38,7 +38,15 @@ def _run_cli(args) -> int:
 def _export_cli(args) -> int:
     runs = {k: getattr(args, k) for k in ("denoiser", "center", "ellipse", "e2e") if getattr(args, k)}
     try:
-        path = export(args.output, runs, storage_dtype=args.storage_dtype, compute_dtype=args.compute_dtype)
+        overrides = {} if args.center_consensus is None else {"center_consensus": args.center_consensus}
+        path = export(
+            args.output,
+            runs,
+            storage_dtype=args.storage_dtype,
+            compute_dtype=args.compute_dtype,
+            networks=args.networks,
+            overrides=overrides,
+        )
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"prenet-jax train export: error: {err}", file=sys.stderr)
         return 2
@@ -132,6 +140,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         e.add_argument(f"--{k}", default=None, metavar="RUN", help=f"run directory of the {k} task")
     e.add_argument("--storage-dtype", default="float32", choices=("float32", "float16"))
     e.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"), help="stored in the pipeline config")
+    e.add_argument(
+        "--networks",
+        nargs="+",
+        choices=("denoiser", "center_net", "center_fine", "ellipse_net"),
+        help="ship only these networks of the runs (default all); the other stages run their classical methods",
+    )
+    e.add_argument(
+        "--center-consensus",
+        choices=("none", "com", "friedel"),
+        help="the classical centre that replaces the network's where the two agree within 1 px (default: none)",
+    )
     e.set_defaults(func=_export_cli)
 
     pl = sub.add_parser("plot", help="redraw curves.png of a run")

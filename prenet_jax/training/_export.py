@@ -123,7 +123,8 @@ def export(
         raise ValueError("center_fine refines center_net's estimate: ship center_net with it")
     # A stage without a trained network runs its classical method. The dose-adaptive
     # Gaussian filter, not raw frames, feeds the centre network: on held-out patterns at
-    # 1e4 electrons its mean error is 1.12 px so, 1.46 px on raw frames (docs/training.md).
+    # 1e4 electrons its mean error is 1.12 px that way, against 1.46 px on raw frames
+    # (docs/training.md).
     pcfg = base.replace(
         compute_dtype=compute_dtype,
         denoise_method="network" if "denoiser" in params else "gaussian",

@@ -140,10 +140,12 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
         networks = tuple(n for n in recipe.ship_networks if n in trained)
         if not networks:
             return False
+    # What ships: the best steps, and which networks with which settings.
+    choice = {"networks": None if networks is None else list(networks), "overrides": dict(recipe.ship_overrides)}
     shipped = recipe.weights / "manifest.json"
     if shipped.exists():
-        old = json.loads(shipped.read_text()).get("recipe", {}).get("best_steps", {})
-        if old == {k: v for k, v in best.items()}:
+        old = json.loads(shipped.read_text()).get("recipe", {})
+        if old.get("best_steps") == best and old.get("ship", choice) == choice:
             return False
     recipe.weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = recipe.weights.with_name(f".{recipe.weights.name}.new")
@@ -153,7 +155,7 @@ def _ship(recipe: Recipe, runs: dict[str, Path], extra: dict, log: Callable) -> 
         tmp,
         {k: str(r) for k, r in runs.items()},
         storage_dtype=recipe.storage_dtype,
-        manifest_extra={"recipe": {**extra, "best_steps": best}},
+        manifest_extra={"recipe": {**extra, "best_steps": best, "ship": choice}},
         networks=networks,
         overrides=recipe.ship_overrides,
     )
