@@ -55,7 +55,7 @@ def main() -> None:
     from prenet_jax.io import read_result
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), PRENET_JAX=f"{sys.executable} -m prenet_jax.cli", PYTHON=sys.executable)
-    opts = ["--ellipse", "1.05,23", "--no-diagnostics", "--no-progress", "--batch-size", str(args.batch_size), "--cpu"]
+    opts = ["--ellipse", "1.05,23", "--no-diagnostics", "--no-progress", "--batch-size", str(args.batch_size), "--cpu", "--classical"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = tmp / "scan.h5"
