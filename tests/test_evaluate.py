@@ -158,6 +158,10 @@ def test_report_end_to_end_on_a_tiny_set(tmp_path, monkeypatch):
     res2["network"] = "no trained weights yet"
     text2 = write_report(res2, tmp_path / "b", figures=False).read_text()
     assert "network (ours): no trained weights yet" in text2 and "py4DSTEM get_origin: not run" in text2
+    # Weights without this stage's network: the row is missing for that reason.
+    res2["network"] = "trained weights (w; networks: center_fine, center_net)"
+    text3 = write_report(res2, tmp_path / "c", figures=False).read_text()
+    assert "network (ours): not in these weights, whose pipeline runs the classical method here" in text3
 
 
 def test_cli_is_registered(tmp_path):

@@ -61,7 +61,10 @@ def _missing_methods(present: set, candidates: Sequence[str], network_note: str,
         if m in present:
             continue
         if m == "network":
-            lines.append(f"- {LABELS[m]}: {network_note}")
+            if "networks:" in network_note:  # weights without this stage's network
+                lines.append(f"- {LABELS[m]}: not in these weights, whose pipeline runs the classical method here ({network_note})")
+            else:
+                lines.append(f"- {LABELS[m]}: {network_note}")
         elif m in peer_for:
             note = notes.get(m)
             lines.append(f"- {LABELS[m]}: " + (f"failed ({note})" if note else f"not run ({peer_for[m]} not installed here)"))
