@@ -99,6 +99,21 @@ def test_ring_fit_recovers_drawn_ellipses(ratio, angle_deg):
     assert float(o["residual"]) < 0.03
 
 
+def test_an_edge_that_is_no_ellipse_is_refused_not_fitted():
+    """A bright stripe's edge fits ``1/r^2 = sin^2(phi) / w^2``: an "ellipse" of infinite
+    axis ratio (the old fit reported 105.5, and the warp would have torn the frames).
+    Between that and the largest real distortion the fit reports up to MAX_FIT_RATIO."""
+    img = np.zeros((128, 128), np.float32)
+    img[56:72, :] = 100.0
+    o = jax.jit(ops.fit_ellipse_edge)(jnp.asarray(img))
+    assert np.isnan(float(o["a"])) and np.isnan(float(o["b"])) and np.isnan(float(o["residual"]))
+    with pytest.raises(ValueError, match="could not fit an ellipse.*not an ellipse"):
+        pj.Pipeline.classical().estimate_ellipse(img)
+    e = pj.Ellipse(1.8, 0.4)  # strong, but an ellipse: still fitted
+    o = jax.jit(ops.fit_ellipse_edge)(jnp.asarray(pj.disk_pattern((128, 128), (63.5, 63.5), radius=14.0, ellipse=e)))
+    assert float(o["a"] / o["b"]) == pytest.approx(1.8, abs=0.01)
+
+
 def test_ring_fit_on_the_recentred_mean_of_the_big_cube(big_like):
     frames = jnp.asarray(big_like["cube"].reshape(-1, 256, 256), jnp.float32)
     centred = jax.jit(jax.vmap(ops.recenter))(frames, jnp.asarray(_com(big_like["cube"])))

@@ -303,3 +303,15 @@ def test_interrupted_evaluation_resumes_after_its_last_finished_dose(tmp_path, m
     assert other.dir != again.dir and not other.dir.exists()
     again.clear()
     assert not (tmp_path / "partial").exists()
+
+
+def test_the_stash_key_covers_the_source_code(monkeypatch):
+    """A fix to a method changes its numbers: parts computed by other code are not reused."""
+    from prenet_jax.evaluation import _stash
+
+    es = make_synthetic(n_patterns=2, n_scans=1, scan_frames=2, size=32)
+    cfg, methods = EvalConfig(doses=(1e3,)).to_dict(), Methods(select=("com",))
+    key = _stash.evaluation_key(cfg, es, methods)
+    assert _stash.evaluation_key(cfg, es, methods) == key  # stable
+    monkeypatch.setattr(_stash, "_source_digest", lambda: "other code")
+    assert _stash.evaluation_key(cfg, es, methods) != key

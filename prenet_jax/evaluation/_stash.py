@@ -5,8 +5,10 @@ The full evaluation of trained weights on 2,000 patterns takes hours on two CPU 
 part: when it finishes, its result goes to ``<dir>/<key>/<part>.pkl`` (written whole,
 then renamed), and a rerun of the same evaluation loads it instead of computing it
 again. The key is a digest of everything the numbers depend on: the evaluation's
-settings, the test set's content, the networks' parameters and the methods and peers
-that run. A changed input gets a new key, so stale parts are never mixed in.
+settings, the test set's content, the networks' parameters, the methods and peers that
+run, and the source of the package itself (a fix to a method changes its numbers). A
+changed input or code gets a new key, so stale parts are never mixed in; the release
+recipe runs from a frozen snapshot of the code, so its parts survive interruptions.
 """
 
 from __future__ import annotations
@@ -35,9 +37,20 @@ def _update_arrays(h, arrays) -> None:
         h.update(a.tobytes())
 
 
+def _source_digest() -> str:
+    """SHA-256 of every ``.py`` file of the installed package (paths and contents)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def evaluation_key(cfg: dict, es, methods) -> str:
     """A digest of what an evaluation's numbers depend on (see the module docstring)."""
     h = hashlib.sha256()
+    h.update(_source_digest().encode())
     net = methods.network
     head = {
         "config": cfg,

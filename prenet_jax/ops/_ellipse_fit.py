@@ -20,7 +20,11 @@ import jax.numpy as jnp
 from ._filters import gaussian_filter
 from ._warp import Interpolation, frame_center, sample
 
-__all__ = ["polar_transform", "fit_ellipse_edge"]
+__all__ = ["polar_transform", "fit_ellipse_edge", "MAX_FIT_RATIO"]
+
+#: The largest axis ratio the edge fit reports. Projector distortions are a few per
+#: cent (training draws 1.0-1.2); a fitted ratio beyond 2 is a failed fit, not optics.
+MAX_FIT_RATIO = 2.0
 
 
 # Jitted so that eager callers compile once rather than op by op.
@@ -152,7 +156,10 @@ def fit_ellipse_edge(
     dict with ``a``, ``b`` (px, ``a >= b``), ``angle`` (a-axis, ``[0, pi)``),
     ``center`` (fitted ellipse centre, ``(row, col)``) and ``residual`` (RMS
     radial misfit in px) as jax scalars/arrays; all NaN when too few azimuths show
-    an edge (an empty or flat pattern).
+    an edge (an empty or flat pattern), or when the edge is no ellipse of axis ratio
+    up to :data:`MAX_FIT_RATIO` (a stripe, or a mean of frames recentred on wrong
+    centres, fits ``1/r^2`` with a vanishing or negative ``1/a^2``: a ratio of 100 or
+    1e5, which would tear the frames apart if applied).
     """
     img = gaussian_filter(jnp.asarray(mean_pattern, jnp.float32), smooth)
     h, w = img.shape
@@ -234,5 +241,7 @@ def fit_ellipse_edge(
     # Five unknowns need well more than five edge points: with fewer (an empty or flat
     # pattern has none) there is no ellipse, and NaN says so to the caller.
     found = jnp.sum(weight) >= max(12, n_angles // 8)
+    amp = jnp.hypot(p[1], p[2])
+    found = found & (p[0] - amp > 0) & (p[0] + amp <= MAX_FIT_RATIO**2 * (p[0] - amp))
     a, b, angle, rms = (jnp.where(found, v, jnp.nan) for v in (a, b, angle, rms))
     return {"a": a, "b": b, "angle": angle, "center": jnp.where(found, c + off, jnp.nan), "residual": rms}

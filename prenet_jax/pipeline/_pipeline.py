@@ -738,7 +738,10 @@ class Pipeline:
         cov = None if coverage is None else jnp.asarray(np.asarray(coverage), jnp.float32)
         ratio, angle, ok = (float(v) for v in self._ellipse(self.params, jnp.asarray(np.asarray(mean_dp), jnp.float32), cov))
         if not ok or not np.isfinite(ratio) or ratio <= 0:
-            raise ValueError("could not fit an ellipse to mean_dp: no clear ring or disk edge was found; pass a fixed ellipse instead")
+            raise ValueError(
+                "could not fit an ellipse to mean_dp: no clear ring or disk edge was found, or the edge is not an ellipse "
+                "(axis ratio over 2: a stripe, or frames recentred on wrong centres); pass a fixed ellipse instead"
+            )
         return Ellipse(ratio, angle)
 
     def calibration_size(self, frames) -> int:
