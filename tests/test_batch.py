@@ -8,7 +8,7 @@ from _helpers import sha
 
 import prenet_jax as pj
 from prenet_jax.config import PipelineConfig
-from prenet_jax.io._readers import InputError, read_result
+from prenet_jax.io import InputError, read_result
 from prenet_jax.preprocess import preprocess_files
 from prenet_jax.preprocess._batch import ReadAhead, batch_outputs, expand_inputs
 

@@ -18,7 +18,7 @@ from test_io import write_py4dstem_like
 import prenet_jax as pj
 from prenet_jax.cli import main
 from prenet_jax.conventions import EDGE_LOSS_FLAG, FLAG_EDGE
-from prenet_jax.io._readers import read_result
+from prenet_jax.io import read_result
 from prenet_jax.ops import com_center, fit_ellipse_edge
 from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
 from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
@@ -269,7 +269,7 @@ _MEMORY_CHILD = """
 import sys
 import numpy as np
 from prenet_jax import Pipeline
-from prenet_jax.io._readers import EMDWriter, open_input
+from prenet_jax.io import EMDWriter, open_input
 from prenet_jax.preprocess._stream import stream
 
 def rss_mib():

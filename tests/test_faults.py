@@ -14,7 +14,7 @@ import pytest
 from _helpers import run_preprocess, sha
 
 import prenet_jax as pj
-from prenet_jax.io._readers import EMDWriter, Source
+from prenet_jax.io import EMDWriter, Source
 from prenet_jax.preprocess import preprocess_file
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.io._readers import EMDWriter, InputError, open_input, plan_blocks, read_result
+from prenet_jax.io import EMDWriter, InputError, open_input, plan_blocks, read_result
 from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
 
 

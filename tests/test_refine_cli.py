@@ -10,7 +10,7 @@ from _helpers import sha
 
 import prenet_jax as pj
 from prenet_jax.conventions import FLAG_REFINE
-from prenet_jax.io._readers import read_result
+from prenet_jax.io import read_result
 
 #: drawn distortion: ratio ~1.05, a-axis at 30 deg
 TRUTH = pj.Ellipse(1.05, math.radians(30.0))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import PipelineConfig
 from ..conventions import Ellipse
-from ..io._readers import InputError, OutputError, check_output_path, open_input
+from ..io import InputError, OutputError, check_output_path, open_input
 from ..preprocess._cancel import Cancel, Interrupted, catch_signals
 from ..preprocess._descan import DESCAN_MODES
 from ..preprocess._provenance import ellipse_from_py4dstem

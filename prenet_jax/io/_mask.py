@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._readers import InputError, _check_readable
+from ._source import InputError, _check_readable
 
 __all__ = ["read_mask"]
 

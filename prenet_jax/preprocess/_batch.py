@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io._readers import HDF5_SUFFIXES, InputError, OutputError, read_result
+from ..io import HDF5_SUFFIXES, InputError, OutputError, read_result
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._run import FileResult, preprocess_file
 from ._stream import StreamError

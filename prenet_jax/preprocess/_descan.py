@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from ..conventions import FLAG_DESCAN, FLAGS_EXCLUDED
-from ..io._readers import FrameView, InputError, Source, negative_error, plan_blocks
+from ..io import FrameView, InputError, Source, negative_error, plan_blocks
 from ..ops._descan import Descan, fit_descan
 from ..pipeline._pipeline import THINNING_FRAMES, Pipeline, _frame_counts
 from ..pipeline._validate import host_dtype

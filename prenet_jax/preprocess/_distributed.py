@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util import distributed_initialize
-from ..io._readers import EMDWriter, InputError, Source, read_result
+from ..io import EMDWriter, InputError, Source, read_result
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._stream import StreamStats
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import PipelineConfig
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_REFINE, Ellipse
-from ..io._readers import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
+from ..io import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
 from ..pipeline._pipeline import refine_targets
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
@@ -412,8 +412,11 @@ def _validate(
     except BaseException:
         source.close()
         raise
-    if saturation == "auto":
-        sat = float(np.iinfo(source.dtype).max) if source.dtype.kind in "iu" else None
+    if saturation == "auto":  # the detector's count limit the file gives, else the integer dtype's maximum
+        if source.saturation is not None:
+            sat = float(source.saturation)
+        else:
+            sat = float(np.iinfo(source.dtype).max) if source.dtype.kind in "iu" else None
     else:
         sat = None if saturation is None else float(saturation)
     for note in source.notes:
@@ -885,7 +888,15 @@ def _summary(
     counts = {bit: int(((st.flags & bit) != 0).sum()) for bit in FLAG_NAMES}
     sat = job.saturation
     flag_txt = ", ".join(f"{counts[bit]} {name}" for bit, name in FLAG_NAMES.items())
-    lines.append(f"frames flagged: {flag_txt}" + (f" (saturation level {sat:g})" if sat is not None else ""))
+    src = job.source
+    sat_from = (
+        f", from {src.saturation_from}"
+        if sat is not None and src.saturation is not None and sat == float(src.saturation) and src.saturation_from
+        else f", the {src.dtype.name} maximum"
+        if sat is not None and src.dtype.kind in "iu" and sat == float(np.iinfo(src.dtype).max)
+        else ""
+    )
+    lines.append(f"frames flagged: {flag_txt}" + (f" (saturation level {sat:g}{sat_from})" if sat is not None else ""))
     if counts[FLAG_NEGATIVE]:
         lines.append(
             f"note: {counts[FLAG_NEGATIVE]} frames had negative pixels (min {st.raw_min:.4g}); they were treated as zero counts (dark-subtracted data?)"

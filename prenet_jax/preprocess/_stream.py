@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
-from ..io._readers import InputError, OutputError, Source, negative_error, output_error, plan_blocks
+from ..io import InputError, OutputError, Source, negative_error, output_error, plan_blocks
 from ..ops._centers import com_center
 from ..ops._refine import refine_center
 from ..ops._warp import frame_center
