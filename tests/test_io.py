@@ -332,3 +332,34 @@ def test_pass0_reads_through_the_view_and_skips_nonfinite_frames(tmp_path):
         ell, mean = pj.Pipeline.classical(batch_size=8).calibrate(view, 16)
     assert np.isfinite(mean).all()
     assert ell.ratio == pytest.approx(1.1, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- the format registry
+
+
+def test_open_input_consults_the_one_registry(tmp_path, monkeypatch):
+    from prenet_jax import io
+
+    assert [f.name for f in io.FORMATS] == ["hdf5", "npy", "rsciio"]
+    cube = _cube((2, 3, 8, 8))
+    path = tmp_path / "scan.toy"
+    path.write_bytes(b"TOYCUBE\0" + cube.tobytes())
+
+    def open_toy(p, dataset, scan):
+        np.save(tmp_path / "as.npy", np.frombuffer(p.read_bytes()[8:], np.float32).reshape(2, 3, 8, 8))
+        return io.open_input(tmp_path / "as.npy", dataset, scan)
+
+    monkeypatch.setattr(io._formats, "FORMATS", list(io.FORMATS))
+    io.register_format(io.Format("toy", (".toy",), lambda p, head: head == b"TOYCUBE\0", open_toy, "{path} is no toy cube"))
+    assert [f.name for f in io._formats.FORMATS] == ["hdf5", "npy", "toy", "rsciio"]  # before the catch-all
+    with open_input(path) as src:
+        np.testing.assert_array_equal(src.read_block(0, 2, 0, 3), cube)
+    (tmp_path / "bad.toy").write_bytes(b"NOTATOY!")
+    with pytest.raises(InputError, match="bad.toy is no toy cube"):
+        open_input(tmp_path / "bad.toy")
+
+
+def test_the_old_module_path_still_imports():
+    from prenet_jax.io import _readers
+
+    assert _readers.open_input is open_input and _readers.EMDWriter is EMDWriter

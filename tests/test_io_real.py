@@ -34,7 +34,7 @@ needs_plugin = pytest.mark.skipif(find_spec("hdf5plugin") is None, reason="needs
 
 
 def test_the_real_files_are_small():
-    assert sum(p.stat().st_size for p in REAL.iterdir()) < 1.5 * 2**20
+    assert sum(p.stat().st_size for p in REAL.iterdir()) < 1.5 * 2**20  # 1.0 MiB
 
 
 # ----------------------------------------------------------------------------- Merlin
@@ -112,6 +112,27 @@ def test_blockfile_opens_and_preprocesses(tmp_path):
     assert "input: test1.blo (rsciio:Blockfile): scan 3x2, frames 144x144 uint8" in out
     assert "(saturation level 255, the uint8 maximum)" in out
     assert read_result(tmp_path / "blo.h5")["shape"] == (3, 2, 144, 144)
+
+
+# ----------------------------------------------------------------------------- EMPAD
+
+
+@needs_rsciio
+def test_empad_without_its_raw_file_names_it(tmp_path):
+    shutil.copy(REAL / "map4x4.xml", tmp_path / "map4x4.xml")
+    with pytest.raises(
+        InputError, match=r"the data file scan_x4_y4.raw that map4x4.xml refers to is missing from .*: keep it next to map4x4.xml"
+    ):
+        open_input(tmp_path / "map4x4.xml")
+    # with the raw file (128 x 130 float32 a frame: 2 rows of frame metadata) it opens
+    raw = np.zeros((16, 130, 128), np.float32)
+    raw[:, :128] = np.arange(16, dtype=np.float32)[:, None, None]
+    raw.tofile(tmp_path / "scan_x4_y4.raw")
+    with open_input(tmp_path / "map4x4.xml") as src:
+        assert src.kind == "rsciio:EMPAD" and src.shape == (4, 4, 128, 128) and src.dtype == np.float32
+        assert src.saturation is None
+        cube = src.read_block(0, 4, 0, 4)
+    np.testing.assert_array_equal(cube[:, :, 0, 0], np.arange(16).reshape(4, 4))  # frames row-major over the scan
 
 
 # ----------------------------------------------------------------------------- Dectris ARINA

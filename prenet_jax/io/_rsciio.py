@@ -27,6 +27,12 @@ class DaskSource(Source):
             ch = chunks[self._lead :]
             self.scan_chunks = (int(ch[0][0]), int(ch[1][0]))
 
+    def _failure_hint(self, e: BaseException) -> str:
+        if isinstance(e, FileNotFoundError):  # e.g. the .raw an EMPAD .xml names
+            missing = f"the data file {Path(e.filename).name}" if e.filename else "a data file"
+            return f"{missing} that {self.path.name} refers to is missing from {self.path.parent}: keep it next to {self.path.name}"
+        return super()._failure_hint(e)
+
     def _sel(self, *idx):
         return (0,) * self._lead + idx
 
@@ -99,6 +105,12 @@ def open_rsciio(path: Path, dataset: str | None, scan) -> Source:
         it = pick[0]
         src = DaskSource(path, it["data"], f"rsciio:{p['name']}", scan, _rsciio_calibration(it))
         src.saturation, src.saturation_from = rsciio_saturation(it)
+        if p["name"] == "EMPAD":  # the .xml names a .raw file: fail now, not in pass 0, if it is missing
+            try:
+                src.read_frames(np.array([0]))
+            except BaseException:
+                src.close()
+                raise
         return src
     raise InputError(f"{path.name} could not be read as {' or '.join(p['name'] for p in plugins)}: {'; '.join(errors)}")
 
