@@ -26,8 +26,10 @@ _WHERE = {
     "PreprocessResult": ".pipeline",
     "ResNet": ".models",
     "ResNetConfig": ".models",
+    "RiskEstimate": ".pipeline",
     "UNet": ".models",
     "UNetConfig": ".models",
+    "denoise_risk": ".pipeline",
     "disk_pattern": ".data",
     "synthetic_cube": ".data",
 }
@@ -41,9 +43,11 @@ __all__ = [
     "PreprocessResult",
     "ResNet",
     "ResNetConfig",
+    "RiskEstimate",
     "UNet",
     "UNetConfig",
     "__version__",
+    "denoise_risk",
     "disk_pattern",
     "ops",
     "synthetic_cube",
@@ -71,4 +75,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .conventions import Ellipse
     from .data import disk_pattern, synthetic_cube
     from .models import ResNet, ResNetConfig, UNet, UNetConfig
-    from .pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult
+    from .pipeline import FLAG_EMPTY, FLAG_NONFINITE, Pipeline, PreprocessResult, RiskEstimate, denoise_risk

@@ -1,61 +1,77 @@
-"""The classical denoiser: a Gaussian filter whose width follows each frame's dose.
+"""The classical denoiser: a Gaussian filter whose width each frame chooses by its risk.
 
 A fixed sigma cannot be right for every dose: at a few counts per pixel a 2 px
 blur gains 10 dB or more, at thousands of counts per pixel any blur erases more
 signal (disk edges, Bragg spots) than noise, and a 1 px filter LOWERS the PSNR by
-up to 30 dB. So the width is chosen per frame, inside the compiled step, from the
-frame's peak ``p`` in electrons (the brightest pixel, which sets the Poisson noise
-of the direct disk, where most of the signal is) and the radius ``q`` (px) of its
-bright features (:func:`feature_size`: a small sharp disk tolerates less blur)::
+up to 30 dB. So the width is chosen per frame, inside the compiled step, as the one
+of :data:`SIGMA_GRID` (0 = no filter, 0.5 ... 4 px geometric) whose estimated mean
+squared error against the frame's noise-free expectation is smallest. The estimate
+needs no clean data: for a linear filter ``f = H y`` of Poisson counts ``y``
+(independent pixels, ``Var y_n = E y_n``) Poisson's identity ``E[x_n g(y)] =
+E[y_n g(y - e_n)]`` gives the exact, unbiased PURE::
 
-    sigma = min(SIGMA_MAX, A * p ** -B * (q / 8) ** C),  no filter (0) where that is below SIGMA_MIN
+    E ||H y - x||^2 = E [ ||H y - y||^2 + sum_n (2 h_nn - 1) y_n ]
 
-The constants give the best mean gain under the constraint that no frame of two
-measured sets of Poisson-noisy ``disk_pattern`` frames loses PSNR against the
-noise-free truth: 432 cases of 64-256 px frames with disk radii 4-64 px and edges
-0.4-1.5 px, and 1152 frames of small sharp disks (radii 2.5-6 px, edges 0.2-0.3 px),
-each at 1e2 to 1e6 electrons per pattern. On a third, held-out set (972 cases:
-other frame sizes, lattices, edges and ellipses) the rule gains 5.7 dB on average
-and never loses; sigma = 1 px gains 3.2 on average and loses up to 32 dB.
-``docs/preprocess.md`` gives the tables; ``tests/test_denoise_dose.py`` checks it.
+with ``h_nn`` the filter's centre weight at pixel ``n`` (larger at the border, where
+the normalised filter has fewer neighbours). For each sigma of the grid this is one
+separable filter and two sums per frame; the argmin's filtered frame is returned.
+The older hand-tuned rule (:func:`rule_sigma`: ``sigma = min(4, 2.0 p^-0.38 (q/8)^0.7)``
+from the peak ``p`` in electrons and the feature radius ``q``, fitted on analytic
+``disk_pattern`` frames) is kept for comparison; on independent abTEM frames it was
+6 dB below the best fixed sigma at 1e3 electrons per frame. ``benchmarks/denoise_risk.py``
+measures both (``benchmarks/RESULTS.md``, ``docs/preprocess.md``);
+:func:`prenet_jax.pipeline.denoise_risk` estimates the same risk for any denoiser
+(nonlinear ones too) from the data alone.
 
-Units. The rule reads ``p`` in counts (electrons). Integer-valued frames are taken
-as counts. Other frames are brought to counts by their own noise: inside the bright
-region (where a 5-point local mean reaches 70% of its maximum, less a pixel at the
-border) the variance of the residual to the 4-neighbour mean is ``1.25 x`` for
-Poisson counts ``x``, so ``g = var / (1.25 mean)`` is the size of one electron in
-the frame's units, and ``p = peak / g``. Only ``g < 1`` is
-used (data with less noise than counts: normalised, scaled down, or noise-free,
-where ``g ~ 0`` and no filter is applied); ``g >= 1`` (detector units larger than
-an electron, read noise, or structure in the bright region) keeps ``p = peak``,
-which errs toward less filtering. ``PipelineConfig(gaussian_sigma=...)`` fixes the
-width instead.
+Units. The risk needs each pixel's noise variance ``v_n = g y_n``, ``g`` the value
+of one electron in the frame's units (:func:`electron_size`). Integer-valued frames
+are taken as counts (``g = 1``). Other frames are brought to counts by their own
+noise: inside the bright region (where a 5-point local mean reaches 70% of its
+maximum, less a pixel at the border) the variance of the residual to the
+4-neighbour mean is ``1.25 x`` for Poisson counts ``x``, so ``g = var / (1.25 mean)``.
+``g`` is capped at 1: data with less noise than counts (normalised, scaled down,
+noise-free, where ``g ~ 0`` and the risk of any blur exceeds that of none, so no
+filter is applied) are measured; data with more (detector units larger than an
+electron, read noise) are treated as counts, which understates their noise and
+errs toward less filtering. ``PipelineConfig(gaussian_sigma=...)`` fixes the width
+instead.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
+    "SIGMA_GRID",
     "SIGMA_RULE",
     "sigma_for",
+    "rule_sigma",
+    "rule_gaussian",
+    "grid_risks",
+    "noise_variance",
+    "read_noise_variance",
+    "risk_gaussian",
     "feature_size",
     "electron_size",
     "equivalent_peak",
     "frame_sigma",
     "gaussian_per_frame",
     "dose_adaptive_gaussian",
+    "risk_chosen_gaussian",
 ]
 
-#: ``A``, ``B``, ``C``, ``SIGMA_MAX``, ``SIGMA_MIN`` of the rule (module docstring).
+#: The widths (px) each frame chooses from: 0 (no filter) and 0.5 ... 4 px, geometric.
+SIGMA_GRID = (0.0, 0.5, 0.71, 1.0, 1.41, 2.0, 2.83, 4.0)
+#: ``A``, ``B``, ``C``, ``SIGMA_MAX``, ``SIGMA_MIN`` of the older rule (:func:`rule_sigma`).
 SIGMA_RULE = {"A": 2.0, "B": 0.38, "C": 0.7, "SIGMA_MAX": 4.0, "SIGMA_MIN": 0.3}
 #: Pixels of bright interior needed to measure the noise of non-integer frames.
 MIN_INTERIOR = 25
 
 
 def sigma_for(peak, size):
-    """Filter width (px) for frames whose brightest pixel holds ``peak`` electrons and
+    """The older rule's filter width (px) for frames whose brightest pixel holds ``peak`` electrons and
     whose bright features have the radius ``size`` (px, :func:`feature_size`); works
     on numpy and jax arrays alike."""
     r = SIGMA_RULE
@@ -123,9 +139,112 @@ def equivalent_peak(x: jax.Array) -> jax.Array:
     return jnp.max(x, axis=(-2, -1)) / electron_size(x)
 
 
-def frame_sigma(x: jax.Array) -> jax.Array:
-    """``(B, H, W)`` frames (finite, >= 0) -> ``(B,)`` the rule's sigma per frame."""
+def rule_sigma(x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` frames (finite, >= 0) -> ``(B,)`` the older hand-tuned rule's sigma
+    per frame (module docstring; kept for comparison)."""
     return sigma_for(equivalent_peak(x), feature_size(x))
+
+
+def rule_gaussian(x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` counts -> denoised counts, sigma per frame by the older rule."""
+    return gaussian_per_frame(x, rule_sigma(x))
+
+
+def _grid_filters(x: jax.Array, sigmas):
+    """Yield ``(sigma, H y, centre weights (H, W))`` for each sigma of ``sigmas`` (static)."""
+    from ..ops._filters import _gaussian_matrix
+
+    h, w = x.shape[-2:]
+    hi = jax.lax.Precision.HIGHEST
+    for s in sigmas:
+        if s <= 0:
+            yield 0.0, x, jnp.ones((h, w), jnp.float32)
+            continue
+        gh, gw = _gaussian_matrix(h, float(s)), _gaussian_matrix(w, float(s))
+        y = jnp.einsum("ij,bjk->bik", jnp.asarray(gh), x, precision=hi)
+        y = jnp.einsum("bik,lk->bil", y, jnp.asarray(gw), precision=hi)
+        yield float(s), y, jnp.asarray(np.outer(np.diag(gh), np.diag(gw)), jnp.float32)
+
+
+def read_noise_variance(x: jax.Array, electron: jax.Array) -> jax.Array:
+    """``(B, H, W)`` frames, ``(B,)`` electron sizes -> ``(B,)`` the variance each pixel has
+    beyond ``electron * counts``: 0 for integer-valued frames (counts); otherwise the
+    median squared residual to the 4-neighbour mean over the frame (/0.455 for a
+    chi-square of one degree, /1.25 for the neighbours' share), less the Poisson part
+    ``electron * median(x)``: on diffraction frames the median pixel is dark, where
+    read noise is all the noise there is."""
+
+    def measured(y):
+        yp = jnp.pad(y, ((0, 0), (1, 1), (1, 1)), mode="edge")
+        nb = (yp[:, :-2, 1:-1] + yp[:, 2:, 1:-1] + yp[:, 1:-1, :-2] + yp[:, 1:-1, 2:]) / 4.0
+        r2 = ((y - nb) ** 2)[:, 1:-1, 1:-1].reshape(y.shape[0], -1)
+        var = jnp.median(r2, axis=-1) / (0.455 * 1.25)
+        c = jnp.maximum(var - electron * jnp.median(y.reshape(y.shape[0], -1), axis=-1), 0.0)
+        # below 1e-6 of the peak squared: the curvature of noise-free data, not read noise
+        return jnp.where(c > 1e-6 * jnp.max(y, axis=(-2, -1)) ** 2, c, 0.0)
+
+    integral = jnp.all(x == jnp.round(x), axis=(-2, -1))
+    c = jax.lax.cond(jnp.all(integral), lambda y: jnp.zeros(y.shape[0], y.dtype), measured, x)
+    return jnp.where(integral, 0.0, c)
+
+
+def noise_variance(x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` frames -> ``(B, H, W)`` each pixel's noise variance, estimated
+    without bias for Poisson counts (``x`` itself): ``g * x + c`` with ``g`` of
+    :func:`electron_size` and ``c`` of :func:`read_noise_variance` (module docstring).
+    Where ``electron_size`` could not measure ``g`` (too few bright pixels: ``g ~ 0``)
+    but the frame has read noise (``c > 0``), ``g`` comes from the whole frame instead:
+    ``(mean r^2 / 1.25 - c) / mean x`` (``r``: the residual to the 4-neighbour mean),
+    capped at 1; and with read noise, ``g`` is measured net of it."""
+    x = jnp.asarray(x, jnp.float32)
+    g = electron_size(x)
+    c = read_noise_variance(x, g)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    nb = (xp[:, :-2, 1:-1] + xp[:, 2:, 1:-1] + xp[:, 1:-1, :-2] + xp[:, 1:-1, 2:]) / 4.0
+    mean_r2 = jnp.mean(((x - nb) ** 2)[:, 1:-1, 1:-1], axis=(-2, -1)) / 1.25
+    mean_x = jnp.maximum(jnp.mean(x, axis=(-2, -1)), 1e-30)
+    g_frame = jnp.clip((mean_r2 - c) / mean_x, 0.0, 1.0)
+    g = jnp.where((c > 0) & (g < 1e-6), g_frame, g)
+    return g[:, None, None] * x + c[:, None, None]
+
+
+def grid_risks(x: jax.Array, sigmas=SIGMA_GRID) -> jax.Array:
+    """``(B, H, W)`` frames -> ``(B, len(sigmas))`` the exact linear PURE of a Gaussian
+    of each width: the estimated mean squared error per pixel against the frame's
+    noise-free expectation, in the frames' units squared (module docstring), with the
+    noise variance of :func:`noise_variance`."""
+    x = jnp.asarray(x, jnp.float32)
+    v = noise_variance(x)
+    out = []
+    for _, y, c in _grid_filters(x, sigmas):
+        out.append(jnp.mean((y - x) ** 2 + (2.0 * c - 1.0) * v, axis=(-2, -1)))
+    return jnp.stack(out, axis=-1)
+
+
+def risk_gaussian(x: jax.Array, sigmas=SIGMA_GRID) -> tuple[jax.Array, jax.Array]:
+    """``(B, H, W)`` frames -> (denoised frames, ``(B,)`` sigma each frame chose): the
+    width of ``sigmas`` with the smallest exact PURE per frame (module docstring); ties
+    go to the narrower filter, so a frame no filter helps comes back unchanged."""
+    x = jnp.asarray(x, jnp.float32)
+    v = noise_variance(x)
+    best = best_risk = best_sigma = None
+    for s, y, c in _grid_filters(x, sigmas):
+        # the common term -mean(v) is left out: the argmin is the same
+        r = jnp.mean((y - x) ** 2 + 2.0 * c * v, axis=(-2, -1))
+        if best is None:
+            best, best_risk, best_sigma = y, r, jnp.full(r.shape, s, jnp.float32)
+            continue
+        better = r < best_risk
+        best = jnp.where(better[:, None, None], y, best)
+        best_risk = jnp.where(better, r, best_risk)
+        best_sigma = jnp.where(better, s, best_sigma)
+    return best, best_sigma
+
+
+def frame_sigma(x: jax.Array) -> jax.Array:
+    """``(B, H, W)`` frames (finite, >= 0) -> ``(B,)`` the sigma each frame chooses by its
+    risk (:func:`risk_gaussian`; what the compiled step applies)."""
+    return risk_gaussian(x)[1]
 
 
 def _smoothing_matrices(n: int, sigma: jax.Array) -> jax.Array:
@@ -151,5 +270,10 @@ def gaussian_per_frame(x: jax.Array, sigma: jax.Array) -> jax.Array:
 
 
 def dose_adaptive_gaussian(x: jax.Array) -> jax.Array:
-    """``(B, H, W)`` counts -> denoised counts, sigma chosen per frame by the rule."""
-    return gaussian_per_frame(x, frame_sigma(x))
+    """``(B, H, W)`` counts -> denoised counts, sigma chosen per frame by its risk
+    (:func:`risk_gaussian`; the name is kept: the width still follows the dose)."""
+    return risk_gaussian(x)[0]
+
+
+#: The same function under the name of what it does now.
+risk_chosen_gaussian = dose_adaptive_gaussian
