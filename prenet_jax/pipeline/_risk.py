@@ -38,21 +38,31 @@ variance) and ``f = denoise(y)``::
     risk = ||f - y||^2 + 2 sum_n v_n (f_n(y) - f_n(y - g e_n)) / g - sum_n v_n     (/ pixels)
 
 which is the exact PURE for counts (``g = 1``, no read noise) and its first-order
-(finite-difference) PG-URE form otherwise. For a linear filter with centre weight
+PG-URE form with read noise, where the difference becomes a derivative (a step of
+``0.1 read_noise``: at the counting step a median filter's estimate was 2x off). For a linear filter with centre weight
 ``h_nn`` (``centre_weight=``; a Gaussian's from :func:`gaussian_centre_weight`) the
 difference is ``h_nn g`` exactly and the estimate costs one call. For any other
 callable the middle sum is estimated by Monte Carlo: each probe perturbs a lattice of
-pixels (spacing ``spacing``, a random offset, random signs ``b_n``) at once, ``y - g
-b``, and sums ``b_n v_n (f_n(y) - f_n(y - g b))`` over the lattice, times
-``spacing^2``; the signs cancel, on average, what a perturbed pixel does to its
-lattice neighbours. ``probes`` such calls (plus one) per estimate.
+pixels (spacing ``spacing``, one offset of the ``spacing^2``, all of them by default
+so that every pixel is perturbed once) at once and sums ``b_n v_n (f_n(y) - f_n(y -
+delta b))`` over the lattice, times ``spacing^2``. For counts ``b_n = 1`` and
+``delta = g`` (the exact backward difference PURE asks for, at the pixels that are
+not 0; a perturbed pixel's effect on its lattice neighbours, 4 px away, is a small
+bias for filters wider than that: sparse counts perturb few); with read noise, which
+perturbs every pixel, ``b_n`` are random signs, which cancel that cross-talk on
+average. ``probes`` calls (plus one).
 
-Measured (``benchmarks/denoise_risk.py``, 160 abTEM 256x256 frames, Poisson): the
-exact linear PURE of Gaussians (sigma 0.5-4 px) within 1.2 % of the true mean MSE at
-1e3 and 1e4 electrons per frame; the Monte-Carlo estimate with 8 probes of spacing 8
-with random signs within 2 % of the exact linear value for the same Gaussians and
-within 3 % of the truth for a 3x3 median filter and the old sigma rule; without the
-signs (all ``+1``) a 4 px Gaussian's lattice neighbours bias it by 8-20 %.
+Measured (``benchmarks/denoise_risk.py``, 160 abTEM 256x256 frames, error of the
+mean estimate against the true mean MSE): Poisson at 1e3 and 1e4 electrons per frame,
+the exact linear PURE of Gaussians (sigma 0.5-4 px) within 0.8 %, the Monte-Carlo
+estimate (16 probes, spacing 4) within 4.5 % for the same Gaussians and within 1.6 %
+for a 3x3 median filter and the old sigma rule; with 0.5-count read noise (gain and
+read noise measured) within 3.7 % (linear), 3.6 % (MC, Gaussians) and 5.8 % (median).
+Chosen against the alternatives measured on 40 of the frames: random signs for
+counts put the median filter 8-12 % and the old rule 10-20 % off at 1e3 (a forward
+difference where PURE asks for a backward one); lattice spacing 8 or 16 with fewer
+probes adds sampling noise (a 0.5 px Gaussian 2-17 % off); the counting step as the
+difference with read noise put a median filter 56-107 % off.
 ``benchmarks/RESULTS.md`` gives the table.
 """
 
@@ -297,26 +307,31 @@ def denoise_risk(
         div = np.mean(c * v, axis=axes)  # sum_n v_n h_nn g / g
         used = 0
     else:
-        # delta: the counting step g; for (nearly) noise-free or read-noise-dominated data a
-        # small fraction of the noise scale instead
-        delta = g if g > 0.05 * rn else max(0.1 * rn, 1e-6 * max(float(np.abs(y).max()), 1e-30))
         rng = np.random.default_rng(seed)
-        s = max(1, int(spacing))
+        sp = max(1, int(spacing))
         # every offset once when probes >= spacing^2 (each pixel perturbed once: no sampling
         # noise); fewer: a random subset of them
-        offsets = np.arange(s * s) if probes >= s * s else rng.permutation(s * s)[: max(1, probes)]
-        acc = np.zeros(lead)
-        signs = rng.choice if signed else (lambda vals, size: np.ones(size))
-        for o in offsets:
-            a, b = divmod(int(o), s)
-            probe = np.zeros((h, w))
-            sub = probe[a::s, b::s]
-            sub[...] = signs([-1.0, 1.0], size=sub.shape)
-            probe = probe * (v > 0)  # a pixel of no variance adds nothing but cross-talk
-            fp = call(y - delta * probe)
-            acc += np.sum(probe * v * (f - fp), axis=axes) * (s * s) / delta / (h * w)
-        div = acc / len(offsets)
-        used = len(offsets)
+        offsets = np.arange(sp * sp) if probes >= sp * sp else rng.permutation(sp * sp)[: max(1, probes)]
+        div = np.zeros(lead)
+        used = 0
+        parts = []
+        if rn > 0:  # read noise: the first-order PG-URE, v_n times a derivative (a small
+            # step), random signs against the cross-talk of perturbing every pixel
+            parts.append((v, 0.1 * rn, True))
+        elif g > 0:  # counts: the exact backward difference at the counting step
+            parts.append((g * y, g, False))
+        for weight, delta, signed_part in parts:
+            acc = np.zeros(lead)
+            for o in offsets:
+                a, b = divmod(int(o), sp)
+                probe = np.zeros((h, w))
+                sub = probe[a::sp, b::sp]
+                sub[...] = rng.choice([-1.0, 1.0], size=sub.shape) if (signed or signed_part) else 1.0
+                probe = probe * (weight != 0)  # a pixel of no variance (a Poisson 0) adds nothing but cross-talk
+                fp = call(y - delta * probe)
+                acc += np.sum(probe * weight * (f - fp), axis=axes) * (sp * sp) / delta / (h * w)
+            div = div + acc / len(offsets)
+            used += len(offsets)
     per = fit + 2.0 * div
     mse = float(np.mean(per))
     stderr = float(np.std(per, ddof=1) / math.sqrt(n_frames)) if n_frames > 1 else math.nan
