@@ -163,3 +163,9 @@ def distributed_initialize(
         kw = {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
         jax.distributed.initialize(**{k: v for k, v in kw.items() if v is not None})
     return jax.process_index(), jax.process_count()
+
+
+def format_rate(per_second: float) -> str:
+    """A rate for people: whole numbers from 10 on, two significant digits below
+    (0.3 frames/s reads ``0.3``, not ``0``)."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"

@@ -32,6 +32,7 @@ __all__ = [
     "FLAG_REFINE",
     "FLAG_EDGE",
     "FLAG_DESCAN",
+    "FLAG_NO_BEAM",
     "EDGE_LOSS_FLAG",
     "FLAG_NAMES",
     "FLAGS_EXCLUDED",
@@ -52,6 +53,8 @@ FLAG_REFINE = 16  #: the centre refinement failed: the frame keeps the estimate
 FLAG_EDGE = 32  #: over ``EDGE_LOSS_FLAG`` of the frame's counts were moved out of the frame
 #: its own centre is farther than k robust sigmas from the fitted descan model (``--descan``)
 FLAG_DESCAN = 64
+#: no direct beam found (:func:`prenet_jax.ops.direct_beam_found`): the frame's centre is no beam centre
+FLAG_NO_BEAM = 128
 #: Fraction of a frame's counts moved out of the output frame by the warp above which
 #: the frame is flagged ``FLAG_EDGE`` (1 %: it biases virtual-detector intensities).
 EDGE_LOSS_FLAG = 0.01
@@ -63,6 +66,7 @@ FLAG_NAMES = {
     FLAG_REFINE: "centre refinement failed",
     FLAG_EDGE: "counts lost at the frame edge",
     FLAG_DESCAN: "centre off the descan model",
+    FLAG_NO_BEAM: "no direct beam",
 }
 #: Frames with these flags are kept out of the mean patterns and the centre statistics.
 FLAGS_EXCLUDED = FLAG_NONFINITE | FLAG_EMPTY

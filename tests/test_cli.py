@@ -21,13 +21,14 @@ def test_info(capsys):
 
 
 def test_demo_runs_end_to_end_and_recovers_the_truth(tmp_path):
-    from prenet_jax.cli._demo import DEMO, DEMO_ELLIPSE
+    from prenet_jax.cli._demo import DEMO, DEMO_ELLIPSE, DEMO_PAD
 
     assert main(["demo", "-o", str(tmp_path)]) == 0
     truth = pj.synthetic_cube(ellipse=pj.Ellipse(*DEMO_ELLIPSE), **DEMO)  # the demo's cube, from its fixed seed
     r = read_result(tmp_path / "demo_corrected.h5")
-    assert r["shape"] == (16, 16, 128, 128)
+    assert r["shape"] == (16, 16, 128 + 2 * DEMO_PAD, 128 + 2 * DEMO_PAD)  # padded: no count leaves a frame
     pre = r["preprocessing"]
+    assert not np.any(pre["flags"]), np.unique(pre["flags"])  # nothing lost, saturated, off the model or beamless
     found = np.stack([pre["qx0"], pre["qy0"]], axis=-1)  # the centres measured in the input frames
     err = np.linalg.norm(found - truth["centers"], axis=-1)
     assert err.mean() < 0.03  # dose 2e5 per pattern, the bundled weights (measured 0.016 px)

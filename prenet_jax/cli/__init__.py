@@ -90,8 +90,10 @@ def _startup_signals() -> Iterator[list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     with _startup_signals() as caught:
+        from ._preprocess import bare_refine
+
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(bare_refine(sys.argv[1:] if argv is None else argv))
         if caught:
             name = signal.Signals(caught[0]).name
             print(f"interrupted by {name} during start-up: nothing was done", file=sys.stderr)

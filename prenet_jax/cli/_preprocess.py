@@ -225,6 +225,23 @@ at ((H-1)/2, (W-1)/2)).
 """
 
 
+#: The values ``--refine`` takes; bare, it means "all".
+REFINE_CHOICES = ("all", "centers", "ellipse")
+
+
+def bare_refine(argv: list[str]) -> list[str]:
+    """``argv`` with a bare ``--refine`` followed by anything but one of its values
+    written ``--refine=all``: argparse's optional value would otherwise take the next
+    word, so ``--refine scan.h5 -o out.h5`` failed with "invalid choice: 'scan.h5'"."""
+    out = list(argv)
+    for i, tok in enumerate(out):
+        if tok == "--":
+            break
+        if tok == "--refine" and (i + 1 == len(out) or out[i + 1] not in REFINE_CHOICES):
+            out[i] = "--refine=all"
+    return out
+
+
 def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     """Register ``prenet-jax preprocess`` on an argparse subparsers object."""
     p = sub.add_parser(
@@ -311,7 +328,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
         "--refine",
         nargs="?",
         const="all",
-        choices=("all", "centers", "ellipse"),
+        choices=REFINE_CHOICES,
         help="self-calibration: refine every beam centre by Friedel symmetry (a frame where it fails keeps its estimate and is "
         "flagged 16) and the ellipse of pass 0 by the azimuthal variance of the recentred mean pattern, both through the "
         "warp; the summary shows the values before and after. '--refine centers' or '--refine ellipse' refines one of them "

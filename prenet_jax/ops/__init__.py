@@ -6,7 +6,7 @@ read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
 """
 
 from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
-from ._centers import com_center, friedel_center, heatmap_center
+from ._centers import BEAM_CONTRAST, com_center, direct_beam_found, friedel_center, heatmap_center
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter
 from ._masks import detect_bad_pixels, fill_masked, mirrored_valid
@@ -24,6 +24,7 @@ from ._warp import (
 )
 
 __all__ = [
+    "BEAM_CONTRAST",
     "RefinedEllipse",
     "affine_warp",
     "azimuthal_variance",
@@ -31,6 +32,7 @@ __all__ = [
     "com_center",
     "correct_ellipse",
     "detect_bad_pixels",
+    "direct_beam_found",
     "ellipse_from_matrix",
     "ellipse_matrix",
     "fill_masked",

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from ..config import PipelineConfig
 from ..conventions import FLAG_DESCAN, FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse
 from ..models._networks import ResNet, UNet
-from ..ops._centers import com_center, friedel_center, heatmap_center
+from ..ops._centers import com_center, direct_beam_found, friedel_center, heatmap_center
 from ..ops._descan import Descan, fit_descan
 from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
 from ..ops._filters import gaussian_filter
@@ -478,6 +478,11 @@ class Pipeline:
             out_shardings=self.replicated,
         )
         self._ellipse = jax.jit(lambda p, m, cov: ellipse_stage(cfg, p, m, cov))
+        self._check = jax.jit(
+            lambda p, f: self._check_fn(p, f),
+            in_shardings=(self.replicated, self.data_sharding),
+            out_shardings=self.data_sharding,
+        )
 
     # ---- constructors
     @classmethod
@@ -546,6 +551,16 @@ class Pipeline:
         """The centres before their refinement (``center_refine``)."""
         x, _, valid = self._denoised(params, frames)
         return center_stage(self.config, params, x, valid)
+
+    def _check_fn(self, params, frames):
+        """The centre stage beside both classical estimators, and whether a beam is seen."""
+        cfg = self.config
+        x, _, valid = self._denoised(params, frames)
+        raw, _ = as_counts(frames, valid)
+        out = {"used": center_stage(cfg, params, x, valid), "beam": jax.vmap(direct_beam_found)(raw)}
+        for m in ("com", "friedel"):
+            out[m] = out["used"] if cfg.center_method == m else _classical_centers(cfg, m, x, valid)
+        return out
 
     def _denoise_fn(self, params, frames):
         x, flags, _ = self._denoised(params, frames)
@@ -668,6 +683,28 @@ class Pipeline:
         flags = np.empty(frames.shape[0], np.uint8)
         self._map(self._centers, frames, (centers, flags))
         return centers.astype(np.float64)
+
+    def check_centers(self, frames) -> dict[str, np.ndarray]:
+        """The centre stage's estimates beside both classical ones, on the same frames.
+
+        Parameters
+        ----------
+        frames : (N, H, W) raw frames, any real dtype (a sample of a scan)
+
+        Returns
+        -------
+        dict of ``used`` (N, 2), the centres of the configured stage (consensus
+        included, refinement not); ``com`` and ``friedel`` (N, 2), the classical
+        estimates of the same denoised frames; ``beam`` (N,) bool, whether each frame
+        shows a direct beam (:func:`prenet_jax.ops.direct_beam_found`)
+        """
+        frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
+        n = frames.shape[0]
+        outs = {k: np.empty((n, 2), np.float32) for k in ("used", "com", "friedel")}
+        outs["beam"] = np.empty(n, bool)
+        keys = tuple(outs)
+        self._map(lambda p, f: tuple(self._check(p, f)[k] for k in keys), frames, tuple(outs[k] for k in keys))
+        return {k: (v.astype(np.float64) if v.dtype != bool else v) for k, v in outs.items()}
 
     def center_noise(self, frames, valid=None, counts=None, n: int = THINNING_FRAMES, seed: int = 0) -> np.ndarray | None:
         """The noise of this pipeline's centre estimate in every frame, by Poisson thinning.

@@ -7,12 +7,14 @@ diagnostic figures. :func:`preprocess_files` runs many files into a folder with 
 pipeline (one compilation per frame shape), skipping failed ones, and
 :func:`preprocess_distributed` shares one scan among the processes of a
 ``jax.distributed`` job. ``descan=`` adds a centres pass and a fitted descan model
-(:class:`DescanPass`), ``mask=`` a detector mask (:class:`MaskInfo`). SIGINT/SIGTERM stop
+(:class:`DescanPass`), ``mask=`` a detector mask (:class:`MaskInfo`); :func:`check_centers` checks the centre stage
+against both classical estimators before pass 0 (:class:`CenterCheck`). SIGINT/SIGTERM stop
 a run cleanly (:class:`Interrupted`).
 """
 
 from ._batch import FileStatus, ReadAhead, preprocess_files
 from ._cancel import Cancel, Interrupted
+from ._checks import CenterCheck, check_centers
 from ._descan import DESCAN_MODES, DescanPass
 from ._diagnostics import diagnostic_paths, write_diagnostics
 from ._distributed import preprocess_distributed
@@ -38,6 +40,7 @@ __all__ = [
     "FLAG_SATURATED",
     "FLAGS_EXCLUDED",
     "Cancel",
+    "CenterCheck",
     "DescanPass",
     "FileResult",
     "FileStatus",
@@ -46,6 +49,7 @@ __all__ = [
     "ReadAhead",
     "StreamError",
     "StreamStats",
+    "check_centers",
     "diagnostic_paths",
     "ellipse_from_py4dstem",
     "ellipse_to_py4dstem",

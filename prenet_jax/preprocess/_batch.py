@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._util import format_rate
 from ..io import HDF5_SUFFIXES, InputError, OutputError, read_result
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._run import FileResult, preprocess_file
@@ -340,7 +341,7 @@ def status_table(statuses: list[FileStatus]) -> str:
         "|---|---|---:|---:|---:|---|",
     ]
     for s in statuses:
-        rate = f"{s.frames_per_s:,.0f}" if s.status == "done" else ""
+        rate = format_rate(s.frames_per_s) if s.status == "done" else ""
         frames = str(s.frames) if s.status == "done" else ""
         flagged = str(s.flagged) if s.status == "done" else ""
         note = s.reason.replace("|", "/").splitlines()[0][:160] if s.reason else s.output.name

@@ -213,7 +213,9 @@ def _write_figures(
                 i, j = np.nonzero(descan.outliers)
                 a.plot(j, i, "kx", ms=6, mew=1.2)
             fig.colorbar(im, ax=a, label="px")
-    fig.suptitle(suptitle + "beam centre relative to the frame centre (grey: flagged frames)", fontsize=11)
+    fig.suptitle(
+        suptitle + "beam centre relative to the frame centre (grey: frames left out of the means: NaN/Inf pixels or no counts)", fontsize=11
+    )
     fig.tight_layout()
     save(fig, paths[1])
 

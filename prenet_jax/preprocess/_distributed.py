@@ -324,7 +324,7 @@ def _distributed(
 ):
     from jax.experimental import multihost_utils as mh
 
-    from ._run import FileResult, _calibrate, _Checksum, _finish, _mask, _summary, ellipse_to_py4dstem
+    from ._run import FileResult, _calibrate, _check, _Checksum, _finish, _mask, _summary, ellipse_to_py4dstem
 
     t_all = time.perf_counter()
     job = _validated(input, output, log, ellipse is not None, **opts)
@@ -343,6 +343,8 @@ def _distributed(
         full = job.source
         job.source = _Gathered(full, rows)  # the mask and pass 0 sample the whole scan
         masks = _mask(job, log)
+        cancel.check()
+        _check(job, log)  # the same frames and decision in every process
         cancel.check()
         cal = _calibrate(job, ellipse, progress, cancel, log)
         job.source = full

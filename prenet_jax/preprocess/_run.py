@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from .._util import format_rate
 from ..config import PipelineConfig
-from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_REFINE, Ellipse
+from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NO_BEAM, FLAG_REFINE, Ellipse
 from ..io import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
 from ..pipeline._pipeline import refine_targets
 from ..pipeline._validate import MIN_FRAME_SIDE
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
+from ._checks import CHECK_FRAMES, CenterCheck, check_centers
 from ._descan import DESCAN_MODES, DescanPass, descan_lines, descan_pass, descan_record
 from ._masks import MaskInfo, build_mask, mask_lines, mask_record
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem, frame_center, output_calibration, preprocessing_record
@@ -122,6 +124,7 @@ class _Job:
     descan: str | None = None  # a mode of DESCAN_MODES
     mask: np.ndarray | None = None  # given: the file's and the pipeline's, True = bad
     bad_pixels: str = "auto"
+    checks: CenterCheck | None = None  # what the checks before pass 0 measured and decided
 
     @property
     def config(self) -> PipelineConfig:
@@ -141,6 +144,7 @@ class _Calibration:
     seconds: float = 0.0
     estimated: bool = False
     refinement: dict = dataclasses.field(default_factory=dict)  # refine=True: what pass 0 refined
+    warning: str | None = None  # why the estimate was not applied
 
 
 @dataclasses.dataclass
@@ -276,6 +280,8 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         cancel.check()
         checks = _Checksum(input, cancel) if checksum else None
         masks = _mask(job, log)
+        cancel.check()
+        _check(job, log)
         cancel.check()
         cal = _calibrate(job, ellipse, progress, cancel, log)
         dp = _descan(job, progress, cancel, log) if job.descan else None
@@ -528,6 +534,42 @@ class _Either:
         return any(e.is_set() for e in self.events)
 
 
+# ----------------------------------------------------------------------------- 2b. checks
+
+
+def _check(job: _Job, log) -> None:
+    """The centre and beam checks of :mod:`._checks` on frames sampled across the scan;
+    where they fail, the job's pipeline falls back (and the warnings say so)."""
+    from ..pipeline import Pipeline
+
+    pipe = job.pipeline
+    if pipe.config.center_method == "none":
+        return
+    src = job.source
+    n = src.n_frames
+    idx = np.unique(np.linspace(0, n - 1, min(n, CHECK_FRAMES)).round().astype(np.int64))
+    frames = FrameView(src, sanitize=True, negative=job.negative)[idx]
+    positions = np.stack([idx // src.shape[1], idx % src.shape[1]], -1)
+    # a batch of the sample's size: the run's batch of 128 would mostly compute padding
+    # (kept on the pipeline: the next file of a run reuses its compiled program)
+    probe = getattr(pipe, "_check_probe", None)
+    if probe is None or probe.config.batch_size != len(idx):
+        probe = Pipeline(pipe.config.replace(batch_size=len(idx)), pipe.params, devices=pipe.devices, mask=pipe.mask)
+        pipe._check_probe = probe
+    chk = check_centers(frames, positions, probe)
+    job.checks = chk
+    for line in chk.warnings:
+        log(line)
+    if chk.used == chk.method:
+        return
+    changes: dict = {"center_method": chk.used, "center_consensus": "none"}
+    if chk.used == "none":  # no beam: nothing to centre, refine or fit
+        changes.update(center_refine="none", ellipse_method="none")
+        job.refine = job.refine - {"centers"}
+        job.descan = None
+    job.pipeline = Pipeline(pipe.config.replace(**changes), pipe.params, devices=pipe.devices, mask=pipe.mask)
+
+
 # ----------------------------------------------------------------------------- 3. calibrate (pass 0)
 
 
@@ -579,10 +621,49 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
             variance_after=ref.variance_after,
             ellipse_ok=ref.ok,
         )
-        ellipse = ref.ellipse
         log(f"pass 0: {_ellipse_refinement_text(refinement)} ({time.perf_counter() - t1:.1f} s)")
+        if ref.ellipse.ratio > MAX_APPLIED_RATIO >= ellipse.ratio:  # a refinement never leaves the plausible range
+            refinement.update(ellipse_after=ellipse, ellipse_ok=False)
+            log(
+                f"pass 0: the refined ratio {ref.ellipse.ratio:.4f} is over {MAX_APPLIED_RATIO:g}, beyond projector distortion: the estimate is kept"
+            )
+        else:
+            ellipse = ref.ellipse
         secs = time.perf_counter() - t0
-    return _Calibration(ellipse, cfg.ellipse_method, secs, estimated=True, refinement=refinement)
+    ellipse, warning = _plausible(ellipse, mean)
+    if warning:
+        log(warning)
+    source = cfg.ellipse_method + (", not applied" if warning and ellipse.ratio == 1.0 else "")
+    return _Calibration(ellipse, source, secs, estimated=True, refinement=refinement, warning=warning)
+
+
+#: An estimated ellipse is applied only within these bounds: projector distortions are
+#: a few per cent (training draws ratios up to 1.2), and an edge of a few px radius
+#: cannot measure one (a 1 % ratio is 0.05 px at 10 px).
+MAX_APPLIED_RATIO = 1.2
+MIN_ELLIPSE_RADIUS = 10.0
+
+
+def _plausible(ellipse: Ellipse, mean: np.ndarray) -> tuple[Ellipse, str | None]:
+    """The estimated ellipse and a ``warning:`` line where it is doubtful: an axis ratio
+    over :data:`MAX_APPLIED_RATIO` (beyond projector distortion) is not applied (the
+    identity is returned); one measured on an edge of under :data:`MIN_ELLIPSE_RADIUS`
+    px radius is applied, with the warning."""
+    # the radius of the edge, fitted without the mask's coverage: where a mask hides too
+    # much of it for that fit (NaN), the estimate (which saw the coverage) stands
+    _, radius, _ = _fit_mean(mean)
+    seen = f"ratio {ellipse.ratio:.4f} at an edge radius of {radius:.1f} px"
+    if ellipse.ratio > MAX_APPLIED_RATIO:
+        return Ellipse.identity(), (
+            f"warning: the ellipse estimate is not applied ({seen}: a ratio over {MAX_APPLIED_RATIO:g} is beyond projector "
+            "distortion); the frames are only recentred. Give a known ellipse with --ellipse RATIO,ANGLE_DEG"
+        )
+    if radius < MIN_ELLIPSE_RADIUS:
+        return ellipse, (
+            f"warning: the ellipse ({seen}) is measured on an edge of under {MIN_ELLIPSE_RADIUS:g} px radius, where a 1 % "
+            "ratio is 0.05 px: it is applied but uncertain. Give a known ellipse with --ellipse RATIO,ANGLE_DEG, or --no-ellipse"
+        )
+    return ellipse, None
 
 
 @functools.lru_cache(maxsize=1)
@@ -739,7 +820,7 @@ def denoise_report(cfg: PipelineConfig, sigmas: np.ndarray | None) -> dict:
         }
     if cfg.gaussian_sigma is not None:
         return {"description": f"gaussian filter, sigma {cfg.gaussian_sigma:g} px for every frame (fixed)"}
-    text = "gaussian filter, sigma chosen per frame from its dose (peak electrons) and feature size; no filter where it would not help"
+    text = "gaussian filter, sigma chosen per frame by its estimated risk (exact Poisson unbiased risk over a 0-4 px grid); no filter where it would not help"
     return {"description": text} if sigmas is None else {"description": text, "sigma": np.asarray(sigmas, np.float64)}
 
 
@@ -790,6 +871,10 @@ def _finish(
         record.update(descan_record(dp))
     if masks is not None:
         record.update(mask_record(masks))
+    if job.checks is not None:
+        record.update(job.checks.record())
+    if cal.warning:
+        record["ellipse_warning"] = cal.warning
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
     try:
@@ -849,17 +934,15 @@ def _summary(
     if dp is not None:
         p0 += f"{' and' if p0 else ' after'} the centres pass's {dp.seconds:.1f} s"
     lines = [
-        f"done: {n} frames in {seconds['wall']:.1f} s ({n / max(seconds['wall'], 1e-9):.0f} frames/s){p0}; "
+        f"done: {n} frames in {seconds['wall']:.1f} s ({format_rate(n / max(seconds['wall'], 1e-9))} frames/s){p0}; "
         f"busy: read {seconds['read']:.1f} s, compute {seconds['compute']:.1f} s, write {seconds['write']:.1f} s"
     ]
     good = (st.flags & FLAGS_EXCLUDED) == 0
     sel = good & np.isfinite(st.centers).all(-1)
-    if sel.any():
+    if sel.any() and not (job.checks is not None and job.checks.beamless):
         lines.extend(_center_lines(job.config, st, sel, c0, None if dp is None else dp.measured))
     if dp is not None:
         lines.extend(descan_lines(dp))
-    if masks is not None:
-        lines.extend(mask_lines(masks))
     lines.extend(_edge_lines(job, st, good))
     ref = done.refinement
     refined = ref is not None and "ellipse_before" in ref
@@ -903,12 +986,51 @@ def _summary(
         )
     if counts[FLAG_SATURATED] and sat is not None:
         lines.append(f"note: {counts[FLAG_SATURATED]} frames reach the saturation level {sat:g}: their direct-beam intensity is clipped")
+    lines.extend(_check_lines(job, st, cal, sel, c0))
     size = job.output.stat().st_size
     figs = done.figures
     lines.append(
         f"wrote {job.output} ({size / 2**20:.1f} MiB)" + (f" and {len(figs)} figures: {', '.join(p.name for p in figs)}" if figs else "")
     )
     return lines
+
+
+#: Mean offset (px) of the corrected frames' beam centre from the frame centre, by the
+#: independent check, beyond which the run warns that the recentring did not hold.
+AFTER_CHECK_PX = 2.0
+
+
+def _check_lines(job: _Job, st: StreamStats, cal: _Calibration, sel: np.ndarray, c0) -> list[str]:
+    """The checks' verdicts: the warnings after pass 1, then one ``checks:`` line."""
+    warnings = [] if job.checks is None else list(job.checks.warnings)
+    if cal.warning:
+        warnings.append(cal.warning)
+    lines = []
+    no_beam = int(((st.flags & FLAG_NO_BEAM) != 0).sum())
+    if no_beam and (job.checks is None or not job.checks.beamless):
+        lines.append(
+            f"warning: {no_beam} of {st.flags.size} frames show no direct beam (flagged {FLAG_NO_BEAM}): their centres are no beam centres"
+        )
+    _, indep = after_checks(job.config)
+    after = (st.centers_after if indep == "com" else st.friedel_after)[sel]
+    after = after[np.isfinite(after).all(-1)]
+    if job.config.center_method != "none" and after.size:
+        off = float(np.median(np.linalg.norm(after - np.asarray(c0), axis=-1)))
+        if off > AFTER_CHECK_PX:
+            lines.append(
+                f"warning: after the correction the {AFTER_NAMES[indep]} of the frames lies {off:.1f} px from the frame centre "
+                f"(median): the two estimators disagree on these data, and the beam centres are uncertain by about that much"
+            )
+    warnings += lines
+    if warnings:
+        return lines + [f"checks: {len(warnings)} warning{'s' if len(warnings) > 1 else ''} (above)"]
+    if job.checks is None:
+        return ["checks: none run (no centre stage)"]
+    d = job.checks.distance
+    return [
+        f"checks: held (a direct beam in all {job.checks.frames} sampled frames; the centre estimators agree: "
+        f"median {d['used-com']:.2f} px to the centre of mass, {d['used-friedel']:.2f} px to Friedel symmetry)"
+    ]
 
 
 def after_checks(cfg: PipelineConfig) -> tuple[str, str]:

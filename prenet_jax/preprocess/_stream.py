@@ -30,11 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NAMES, FLAG_NEGATIVE, FLAG_SATURATED, FLAGS_EXCLUDED
+from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_EMPTY, FLAG_NAMES, FLAG_NEGATIVE, FLAG_NO_BEAM, FLAG_SATURATED, FLAGS_EXCLUDED
 from ..io import InputError, OutputError, Source, negative_error, output_error, plan_blocks
-from ..ops._centers import com_center
-from ..ops._refine import refine_center
-from ..ops._warp import frame_center
+from ..ops import com_center, direct_beam_found, frame_center, refine_center
 from ..pipeline._gaussian import frame_sigma
 from ..pipeline._pipeline import Pipeline
 from ..pipeline._validate import host_dtype
@@ -205,6 +203,9 @@ def make_post(out_dtype: np.dtype, with_sigma: bool = False):
             | jnp.where(neg, FLAG_NEGATIVE, 0).astype(jnp.uint8)
             | jnp.where(lost > EDGE_LOSS_FLAG, FLAG_EDGE, 0).astype(jnp.uint8)
         )
+        # an empty frame is flagged as such; any other frame without a direct beam has no beam centre
+        no_beam = ~jax.vmap(direct_beam_found)(counts) & ((flags & FLAG_EMPTY) == 0)
+        flags = flags | jnp.where(no_beam, FLAG_NO_BEAM, 0).astype(jnp.uint8)
         good = valid & ((flags & FLAGS_EXCLUDED) == 0)
         w = good.astype(jnp.float32)
         hi = jax.lax.Precision.HIGHEST
