@@ -107,7 +107,9 @@ def _plateau(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     h, w = x.shape
     d2 = (jnp.arange(h, dtype=jnp.float32)[:, None] - centroid[0]) ** 2 + (jnp.arange(w, dtype=jnp.float32)[None, :] - centroid[1]) ** 2
     compact = jnp.sum(flat & (d2 <= (radius + 2.0) ** 2)) >= 0.9 * n
-    return (top > 0) & (n >= PLATEAU_PIXELS) & compact, centroid, radius
+    # a counter's limit is a whole count above 1 (unit-peak noise-free test frames are no saturation)
+    counter = (top >= 2.0) & (jnp.abs(top - jnp.round(top)) < 1e-3)
+    return counter & (n >= PLATEAU_PIXELS) & compact, centroid, radius
 
 
 def com_center(
