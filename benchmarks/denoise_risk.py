@@ -31,9 +31,9 @@ import numpy as np
 import scipy.ndimage as ndi
 
 import prenet_jax as pj
-from prenet_jax.evaluation._metrics import psnr
-from prenet_jax.pipeline._gaussian import SIGMA_GRID, _grid_filters, dose_adaptive_gaussian, rule_gaussian
-from prenet_jax.pipeline._risk import denoise_risk, gaussian_centre_weight
+from prenet_jax.evaluation import psnr
+from prenet_jax.internal import grid_filters as _grid_filters
+from prenet_jax.pipeline import SIGMA_GRID, denoise_risk, dose_adaptive_gaussian, gaussian_centre_weight, rule_gaussian
 
 CACHE = Path.home() / ".cache" / "prenet-jax" / "risk_frames.npz"
 DOSES = (1e2, 1e3, 1e4, 1e5, 1e6)

@@ -25,12 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import prenet_jax as pj
-from prenet_jax.evaluation import EvalConfig
-from prenet_jax.evaluation._corrupt import corrupt_single, ellipse_samples
-from prenet_jax.evaluation._evalset import load_abtem
-from prenet_jax.ops import frame_center, refine_center
-from prenet_jax.ops._refine import _ellipse_of_params, _refine_ellipse_jit, ellipse_params
-from prenet_jax.training._augment import distort
+from prenet_jax.corruption import distort
+from prenet_jax.evaluation import EvalConfig, load_abtem
+from prenet_jax.internal import corrupt_single, ellipse_samples
+from prenet_jax.internal import refine_ellipse_jit as _refine_ellipse_jit
+from prenet_jax.ops import ellipse_of_params, ellipse_params, frame_center, refine_center
 
 
 def _angle_deg(a, b) -> np.ndarray:
@@ -44,7 +43,7 @@ def _refine_from(images: np.ndarray, ratio: np.ndarray, angle: np.ndarray, band:
     fn = jax.jit(jax.vmap(lambda im, p: _refine_ellipse_jit(im, p, c0, 30, False, band, 128, 96, "cubic")[0]))
     starts = jnp.stack([ellipse_params(pj.Ellipse(float(r), float(a))) for r, a in zip(ratio, angle)])
     x = np.concatenate([np.asarray(fn(jnp.asarray(images[i : i + 16]), starts[i : i + 16])) for i in range(0, len(images), 16)])
-    return np.array([[float(v) for v in _ellipse_of_params(jnp.asarray(p))] for p in x])
+    return np.array([[float(v) for v in ellipse_of_params(jnp.asarray(p))] for p in x])
 
 
 def _report(name: str, found: np.ndarray, ratio: np.ndarray, angle: np.ndarray) -> None:

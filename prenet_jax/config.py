@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from .models._networks import ResNetConfig, UNetConfig
+from .models import ResNetConfig, UNetConfig
 
 __all__ = ["PipelineConfig", "DENOISE_METHODS", "CENTER_METHODS", "ELLIPSE_METHODS"]
 
@@ -114,6 +114,13 @@ class PipelineConfig:
     consensus_px: float = 1.0
 
     def __post_init__(self):
+        # In this order, so that of several bad fields the first is named.
+        self._check_methods()
+        self._check_numerics()
+        self._check_shapes()
+
+    def _check_methods(self) -> None:
+        """The stage methods and the centre refinement / consensus settings."""
         for name, allowed in (("denoise_method", DENOISE_METHODS), ("center_method", CENTER_METHODS), ("ellipse_method", ELLIPSE_METHODS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
@@ -125,6 +132,9 @@ class PipelineConfig:
             raise ValueError(f"consensus_px={self.consensus_px!r}: give the agreement radius in px (> 0)")
         if self.refine_window < 16 or self.refine_steps < 1:
             raise ValueError("refine_window must be at least 16 px and refine_steps at least 1")
+
+    def _check_numerics(self) -> None:
+        """Interpolation, transform, negative handling, the Gaussian width, dtype and pass-0 sizes."""
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(f"interpolation={self.interpolation!r}: use 'linear' or 'cubic'")
         if self.transform not in ("sqrt", "linear"):
@@ -143,6 +153,9 @@ class PipelineConfig:
             raise ValueError(
                 f"calibration_counts={self.calibration_counts!r}: give the counts pass 0 gathers (>= 0; 0: always calibration_frames)"
             )
+
+    def _check_shapes(self) -> None:
+        """The network input sizes against the networks' depths, and the ellipse input."""
         for name in ("denoiser", "center_net"):
             if self.image_size % 2 ** getattr(self, name).depth:
                 raise ValueError(f"image_size={self.image_size} must be divisible by 2**{name}.depth")

@@ -9,8 +9,8 @@ import pytest
 
 import prenet_jax as pj
 from prenet_jax.conventions import EDGE_LOSS_FLAG, FLAG_EDGE
+from prenet_jax.internal import after_checks
 from prenet_jax.preprocess import preprocess_file
-from prenet_jax.preprocess._run import after_checks
 from tests._helpers import run_preprocess
 
 ELLIPSE = pj.Ellipse(1.05, 0.4)

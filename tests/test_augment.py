@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from prenet_jax.conventions import ellipse_matrix
-from prenet_jax.ops._warp import frame_center, recenter_and_correct
-from prenet_jax.training._augment import AugmentConfig, augment, distort, poisson
+from prenet_jax.corruption import AugmentConfig, augment, distort, poisson
+from prenet_jax.ops import frame_center, recenter_and_correct
 
 S = 128  # small frames keep the tests fast; the zero angle sits at (S/2, S/2) as in abTEM
 Z = S / 2

@@ -9,8 +9,7 @@ from _helpers import sha
 import prenet_jax as pj
 from prenet_jax.config import PipelineConfig
 from prenet_jax.io import InputError, read_result
-from prenet_jax.preprocess import preprocess_files
-from prenet_jax.preprocess._batch import ReadAhead, batch_outputs, expand_inputs
+from prenet_jax.preprocess import ReadAhead, batch_outputs, expand_inputs, preprocess_files
 
 ELLIPSE = pj.Ellipse(1.06, 0.7)
 

@@ -14,7 +14,7 @@ import pytest
 
 import prenet_jax as pj
 from prenet_jax.io import read_result
-from prenet_jax.pipeline._weights import WEIGHTS_DIR
+from prenet_jax.pipeline import WEIGHTS_DIR
 from tests._helpers import run_preprocess
 
 SHIPPED = WEIGHTS_DIR / "release"
@@ -102,7 +102,7 @@ def test_preprocess_uses_the_bundled_weights_by_default(demo_like, tmp_path):
 def test_an_installation_without_weights_says_so_and_runs_the_classical_methods(tmp_path, monkeypatch):
     d = pj.synthetic_cube(scan=(2, 2), shape=(32, 32), radius=5.0, seed=1)
     np.save(tmp_path / "s.npy", d["cube"])
-    monkeypatch.setattr("prenet_jax.pipeline._weights.WEIGHTS_DIR", tmp_path / "none")
+    monkeypatch.setattr("prenet_jax.pipeline.WEIGHTS_DIR", tmp_path / "none")  # where the command line looks
     rc, out, err = run_preprocess(tmp_path / "s.npy", "-o", tmp_path / "o.h5", "--cpu", weights=True)
     assert rc == 0, err
     assert "no trained weights ship with this version: using the classical methods" in out and "center=com" in out

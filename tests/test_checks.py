@@ -10,12 +10,11 @@ import pytest
 
 import prenet_jax as pj
 from prenet_jax.cli import build_parser
-from prenet_jax.cli._preprocess import bare_refine
 from prenet_jax.conventions import FLAG_NO_BEAM
+from prenet_jax.internal import bare_refine
 from prenet_jax.io import read_result
 from prenet_jax.ops import direct_beam_found
-from prenet_jax.preprocess import check_centers, preprocess_file
-from prenet_jax.preprocess._checks import DISAGREE_PX
+from prenet_jax.preprocess import DISAGREE_PX, check_centers, preprocess_file
 from tests._helpers import run_preprocess
 
 
@@ -54,6 +53,34 @@ def test_an_untrained_centre_network_is_caught_and_replaced():
     assert chk.warnings and "disagrees with both classical estimates" in chk.warnings[0]
     ok = check_centers(frames, pos, pj.Pipeline.classical(batch_size=36))
     assert ok.used == "com" and not ok.warnings and ok.no_beam == 0
+
+
+def test_a_saturated_direct_beam_lowers_the_bar_for_the_network_to_the_consensus_radius():
+    """Clipped at a counter's depth, the disk is a plateau the networks never saw: a
+    network 1.5 px from both classical estimates (under the 2 px of unsaturated data,
+    over the 1 px consensus radius, and as steady as they are: the real test1.blo)
+    gives way to the classical estimator when the level is known, and not otherwise."""
+    syn = _cube()
+    frames = syn["cube"].reshape(-1, 64, 64)
+    level = float(np.floor(0.6 * frames.max()))
+    clipped = np.minimum(frames, level)
+    assert np.all((clipped >= level).sum(axis=(1, 2)) >= 12)  # a plateau in every frame
+    pos = np.stack(np.unravel_index(np.arange(36), (6, 6)), -1)
+    truth = syn["centers"].reshape(-1, 2)
+
+    class SteadyOffsetNetwork:  # the centre stage's estimates, 1.5 px off, and the classical ones
+        config = pj.PipelineConfig(center_method="network", center_consensus="friedel")
+
+        def check_centers(self, f):
+            return {"used": truth + [1.5, 0.0], "com": truth + [0.05, 0.0], "friedel": truth - [0.05, 0.0], "beam": np.ones(len(f), bool)}
+
+    chk = check_centers(clipped, pos, SteadyOffsetNetwork(), saturation=level)
+    assert chk.method == "network" and chk.used in ("com", "friedel")
+    assert "saturated in 36 of 36 frames" in chk.warnings[0] and "more than 1 px from both" in chk.warnings[0]
+    # Unclipped frames, or no known level: 1.5 px is under DISAGREE_PX, and the network stays.
+    for f, sat in ((frames, level * 10), (clipped, None)):
+        again = check_centers(f, pos, SteadyOffsetNetwork(), saturation=sat)
+        assert again.used == "network" and not again.warnings
 
 
 def test_preprocess_falls_back_from_a_wrong_network_and_says_so(tmp_path):
@@ -128,6 +155,6 @@ def test_the_cli_warns_and_exits_zero_on_a_beamless_file(tmp_path):
 
 @pytest.mark.parametrize(("rate", "text"), [(0.3, "0.3"), (0.04, "0.04"), (9.6, "9.6"), (47.2, "47"), (12345.0, "12,345")])
 def test_format_rate(rate, text):
-    from prenet_jax._util import format_rate
+    from prenet_jax.internal import format_rate
 
     assert format_rate(rate) == text

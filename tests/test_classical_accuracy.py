@@ -14,8 +14,8 @@ import pytest
 
 import prenet_jax as pj
 from prenet_jax import ops
+from prenet_jax.internal import emd_dims
 from prenet_jax.io import EMDWriter
-from prenet_jax.io._emd import emd_dims
 
 ELLIPSE = pj.Ellipse(1.08, 0.5)
 

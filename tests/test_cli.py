@@ -21,7 +21,7 @@ def test_info(capsys):
 
 
 def test_demo_runs_end_to_end_and_recovers_the_truth(tmp_path):
-    from prenet_jax.cli._demo import DEMO, DEMO_ELLIPSE, DEMO_PAD
+    from prenet_jax.internal import DEMO, DEMO_ELLIPSE, DEMO_PAD
 
     assert main(["demo", "-o", str(tmp_path)]) == 0
     truth = pj.synthetic_cube(ellipse=pj.Ellipse(*DEMO_ELLIPSE), **DEMO)  # the demo's cube, from its fixed seed

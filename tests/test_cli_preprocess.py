@@ -20,8 +20,7 @@ from prenet_jax.cli import main
 from prenet_jax.conventions import EDGE_LOSS_FLAG, FLAG_EDGE
 from prenet_jax.io import read_result
 from prenet_jax.ops import com_center, fit_ellipse_edge
-from prenet_jax.preprocess._run import ellipse_from_py4dstem, ellipse_to_py4dstem
-from prenet_jax.preprocess._stream import FLAG_NEGATIVE, FLAG_SATURATED
+from prenet_jax.preprocess import FLAG_NEGATIVE, FLAG_SATURATED, ellipse_from_py4dstem, ellipse_to_py4dstem
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE_ELLIPSE = pj.Ellipse(1.08, 0.5)
@@ -270,7 +269,7 @@ import sys
 import numpy as np
 from prenet_jax import Pipeline
 from prenet_jax.io import EMDWriter, open_input
-from prenet_jax.preprocess._stream import stream
+from prenet_jax.preprocess import stream
 
 def rss_mib():
     with open("/proc/self/status") as f:
@@ -318,3 +317,24 @@ def test_host_memory_is_bounded_by_the_batches_not_the_cube(tmp_path):
     # must not follow them. Measured since the bookkeeping also runs the Friedel check:
     # +2 to +32 MiB (XLA's CPU buffer pools); it was +5 to +10 before, and 24 failed.
     assert peak - warm < 48, (warm, peak)
+
+
+def test_out_of_memory_is_an_error_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """XLA running out of memory (a 2048x1536 SEM stack of RosettaSciIO's test data did at
+    batch 128 on 24 GB) ends with an error naming --batch-size, and writes nothing."""
+    import prenet_jax.preprocess
+
+    class JaxRuntimeError(RuntimeError):  # the name XLA's error carries
+        pass
+
+    def oom(*a, **k):
+        raise JaxRuntimeError("INTERNAL: Error dispatching computation: Out of memory allocating 28366736656 bytes.")
+
+    src = tmp_path / "cube.npy"
+    np.save(src, np.ones((2, 2, 16, 16), np.float32))
+    monkeypatch.setattr(prenet_jax.preprocess, "preprocess_file", oom)  # the command imports it at run time
+    out = tmp_path / "out.h5"
+    assert main(["preprocess", str(src), "-o", str(out), "--classical"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory at a batch of 128 frames" in err and "--batch-size 8" in err and "Traceback" not in err
+    assert not out.exists()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.evaluation._metrics import psnr
+from prenet_jax.evaluation import psnr
+from prenet_jax.internal import grid_filters as _grid_filters
 from prenet_jax.io import read_result
-from prenet_jax.pipeline._gaussian import SIGMA_GRID, _grid_filters, frame_sigma, gaussian_per_frame
-from prenet_jax.pipeline._pipeline import FLAG_NEGATIVE
+from prenet_jax.pipeline import FLAG_NEGATIVE, SIGMA_GRID, frame_sigma, gaussian_per_frame
 from prenet_jax.preprocess import preprocess_file
 
 DOSES = [1e2, 1e3, 1e4, 1e5, 1e6]

@@ -8,8 +8,17 @@ import pytest
 import scipy.ndimage as ndi
 
 import prenet_jax as pj
-from prenet_jax.pipeline import RiskEstimate, denoise_risk, estimate_noise, gaussian_centre_weight
-from prenet_jax.pipeline._gaussian import SIGMA_GRID, _grid_filters, dose_adaptive_gaussian, frame_sigma, grid_risks
+from prenet_jax.internal import grid_filters as _grid_filters
+from prenet_jax.pipeline import (
+    SIGMA_GRID,
+    RiskEstimate,
+    denoise_risk,
+    dose_adaptive_gaussian,
+    estimate_noise,
+    frame_sigma,
+    gaussian_centre_weight,
+    grid_risks,
+)
 
 SHAPE = (64, 64)
 
@@ -64,7 +73,7 @@ def test_the_monte_carlo_estimate_of_any_denoiser_is_its_true_mse(poisson_frames
     elif name == "median":
         fn = lambda a: ndi.median_filter(a, size=(1, 3, 3), mode="nearest")  # noqa: E731
     else:
-        from prenet_jax.pipeline._gaussian import rule_gaussian
+        from prenet_jax.pipeline import rule_gaussian
 
         rule = jax.jit(rule_gaussian)
         fn = lambda a: np.asarray(rule(a))  # noqa: E731  # nonlinear: the width depends on the frame
@@ -149,3 +158,50 @@ def test_the_public_names():
     assert pj.denoise_risk is denoise_risk and pj.RiskEstimate is RiskEstimate
     with pytest.raises(ValueError, match="same shape|keep the shape"):
         denoise_risk(np.ones((2, 16, 16), np.float32), lambda a: a[:, 1:])
+
+
+def _matrix_filters(x, sigmas):
+    """The reference: the filters as the dense row-normalised matrices ``G_h X G_w^T``."""
+    import jax.numpy as jnp
+
+    h, w = x.shape[-2:]
+    hi = jax.lax.Precision.HIGHEST
+    for s in sigmas:
+        if s <= 0:
+            yield 0.0, x, np.ones((h, w), np.float32)
+            continue
+        gh, gw = pj.ops.gaussian_matrix(h, float(s)), pj.ops.gaussian_matrix(w, float(s))
+        y = jnp.einsum("ij,bjk->bik", jnp.asarray(gh), jnp.asarray(x), precision=hi)
+        yield s, jnp.einsum("bik,lk->bil", y, jnp.asarray(gw), precision=hi), np.outer(np.diag(gh), np.diag(gw))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 50), (9, 12)])
+def test_the_convolution_filters_equal_the_row_normalised_matrices(shape):
+    x = np.random.default_rng(3).poisson(5.0, (3, *shape)).astype(np.float32)
+    for (s, y, c), (s0, y0, c0) in zip(_grid_filters(x, SIGMA_GRID), _matrix_filters(x, SIGMA_GRID), strict=True):
+        assert s == s0
+        np.testing.assert_allclose(np.asarray(y), np.asarray(y0), rtol=0, atol=1e-5 * x.max())
+        np.testing.assert_allclose(np.asarray(c), c0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dose", [3e2, 3e3, 3e4, 3e5])
+def test_the_risk_chosen_filter_equals_its_matrix_form(dose):
+    import jax.numpy as jnp
+
+    from prenet_jax.internal import noise_variance
+
+    _, noisy = _frames(dose, 8, seed=7)
+    out, sig = jax.jit(pj.pipeline._gaussian.risk_gaussian)(noisy)
+    x = jnp.asarray(noisy)
+    v = noise_variance(x)
+    risks = [np.asarray(jnp.mean((y - x) ** 2 + 2.0 * c * v, axis=(-2, -1))) for _, y, c in _matrix_filters(x, SIGMA_GRID)]
+    k = np.argmin(np.stack(risks, -1), axis=-1)  # first minimum: the narrower filter on ties
+    np.testing.assert_array_equal(np.asarray(sig), np.asarray(SIGMA_GRID, np.float32)[k])
+    ref = np.stack([np.asarray(list(_matrix_filters(x[b : b + 1], [SIGMA_GRID[k[b]]]))[0][1])[0] for b in range(len(k))])
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=1e-5 * noisy.max())
+    np.testing.assert_allclose(
+        np.asarray(grid_risks(noisy)),
+        np.stack(risks, -1) - np.asarray(v.mean(axis=(-2, -1)))[:, None],
+        rtol=1e-4,
+        atol=1e-6 * noisy.max() ** 2,
+    )

@@ -55,7 +55,7 @@ def test_a_plane_beats_per_frame_centres_on_a_planar_descan(planar):
     assert e["frame"] == pytest.approx(e["none"], abs=1e-6)
     assert e["auto"] <= 1.1 * min(e["frame"], e["plane"]), e
     # the fitted drift per scan step is the one drawn
-    from prenet_jax.preprocess._descan import scan_step_drift
+    from prenet_jax.internal import scan_step_drift
 
     np.testing.assert_allclose(scan_step_drift(res["plane"].descan.fit), np.reshape(DRIFT, (2, 2)), atol=0.006)
     # the output frames are centred: the mean after-centre sits on the frame centre

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
+from prenet_jax.internal import part_path, row_shares
 from prenet_jax.io import read_result
-from prenet_jax.preprocess._distributed import part_path, row_shares
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_distributed_refuses_many_files_and_descan(tmp_path):
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 2 and "--distributed shares ONE scan" in out
     from prenet_jax.io import InputError
-    from prenet_jax.preprocess._distributed import preprocess_distributed
+    from prenet_jax.preprocess import preprocess_distributed
 
     with pytest.raises(InputError, match="--descan with --distributed"):
         preprocess_distributed(tmp_path / "a.npy", tmp_path / "b.h5", descan="plane")
@@ -107,9 +107,10 @@ def test_distributed_refuses_many_files_and_descan(tmp_path):
 def test_a_finished_part_is_reused_by_resume_and_only_by_a_run_like_it(tmp_path):
     """A part records its run (input, configuration, ellipse, rows, mask...) and its results:
     --resume reuses it; a run with another ellipse writes its own."""
-    from prenet_jax.preprocess._cancel import Cancel
-    from prenet_jax.preprocess._distributed import _stream_part, _validated
-    from prenet_jax.preprocess._run import _Calibration
+    from prenet_jax.internal import Calibration as _Calibration
+    from prenet_jax.internal import stream_part as _stream_part
+    from prenet_jax.internal import validated as _validated
+    from prenet_jax.preprocess import Cancel
 
     sim = pj.synthetic_cube(scan=(6, 4), shape=(32, 32), radius=5.0, dose=1e4, seed=2)
     np.save(tmp_path / "c.npy", sim["cube"])

@@ -20,8 +20,7 @@ from _helpers import run_preprocess, sha
 
 import prenet_jax as pj
 from prenet_jax.cli import main
-from prenet_jax.preprocess import Interrupted, preprocess_file
-from prenet_jax.preprocess._cancel import PHASES
+from prenet_jax.preprocess import PHASES, Interrupted, preprocess_file
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNALS = {"INT": (signal.SIGINT, 130), "TERM": (signal.SIGTERM, 143)}

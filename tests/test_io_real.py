@@ -55,14 +55,14 @@ def test_merlin_6bit_opens_with_its_counter_depth_as_saturation():
 
 @pytest.mark.parametrize("depth, level", [("1", 1), ("6", 63), ("12", 4095), ("24", 2**24 - 1), (" 12 ", 4095)])
 def test_merlin_counter_depth_to_level(depth, level):
-    from prenet_jax.io._rsciio import rsciio_saturation
+    from prenet_jax.internal import rsciio_saturation
 
     sat, where = rsciio_saturation({"original_metadata": {"hdr_file": {"Counter Depth (number)": depth}}})
     assert sat == level and where == f"the Merlin counter depth {depth.strip()}"
 
 
 def test_no_level_without_an_unambiguous_depth():
-    from prenet_jax.io._rsciio import rsciio_saturation
+    from prenet_jax.internal import rsciio_saturation
 
     assert rsciio_saturation({"original_metadata": {"mib_properties": {"dynamic_range": "1 or 6-bit"}}}) == (None, None)
     assert rsciio_saturation({"original_metadata": {"mib_properties": {"dynamic_range": "12-bit"}}})[0] == 4095
@@ -286,7 +286,7 @@ def test_a_missing_filter_is_named_with_its_package(tmp_path):
 
 
 def test_filter_error_names_known_and_unknown_filters():
-    from prenet_jax.io._hdf5 import filter_error
+    from prenet_jax.internal import filter_error
 
     msg = str(filter_error("x.h5:/data", [(32004, "LZ4"), (32015, "Zstandard")]))
     assert "LZ4 (HDF5 filter 32004), Zstandard (HDF5 filter 32015)" in msg and "hdf5plugin" in msg

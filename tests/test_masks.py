@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.data._synthetic import disk_pattern
+from prenet_jax.data import disk_pattern
 from prenet_jax.io import InputError, read_mask
 from prenet_jax.ops import com_center, detect_bad_pixels, fill_masked, friedel_center, mirrored_valid, refine_center
 from prenet_jax.preprocess import preprocess_file
@@ -235,5 +235,7 @@ def test_the_ellipse_fit_leaves_a_beam_stop_out(tmp_path):
     masked = preprocess_file(tmp_path / "obs.npy", tmp_path / "m.h5", mask=tmp_path / "rod.npy", **kw)
     blind = preprocess_file(tmp_path / "obs.npy", tmp_path / "b.h5", bad_pixels="none", **kw)
     assert abs(masked.ellipse.ratio - truth.ratio) < 0.005 and abs(np.degrees(masked.ellipse.angle - truth.angle)) < 2.0, masked.ellipse
-    assert abs(blind.ellipse.ratio - truth.ratio) > 0.05, blind.ellipse
+    # without the mask the rod's shadow is read as edge (the robust estimate of issue 27
+    # drops some of it: 0.021 off, was over 0.05): still 4x the masked error bound
+    assert abs(blind.ellipse.ratio - truth.ratio) > 0.015, blind.ellipse
     assert abs(masked.residual_ratio - 1.0) < 0.002  # the corrected mean is circular where it was seen

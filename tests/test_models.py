@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.models._networks import count_params
+from prenet_jax.models import count_params
 
 
 def test_unet_shapes_and_ranges():

@@ -169,7 +169,7 @@ def test_bad_input_to_every_public_function(tmp_path, monkeypatch):
 def test_weights_round_trip(tmp_path):
     cfg = pj.PipelineConfig.tiny()
     pipe = pj.Pipeline.init(jax.random.key(2), cfg)
-    from prenet_jax.pipeline._weights import save_weights
+    from prenet_jax.pipeline import save_weights
 
     save_weights(tmp_path / "w", cfg, jax.device_get(pipe.params), {"note": "test"})
     back = pj.Pipeline.from_pretrained(tmp_path / "w")
@@ -225,7 +225,7 @@ def test_release_training_configs_share_the_release_architecture():
 
 
 def test_fine_crops_are_whole_pixels_around_the_centre_and_zero_outside():
-    from prenet_jax.pipeline._pipeline import crop_frames, crop_origin
+    from prenet_jax.pipeline import crop_frames, crop_origin
 
     frames = np.arange(2 * 20 * 24, dtype=np.float32).reshape(2, 20, 24) + 1.0
     centers = np.array([[9.6, 11.2], [0.9, 22.4]], np.float32)
@@ -258,7 +258,7 @@ def test_coarse_to_fine_centres_and_polar_ellipse_input_run_in_the_pipeline():
     """The release architecture at a tiny size: the fine pass runs on a crop of the native
     frame, the ellipse network on the polar transform (64 angles x 32 radii x 4 channels)."""
     from prenet_jax.models import UNetConfig
-    from prenet_jax.pipeline._pipeline import ellipse_network_input
+    from prenet_jax.pipeline import ellipse_network_input
 
     cfg = pj.PipelineConfig.tiny(
         image_size=16,

@@ -18,7 +18,8 @@ CONFIGS = REPO / "train" / "configs"
 def _recipe(tmp: Path):
     from prenet_jax.data import SimulationConfig
     from prenet_jax.evaluation import EvalConfig, EvalSetConfig
-    from prenet_jax.training import Recipe, load_config
+    from prenet_jax.recipe import Recipe
+    from prenet_jax.training import load_config
 
     ids = ("compound:MgO-rocksalt", "ase:Al", "ase:Cu", "compound:GaAs-zincblende", "amorphous:a-Si:000", "ase:Si")
     sim = SimulationConfig(structure_ids=ids, n_patterns=48, tasks_per_shard=2, split_fractions=(0.5, 0.5, 0.0), **TINY_SIM)
@@ -50,7 +51,7 @@ def _recipe(tmp: Path):
 @pytest.mark.slow
 def test_the_release_recipe_resumes_ships_improved_weights_and_evaluates(tmp_path):
     import prenet_jax as pj
-    from prenet_jax.training import run_recipe
+    from prenet_jax.recipe import run_recipe
 
     recipe = _recipe(tmp_path)
     wd = tmp_path / "work"

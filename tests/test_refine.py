@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import prenet_jax as pj
-from prenet_jax.ops._refine import ellipse_params, matrix_of_params
+from prenet_jax.ops import ellipse_params, matrix_of_params
 
 LATTICE = ((0.0, 2.6), (2.25, 1.3))
 
@@ -145,7 +145,7 @@ def test_the_separable_reflection_reads_what_sample_reads(method):
     """The refinement's slices-and-weights 180° rotation equals the general interpolation
     (:func:`prenet_jax.ops.sample` at ``2c - q``), value and Jacobian, at whole, half and
     arbitrary sub-pixel centres, including reflections that reach outside the window."""
-    from prenet_jax.ops._refine import _reflection
+    from prenet_jax.internal import reflection as _reflection
 
     img = jnp.asarray(np.random.default_rng(3).random((48, 40)), jnp.float32)
     rows, cols = jnp.meshgrid(jnp.arange(48.0), jnp.arange(40.0), indexing="ij")

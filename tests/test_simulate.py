@@ -13,8 +13,9 @@ pytest.importorskip("ase")
 
 from _helpers import TINY_SIM as TINY
 
-from prenet_jax.data import _simulate as sim  # noqa: E402
-from prenet_jax.data import _structures as st  # noqa: E402
+from prenet_jax import data as sim  # noqa: E402
+from prenet_jax import data as st  # noqa: E402
+from prenet_jax.internal import add_simulate_parser, run_simulate_cli  # noqa: E402
 
 
 def _tiny(**kw) -> sim.SimulationConfig:
@@ -180,7 +181,7 @@ def test_manifest_splits_by_structure_and_metadata(tmp_path):
     np.testing.assert_array_equal(x2[0], x2[2])
     store.close()
     # the figure command draws from a finished run
-    from prenet_jax.data._figures import figure_from_dataset
+    from prenet_jax.data import figure_from_dataset
 
     png = figure_from_dataset(tmp_path, tmp_path / "fig.png", augmented=2)
     assert png.stat().st_size > 10_000
@@ -221,7 +222,7 @@ def test_zone_axis_rotation_puts_the_axis_on_the_beam():
 def test_cli_parser_and_config_errors(tmp_path):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    sim.add_simulate_parser(sub)
+    add_simulate_parser(sub)
     args = parser.parse_args(
         [
             "simulate",
@@ -250,7 +251,7 @@ def test_cli_parser_and_config_errors(tmp_path):
             "--no-progress",
         ]
     )
-    assert args.func is sim.run_simulate_cli and args.resume is True
+    assert args.func is run_simulate_cli and args.resume is True
     assert args.func(args) == 0
     assert len(sim.read_manifest(tmp_path / "cli")) == 4
     with pytest.raises(ValueError, match="anti-aliasing cutoff"):

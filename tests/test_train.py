@@ -89,7 +89,7 @@ def _free_port() -> int:
 
 
 def test_data_order_is_a_function_of_seed_and_step():
-    from prenet_jax.training._batches import batch_indices
+    from prenet_jax.internal import batch_indices
 
     n, b = 37, 8
     first = np.concatenate([batch_indices(3, s, n, b) for s in range(10)])
@@ -101,7 +101,7 @@ def test_data_order_is_a_function_of_seed_and_step():
 
 
 def test_synthetic_splits_are_disjoint_by_structure():
-    from prenet_jax.training._batches import DataConfig, load_split
+    from prenet_jax.training import DataConfig, load_split
 
     cfg = DataConfig(size=32, n_structures=24, patterns_per_structure=2)
     splits = {s: load_split(cfg, s) for s in ("train", "val", "test")}
@@ -114,8 +114,8 @@ def test_synthetic_splits_are_disjoint_by_structure():
 
 
 def test_simulated_source_reads_the_pattern_store(tmp_path):
-    from prenet_jax.data._simulate import write_shard
-    from prenet_jax.training._batches import DataConfig, load_split
+    from prenet_jax.data import write_shard
+    from prenet_jax.training import DataConfig, load_split
 
     rng = np.random.default_rng(0)
     pats = rng.random((5, 16, 16)).astype(np.float32)
@@ -134,8 +134,8 @@ def test_configs_load_in_every_size_and_the_release_weights_fit_the_package():
     import jax
 
     import prenet_jax as pj
-    from prenet_jax.models._networks import count_params
-    from prenet_jax.training._steps import _fresh_variables
+    from prenet_jax.internal import fresh_variables as _fresh_variables
+    from prenet_jax.models import count_params
     from prenet_jax.training.config import TrainConfig, load_config, override
 
     files = sorted(CONFIGS.glob("*.py"))
@@ -166,7 +166,7 @@ def test_matrix_from_output_is_the_ellipse_matrix():
     import jax.numpy as jnp
 
     from prenet_jax.conventions import ellipse_matrix
-    from prenet_jax.training._losses import ellipse_targets, matrix_from_output, residual_ratio
+    from prenet_jax.internal import ellipse_targets, matrix_from_output, residual_ratio
 
     ratio = jnp.array([1.0, 1.05, 1.2, 1.1])
     angle = jnp.array([0.3, 0.0, 2.0, 3.1])
@@ -238,9 +238,9 @@ def _center_runs(tmp_path_factory):
         from pathlib import Path
         import prenet_jax as pj
         from prenet_jax.training import export, load_config, override, train
-        from prenet_jax.training._augment import augment
-        from prenet_jax.training._loop import _Data, evaluate
-        from prenet_jax.training._steps import init_state, make_eval_step, make_mesh, make_optimizer
+        from prenet_jax.corruption import augment
+        from prenet_jax.internal import Data as _Data
+        from prenet_jax.internal import evaluate, init_state, make_eval_step, make_mesh, make_optimizer
         wd = Path({str(wd)!r})
         cfg = load_config({str(CONFIGS / "center.py") + ":tiny"!r})
         for s in {CENTER_SETS!r}:
@@ -305,7 +305,7 @@ def test_a_run_interrupted_and_resumed_repeats_an_uninterrupted_one(_center_runs
 def test_an_exported_run_loads_into_the_pipeline_with_its_provenance(_center_runs):
     """Export -> Pipeline.from_pretrained: the run's best parameters, a manifest, and the
     exported network finds centres through the inference pipeline."""
-    from prenet_jax.pipeline._weights import load_weights
+    from prenet_jax.pipeline import load_weights
     from prenet_jax.training import load_run_variables
 
     wd, out = _center_runs
@@ -354,9 +354,10 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
         import json, numpy as np, jax
         from pathlib import Path
         from prenet_jax.training import load_config, override, train
-        from prenet_jax.training._checkpoints import _put_replicated
-        from prenet_jax.training._loop import _Data
-        from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
+        from prenet_jax.internal import Data as _Data
+        from prenet_jax.internal import fresh_variables as _fresh_variables
+        from prenet_jax.internal import init_state, make_mesh, make_optimizer, make_train_step
+        from prenet_jax.internal import put_replicated as _put_replicated
         assert jax.device_count() == 4
         cfg = load_config({str(CONFIGS / "ellipse.py") + ":tiny"!r})
         for s in ('batch_size=8', 'steps=2', 'eval_batches=0', 'pipeline.ellipse_net.stages=(1, 1)'):
@@ -387,9 +388,11 @@ def test_sharded_step_matches_single_device_and_its_checkpoint_restores_on_one_d
 
     import jax
 
+    from prenet_jax.internal import Checkpoints as _Checkpoints
+    from prenet_jax.internal import abstract_state as _abstract
+    from prenet_jax.internal import init_state, make_mesh, make_optimizer
+    from prenet_jax.internal import run_config as _run_config
     from prenet_jax.training import load_run_variables
-    from prenet_jax.training._checkpoints import _abstract, _Checkpoints, _run_config
-    from prenet_jax.training._steps import init_state, make_mesh, make_optimizer
 
     _, variables, _ = load_run_variables(tmp_path / "ck", which="last")  # as numpy: any machine
     assert set(variables) == {"ellipse_net"} and "batch_stats" in variables["ellipse_net"]
@@ -413,9 +416,10 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
     out = _python(f"""
         import json, numpy as np, jax, jax.numpy as jnp
         from prenet_jax.training import load_config, override
-        from prenet_jax.training._checkpoints import _put_replicated
-        from prenet_jax.training._loop import _Data
-        from prenet_jax.training._steps import _fresh_variables, init_state, make_mesh, make_optimizer, make_train_step
+        from prenet_jax.internal import Data as _Data
+        from prenet_jax.internal import fresh_variables as _fresh_variables
+        from prenet_jax.internal import init_state, make_mesh, make_optimizer, make_train_step
+        from prenet_jax.internal import put_replicated as _put_replicated
         cfg = load_config({str(CONFIGS / "e2e.py") + ":tiny"!r})
         for s in ('init_from={{}}', 'warmup_steps=0', 'lr=1e-2', 'pipeline.denoiser.depth=1', 'pipeline.center_net.depth=1',
                   'pipeline.ellipse_net.stages=(1,)'):
@@ -447,7 +451,7 @@ def test_e2e_gradients_reach_all_three_networks_and_lower_the_error_on_a_fixed_b
 @pytest.mark.slow
 def test_the_export_command_ships_a_chosen_subset(_center_runs, tmp_path, capsys):
     from prenet_jax.cli import main
-    from prenet_jax.pipeline._weights import load_weights
+    from prenet_jax.pipeline import load_weights
 
     wd, _ = _center_runs
     argv = ["train", "export", "-o", str(tmp_path / "w"), "--center", str(wd / "a"), "--networks", "center_net"]
@@ -457,3 +461,22 @@ def test_the_export_command_ships_a_chosen_subset(_center_runs, tmp_path, capsys
     assert (cfg.denoise_method, cfg.center_method, cfg.ellipse_method, cfg.center_consensus) == ("gaussian", "network", "fit", "friedel")
     assert main(["train", "export", "-o", str(tmp_path / "x"), "--center", str(wd / "a"), "--networks", "ellipse_net"]) == 2
     assert "['ellipse_net'] are not in the runs" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_center_real_config_adds_real_detector_effects_with_finite_labels():
+    """The ``real`` centre config starts from the bundled networks and draws what real
+    detectors add; none of its frames lacks a beam, so every label is finite."""
+    import jax
+
+    from prenet_jax.corruption import augment
+    from prenet_jax.training import TrainConfig, load_config
+
+    cfg = load_config(str(CONFIGS / "center.py") + ":real")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # the new fields survive a checkpoint
+    assert cfg.augment.saturation_fraction > 0 and cfg.augment.edge_fraction > 0 and cfg.augment.no_beam_fraction == 0
+    assert set(cfg.init_from) == {"center_net", "center_fine"}
+    assert all(Path(p, "manifest.json").exists() for p in cfg.init_from.values())
+    clean = np.zeros((8, 64, 64), np.float32)
+    clean[:, 28:36, 28:36] = 1.0 / 64
+    a = augment(jax.random.key(0), clean, np.array([32.0, 32.0], np.float32), cfg.augment)
+    assert np.all(np.isfinite(np.asarray(a.center))) and np.all(np.isfinite(np.asarray(a.noisy)))

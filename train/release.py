@@ -12,7 +12,8 @@ from pathlib import Path
 
 from prenet_jax.data import SimulationConfig
 from prenet_jax.evaluation import EvalConfig, EvalSetConfig
-from prenet_jax.training import Recipe, load_config
+from prenet_jax.recipe import Recipe
+from prenet_jax.training import load_config
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

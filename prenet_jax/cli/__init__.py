@@ -1,8 +1,12 @@
-"""The ``prenet-jax`` command line: one subcommand per job.
+"""The ``prenet-jax`` command line: one subcommand per job, every one of them here.
 
-Each subcommand registers itself through an ``add_*_parser(subparsers)``
-function (``preprocess`` and ``demo`` here in ``cli/``, the others with their
-library code); this module only assembles them.
+Each subcommand is one private module of ``cli/`` with an ``add_*_parser(subparsers)``
+function that registers it: ``demo`` (``_demo``), ``preprocess`` (``_preprocess``),
+``simulate`` and ``simulate-figure`` (``_simulate``), ``train`` (``_train``),
+``evaluate`` (``_evaluate``); ``info`` is below. This module only assembles them. The
+library code they call is imported through the subpackages' faces; importing this
+module imports no jax, so that :func:`main` guards SIGINT and SIGTERM from its first
+moment (building the parser imports the rest).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def _run_info(args) -> int:
 
     import prenet_jax as pj
 
-    from ..pipeline._weights import WEIGHTS_DIR, load_weights
+    from ..pipeline import WEIGHTS_DIR, load_weights
 
     print(f"prenet-jax {pj.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
     for d in jax.local_devices():
@@ -48,11 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prenet-jax", description="4D-PreNet preprocessing of 4D-STEM data in JAX")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each job registers its own subcommand; heavy imports (abTEM, torch) stay lazy inside them.
-    from ..data._figures import add_figure_parser
-    from ..data._simulate import add_simulate_parser
     from ._demo import add_demo_parser
     from ._evaluate import add_evaluate_parser
     from ._preprocess import add_preprocess_parser
+    from ._simulate import add_figure_parser, add_simulate_parser
     from ._train import add_train_parser
 
     add_demo_parser(sub)
@@ -113,3 +116,26 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the device's memory: name the fix, not a traceback (a run's outputs clean up on their way out)
+        if not _out_of_memory(e):
+            raise
+        print(f"error: {_out_of_memory_text(args)}", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is XLA running out of device memory (JaxRuntimeError / XlaRuntimeError)."""
+    text = str(e)
+    return type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and ("Out of memory" in text or "RESOURCE_EXHAUSTED" in text)
+
+
+def _out_of_memory_text(args) -> str:
+    """The out-of-memory message: the batch that did not fit and what to try (a 2048x1536
+    SEM stack of RosettaSciIO's test data ran out of 24 GB at the default 128)."""
+    from ..config import PipelineConfig
+
+    batch = getattr(args, "batch_size", None) or PipelineConfig().batch_size
+    return (
+        f"out of memory at a batch of {batch} frames on this device (large frames need small batches); "
+        f"rerun with a smaller --batch-size, e.g. --batch-size {max(1, batch // 16)}"
+    )

@@ -49,7 +49,7 @@ def run_demo(args) -> int:
 
     import prenet_jax as pj
 
-    from ..preprocess._run import preprocess_file
+    from ..preprocess import preprocess_file
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,18 +14,22 @@ import time
 import warnings
 from pathlib import Path
 
-from ..evaluation._config import (
+from ..evaluation import (
     CENTER_METHODS,
     DENOISE_METHODS,
     ELLIPSE_METHODS,
     TABLES,
     EvalConfig,
+    EvalSetConfig,
     Methods,
+    evaluate_real,
+    load_network,
+    load_or_make,
+    open_stash,
+    run_evaluation,
+    write_real_report,
+    write_report,
 )
-from ..evaluation._evalset import EvalSetConfig, load_or_make
-from ..evaluation._pipelines import load_network
-from ..evaluation._report import write_report
-from ..evaluation._tables import open_stash, run_evaluation
 from ..evaluation.peers import available_peers
 
 __all__ = ["add_evaluate_parser", "run_evaluate_cli"]
@@ -56,7 +60,14 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1, help="abTEM worker processes when generating")
     g = p.add_argument_group("evaluation")
     g.add_argument("--doses", type=float, nargs="+", default=list(d.doses), metavar="D", help="electrons per pattern (default %(default)s)")
-    g.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES), help="tables to compute (default all)")
+    g.add_argument("--tables", nargs="+", choices=TABLES, help="held-out tables to compute (default all; none when only --real is given)")
+    g.add_argument(
+        "--real",
+        nargs="+",
+        metavar="FILE",
+        help="also (or, without --tables/--data, only) evaluate these real recorded files: the default preprocess command "
+        "beside the classical methods and py4DSTEM, where they agree (writes real.md; see docs/real-data.md)",
+    )
     g.add_argument(
         "--methods",
         nargs="+",
@@ -98,9 +109,29 @@ def _command_line() -> str | None:
     return None
 
 
+def _run_real(args, t0: float) -> int:
+    """``--real``: the real-file section (:func:`prenet_jax.evaluation.evaluate_real`)."""
+    missing = [f for f in args.real if not Path(f).exists()]
+    if missing:
+        print(f"prenet-jax evaluate: error: --real: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    peers = available_peers(tuple(p for p in args.peers if p == "py4dstem")) if args.peers else {}
+    print(f"real files: {len(args.real)}; peers: {peers or 'none (py4DSTEM columns left out)'}")
+    rows = evaluate_real(args.real, args.output, peers=peers)
+    path = write_real_report(rows, args.output, _command_line(), peers=peers)
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def run_evaluate_cli(args) -> int:
     """``prenet-jax evaluate``: returns the exit code."""
     t0 = time.perf_counter()
+    held_out = args.tables is not None or args.data or args.generate or args.synthetic or not args.real
+    if args.real:
+        rc = _run_real(args, t0)
+        if rc or not held_out:
+            return rc
+    args.tables = args.tables or list(TABLES)
     try:
         scfg = EvalSetConfig(scan_frames=args.scan_frames, n_scans=args.scans, gpts=args.gpts)
         es = load_or_make(

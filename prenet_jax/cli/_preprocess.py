@@ -28,9 +28,7 @@ import numpy as np
 from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io import InputError, OutputError, check_output_path, open_input
-from ..preprocess._cancel import Cancel, Interrupted, catch_signals
-from ..preprocess._descan import DESCAN_MODES
-from ..preprocess._provenance import ellipse_from_py4dstem
+from ..preprocess import DESCAN_MODES, Cancel, Interrupted, catch_signals, ellipse_from_py4dstem
 
 __all__ = ["add_preprocess_parser", "run_preprocess"]
 
@@ -91,8 +89,7 @@ def _select_devices(args):
 
 def _build_pipeline(args, log):
     """The pipeline the options ask for, and the id of its weights."""
-    from ..pipeline._pipeline import Pipeline
-    from ..pipeline._weights import WEIGHTS_DIR, load_weights
+    from ..pipeline import WEIGHTS_DIR, Pipeline, load_weights
 
     devices = _select_devices(args)
     chosen = {"denoise_method": args.denoise_method, "center_method": args.center_method, "ellipse_method": args.ellipse_method}
@@ -427,9 +424,7 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
 
 def run_preprocess(args) -> int:
     """The ``preprocess`` subcommand: returns the exit status (module docstring)."""
-    from ..preprocess._batch import is_finished_output
-    from ..preprocess._run import preprocess_file
-    from ..preprocess._stream import StreamError
+    from ..preprocess import StreamError, is_finished_output, preprocess_file
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     cancel = Cancel()
@@ -454,9 +449,9 @@ def run_preprocess(args) -> int:
                     raise InputError("--distributed shares ONE scan among processes; give one input file (or run many files without it)")
                 return _run_batch(args, ellipse, cancel, log)
             if distributed:  # before anything touches a device
-                from ..preprocess._distributed import initialize
+                from ..preprocess import initialize_distributed
 
-                rank, _ = initialize(args.coordinator, args.num_processes, args.process_id)
+                rank, _ = initialize_distributed(args.coordinator, args.num_processes, args.process_id)
                 if rank:
                     log = lambda s: None  # noqa: E731  (process 0 speaks for the job)
             source = args.input[0]
@@ -470,7 +465,7 @@ def run_preprocess(args) -> int:
             pipe, weights_id = _build_pipeline(args, log)
             cancel.check()
             if distributed:
-                from ..preprocess._distributed import preprocess_distributed
+                from ..preprocess import preprocess_distributed
 
                 preprocess_distributed(
                     source, args.output, resume=args.resume, pipeline=pipe, overwrite=args.overwrite,
@@ -542,7 +537,7 @@ def _file_options(args, ellipse, weights_id: str) -> dict:
 def _run_batch(args, ellipse, cancel: Cancel, log) -> int:
     """Many files into the folder ``-o``: one pipeline, one compile per frame shape; a
     failed file is reported and skipped (exit status: module docstring)."""
-    from ..preprocess._batch import batch_outputs, expand_inputs, preprocess_files
+    from ..preprocess import batch_outputs, expand_inputs, preprocess_files
 
     if args.dataset is not None or args.scan is not None:
         log("note: --dataset and --scan apply to every input")

@@ -60,7 +60,7 @@ def _plot_cli(args) -> int:
 
 
 def _evaluate_cli(args) -> int:
-    from ..pipeline._weights import load_weights
+    from ..pipeline import load_weights
 
     try:
         pcfg, variables, _ = load_weights(args.weights)
@@ -77,7 +77,7 @@ def _evaluate_cli(args) -> int:
 
 
 def _release_cli(args) -> int:
-    from ._recipe import load_recipe, run_recipe
+    from ..recipe import load_recipe, run_recipe
 
     try:
         recipe = load_recipe(args.recipe)

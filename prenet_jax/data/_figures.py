@@ -1,7 +1,7 @@
 """Figure: a grid of simulated crystal and amorphous patterns with their labels.
 
-``prenet-jax simulate-figure --output docs/figures/simulated_patterns.png`` (or
-``python -m prenet_jax.data._figures``) simulates a small, fixed set of patterns (about a
+``prenet-jax simulate-figure --output docs/figures/simulated_patterns.png`` (its command
+line is in :mod:`prenet_jax.cli._simulate`) simulates a small, fixed set of patterns (about a
 minute on two CPU cores) and draws them; ``--data DIR`` draws from an existing
 simulation instead. Each panel shows log10 of the intensity (fraction of the incident
 electrons per pixel), the zero angle (the label, ``+``) and the direct disk's centre of
@@ -12,10 +12,8 @@ true centre and the applied ellipse drawn on it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 
 from .._util import atomic_path
 
-__all__ = ["FIGURE_STRUCTURES", "figure_from_dataset", "make_figure", "add_figure_parser", "run_figure_cli"]
+__all__ = ["FIGURE_STRUCTURES", "figure_from_dataset", "make_figure"]
 
 # A spread of real crystals (cubic, hexagonal, layered, oxide, low symmetry), one random
 # pyxtal crystal, and amorphous metallic, oxide, covalent and molecular boxes.
@@ -120,7 +118,7 @@ def figure_from_dataset(
         import jax
         import jax.numpy as jnp
 
-        from ..training._augment import AugmentConfig, augment
+        from ..corruption import AugmentConfig, augment
 
         clean = np.stack([img for img, _ in panels[:augmented]])
         zero = np.asarray([[float(v) for v in r["zero_angle"].split()] for _, r in panels[:augmented]], np.float32)
@@ -190,35 +188,3 @@ def make_figure(
             return figure_from_dataset(tmp, output, seed=seed)
     run_simulation(cfg, data, device=device, progress=progress)
     return figure_from_dataset(data, output, seed=seed)
-
-
-def add_figure_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``prenet-jax simulate-figure``."""
-    p = subparsers.add_parser("simulate-figure", help="draw a grid of simulated patterns with their labels (PNG)")
-    p.add_argument("--output", "-o", default="docs/figures/simulated_patterns.png")
-    p.add_argument("--data", default=None, help="draw from this simulation directory (simulated there if absent)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.set_defaults(func=run_figure_cli)
-    return p
-
-
-def run_figure_cli(args) -> int:
-    try:
-        if args.data and (Path(args.data) / "manifest.csv").exists():
-            out = figure_from_dataset(args.data, args.output, seed=args.seed)
-        else:
-            out = make_figure(args.output, args.data, seed=args.seed, device=args.device)
-    except ValueError as err:
-        print(f"prenet-jax simulate-figure: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":  # python -m prenet_jax.data._figures [--output PNG] [--data DIR]
-    parser = argparse.ArgumentParser(prog="python -m prenet_jax.data._figures")
-    sub = parser.add_subparsers(dest="cmd")
-    add_figure_parser(sub)
-    argv = sys.argv[1:]
-    sys.exit(run_figure_cli(parser.parse_args(["simulate-figure", *argv])))

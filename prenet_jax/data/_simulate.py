@@ -42,15 +42,12 @@ missing shards, with nothing duplicated or lost, on any number of workers.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import math
 import os
-import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -73,8 +70,6 @@ __all__ = [
     "run_simulation",
     "read_manifest",
     "PatternStore",
-    "add_simulate_parser",
-    "run_simulate_cli",
 ]
 
 FORMAT = "prenet-jax-simulation"
@@ -877,6 +872,78 @@ def _remote_shard(config_dict: dict, dataset: str, shard: int, device: str, ids:
     return simulate_shard(cfg, dataset, shard, device, threads=1, structure_ids=ids)
 
 
+def _existing_shards(root: Path, config: SimulationConfig) -> tuple[dict, list[tuple[str, int]], dict[str, int]]:
+    """What a resumed run keeps and what it computes: the manifest rows of the complete
+    shards found in ``root``, the shards to compute (incomplete ones are deleted, as are
+    the temporary files of an interrupted writer) and the pattern count each data set
+    should reach."""
+    for ds in (PATTERNS, ELLIPSE):
+        d = root / ds
+        if d.exists():
+            for stale in d.glob(".shard-*.h5.*tmp*"):  # left by an interrupted writer
+                stale.unlink()
+
+    rows: dict[tuple[str, int], list[dict]] = {}
+    todo: list[tuple[str, int]] = []
+    expected_total = {PATTERNS: 0, ELLIPSE: 0}
+    for ds in (PATTERNS, ELLIPSE):
+        per = config.patterns_per_task if ds == PATTERNS else 1
+        for k in range(config.n_shards(ds)):
+            n_expected = len(config.shard_tasks(ds, k)) * per
+            expected_total[ds] += n_expected
+            path = _shard_path(root, ds, k)
+            if path.exists() and _shard_ok(path, n_expected):
+                rows[(ds, k)] = _manifest_rows(root, ds, k, read_shard(path, patterns=False)["meta"])
+            else:
+                if path.exists():
+                    path.unlink()
+                todo.append((ds, k))
+    return rows, todo, expected_total
+
+
+def _progress_bar(n_done: int, n_todo: int):
+    """A tqdm bar of patterns, started at those already there."""
+    from tqdm.auto import tqdm
+
+    # rate_noinv: always patterns/s (tqdm would switch to s/pattern below 1/s)
+    return tqdm(
+        total=n_done + n_todo,
+        initial=n_done,
+        unit="pattern",
+        desc="simulate",
+        dynamic_ncols=True,
+        smoothing=0.05,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+    )
+
+
+def _run_on_dask(config: SimulationConfig, todo, device: str, ids, scheduler: str | None, workers: int, store, out_of_time) -> None:
+    """The shards of ``todo`` on dask.distributed workers (a running ``scheduler``, else a
+    local cluster of ``workers`` processes), each handed to ``store`` here as it comes
+    back; when ``out_of_time()`` the shards still running are abandoned."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        cfg = config.to_dict()
+        futures = [client.submit(_remote_shard, cfg, ds, k, device, ids, pure=False) for ds, k in todo]
+        for fut in as_completed(futures):
+            store(fut.result())
+            fut.release()
+            if out_of_time():
+                client.cancel(futures)
+                break
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def run_simulation(
     config: SimulationConfig,
     output: str | os.PathLike,
@@ -928,46 +995,13 @@ def run_simulation(
     root = Path(output)
     ids = config.structures()
     _prepare_output(root, config, ids, resume, overwrite)
-    for ds in (PATTERNS, ELLIPSE):
-        d = root / ds
-        if d.exists():
-            for stale in d.glob(".shard-*.h5.*tmp*"):  # left by an interrupted writer
-                stale.unlink()
-
-    rows: dict[tuple[str, int], list[dict]] = {}
-    todo: list[tuple[str, int]] = []
-    expected_total = {PATTERNS: 0, ELLIPSE: 0}
-    for ds in (PATTERNS, ELLIPSE):
-        per = config.patterns_per_task if ds == PATTERNS else 1
-        for k in range(config.n_shards(ds)):
-            n_expected = len(config.shard_tasks(ds, k)) * per
-            expected_total[ds] += n_expected
-            path = _shard_path(root, ds, k)
-            if path.exists() and _shard_ok(path, n_expected):
-                rows[(ds, k)] = _manifest_rows(root, ds, k, read_shard(path, patterns=False)["meta"])
-            else:
-                if path.exists():
-                    path.unlink()
-                todo.append((ds, k))
+    rows, todo, expected_total = _existing_shards(root, config)
     if max_shards is not None:
         todo = todo[: max(0, int(max_shards))]
 
     n_done = sum(len(r) for r in rows.values())
     n_todo = sum(len(config.shard_tasks(ds, k)) * (config.patterns_per_task if ds == PATTERNS else 1) for ds, k in todo)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        # rate_noinv: always patterns/s (tqdm would switch to s/pattern below 1/s)
-        bar = tqdm(
-            total=n_done + n_todo,
-            initial=n_done,
-            unit="pattern",
-            desc="simulate",
-            dynamic_ncols=True,
-            smoothing=0.05,
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
-        )
+    bar = _progress_bar(n_done, n_todo) if progress else None
     attrs = {"config": json.dumps(config.to_dict())}
     t0 = time.perf_counter()
     out_of_time = (lambda: False) if time_limit is None else (lambda: time.perf_counter() - t0 > time_limit)
@@ -989,27 +1023,7 @@ def run_simulation(
 
     try:
         if todo and (scheduler or workers > 1):
-            from dask.distributed import Client, LocalCluster, as_completed
-
-            if scheduler:
-                client = Client(scheduler)
-                cluster = None
-            else:
-                cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None)
-                client = Client(cluster)
-            try:
-                cfg = config.to_dict()
-                futures = [client.submit(_remote_shard, cfg, ds, k, device, ids, pure=False) for ds, k in todo]
-                for fut in as_completed(futures):
-                    _store(fut.result())
-                    fut.release()
-                    if out_of_time():
-                        client.cancel(futures)
-                        break
-            finally:
-                client.close()
-                if cluster is not None:
-                    cluster.close()
+            _run_on_dask(config, todo, device, ids, scheduler, workers, _store, out_of_time)
         else:
             n_threads = threads or 1
             for ds, k in todo:
@@ -1106,133 +1120,3 @@ class PatternStore:
         for f in self._files.values():
             f.close()
         self._files.clear()
-
-
-# --------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------
-
-
-def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``prenet-jax simulate`` on an argparse subparsers object."""
-    d = SimulationConfig()
-    p = subparsers.add_parser(
-        "simulate",
-        help="simulate clean training patterns with abTEM (crystal and amorphous)",
-        description=(
-            "Simulate clean, centred, undistorted diffraction patterns with abTEM into chunked HDF5 shards "
-            "with a manifest. Resumable: rerun the same command to continue an interrupted run."
-        ),
-    )
-    p.add_argument("--output", "-o", required=True, help="output directory")
-    p.add_argument("--structures", type=int, default=d.n_structures, help=f"distinct structures (default {d.n_structures})")
-    p.add_argument("--patterns", type=int, default=d.n_patterns, help=f"patterns in the main set (default {d.n_patterns})")
-    p.add_argument(
-        "--structure-ids", nargs="+", default=None, metavar="ID", help="use these structure ids (e.g. ase:Si amorphous:a-SiO2:000)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--amorphous-fraction", type=float, default=d.amorphous_fraction)
-    p.add_argument("--pattern-size", type=int, default=d.pattern_size)
-    p.add_argument(
-        "--gpts",
-        type=int,
-        default=d.gpts,
-        help=f"multislice grid (default {d.gpts}: signal fills the frame; 384 is ~2.5x faster but leaves "
-        "the corners empty beyond a circle of radius gpts/3 around the zero angle)",
-    )
-    p.add_argument("--energies-kv", type=float, nargs="+", default=list(d.energies_kv))
-    p.add_argument("--disk-radius-px", type=float, nargs=2, default=list(d.disk_radius_px), metavar=("MIN", "MAX"))
-    p.add_argument("--extent", type=float, nargs=2, default=list(d.extent_a), metavar=("MIN", "MAX"), help="cell side, Angstrom")
-    p.add_argument("--semiangle-mrad", type=float, nargs=2, default=list(d.semiangle_mrad), metavar=("MIN", "MAX"))
-    p.add_argument("--thickness", type=float, nargs=2, default=list(d.thickness_a), metavar=("MIN", "MAX"), help="Angstrom")
-    p.add_argument("--thicknesses-per-task", type=int, default=d.thicknesses_per_task)
-    p.add_argument("--positions-per-task", type=int, default=d.positions_per_task)
-    p.add_argument("--zone-axis-fraction", type=float, default=d.zone_axis_fraction)
-    p.add_argument("--frozen-phonons", type=int, default=d.frozen_phonons, help="configurations per pattern (0: static)")
-    p.add_argument("--split", type=float, nargs=3, default=list(d.split_fractions), metavar=("TRAIN", "VAL", "TEST"))
-    p.add_argument("--tasks-per-shard", type=int, default=d.tasks_per_shard)
-    p.add_argument(
-        "--mantissa-bits",
-        type=int,
-        default=d.mantissa_bits,
-        help=f"float32 mantissa bits stored (default {d.mantissa_bits}: relative precision 1.2e-4; 23: lossless)",
-    )
-    p.add_argument("--ellipse", type=int, default=0, metavar="N", help="also make N averaged patterns for the ellipse network (0: off)")
-    p.add_argument("--ellipse-orientations", type=int, default=d.ellipse_orientations)
-    p.add_argument("--ellipse-rotations", type=int, default=d.ellipse_rotations)
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="abTEM device (gpu needs cupy)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (dask.distributed LocalCluster when > 1)")
-    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler, e.g. tcp://host:8786")
-    p.add_argument("--threads", type=int, default=None, help="FFTW threads when running in-process (default 1)")
-    p.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="continue a run found in --output (default); --no-resume makes an existing run an error",
-    )
-    p.add_argument("--overwrite", action="store_true", help="delete a previous run in --output first")
-    p.add_argument("--max-shards", type=int, default=None, help="stop after this many new shards")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--figure", default=None, metavar="PNG", help="afterwards, draw a grid of the simulated patterns to this PNG")
-    p.set_defaults(func=run_simulate_cli)
-    return p
-
-
-def config_from_args(args) -> SimulationConfig:
-    return SimulationConfig(
-        n_structures=args.structures,
-        n_patterns=args.patterns,
-        seed=args.seed,
-        amorphous_fraction=args.amorphous_fraction,
-        structure_ids=tuple(args.structure_ids) if args.structure_ids else None,
-        pattern_size=args.pattern_size,
-        gpts=args.gpts,
-        energies_kv=tuple(args.energies_kv),
-        disk_radius_px=tuple(args.disk_radius_px),
-        extent_a=tuple(args.extent),
-        semiangle_mrad=tuple(args.semiangle_mrad),
-        thickness_a=tuple(args.thickness),
-        thicknesses_per_task=args.thicknesses_per_task,
-        positions_per_task=args.positions_per_task,
-        zone_axis_fraction=args.zone_axis_fraction,
-        frozen_phonons=args.frozen_phonons,
-        split_fractions=tuple(args.split),
-        tasks_per_shard=args.tasks_per_shard,
-        mantissa_bits=args.mantissa_bits,
-        ellipse_samples=args.ellipse,
-        ellipse_orientations=args.ellipse_orientations,
-        ellipse_rotations=args.ellipse_rotations,
-    )
-
-
-def run_simulate_cli(args) -> int:
-    """``prenet-jax simulate``: returns the process exit code."""
-    try:
-        config = config_from_args(args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            result = run_simulation(
-                config,
-                args.output,
-                device=args.device,
-                workers=args.workers,
-                scheduler=args.scheduler,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                max_shards=args.max_shards,
-                progress=not args.no_progress,
-                threads=args.threads,
-            )
-    except ValueError as err:
-        print(f"prenet-jax simulate: error: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {result['written']} patterns in {result['seconds']:.1f} s ({result['patterns_per_s']:.2f} patterns/s); "
-        f"{result['total']}/{result['expected']} in {result['output']}" + ("" if result["complete"] else " (incomplete: rerun to resume)")
-    )
-    if args.figure:
-        from ._figures import figure_from_dataset
-
-        figure_from_dataset(args.output, args.figure)
-        print(f"figure: {args.figure}")
-    return 0

@@ -31,26 +31,47 @@ Tables
    py4DSTEM ``fit_ellipse_amorphous_ring`` when available.
 4. End to end: a small cube (descan plane, jitter, one ellipse, noise) through
    :meth:`prenet_jax.Pipeline.preprocess`, against the ideal corrected cube.
+5. What real detectors add: table 2's patterns with each effect of
+   :mod:`prenet_jax.corruption` (saturated, cut-off, dimmed direct disks, Kikuchi bands
+   and diffuse lobes, no beam), the centre methods and whether a beam is found.
+
+Real recorded files (``--real``, ``_real``): no truth, so the default command's centres
+beside where the classical methods and py4DSTEM agree (:func:`evaluate_real`).
 
 Centre and ellipse methods also run followed by the self-calibration of
 :mod:`prenet_jax.ops` (the ``+refine`` rows). The label of a centre is the zero angle
 plus the applied shift (never a centre of mass: dynamical scattering makes the direct
-disk asymmetric), see :mod:`prenet_jax.training._augment`.
+disk asymmetric), see :mod:`prenet_jax.corruption`.
 """
 
-from ._config import EvalConfig, Methods
-from ._evalset import EvalSet, EvalSetConfig, load_or_make
+from ._config import CENTER_METHODS, DENOISE_METHODS, ELLIPSE_METHODS, TABLES, EvalConfig, Methods
+from ._evalset import EvalSet, EvalSetConfig, generate_abtem, load_abtem, load_or_make
+from ._metrics import psnr
+from ._pipelines import load_network
+from ._real import consensus, edge_circle, evaluate_real, write_real_report
 from ._report import write_report
 from ._tables import evaluate_weights, open_stash, run_evaluation
 
 __all__ = [
+    "CENTER_METHODS",
+    "DENOISE_METHODS",
+    "ELLIPSE_METHODS",
+    "TABLES",
     "EvalConfig",
     "EvalSet",
     "EvalSetConfig",
     "Methods",
+    "consensus",
+    "edge_circle",
+    "evaluate_real",
     "evaluate_weights",
+    "generate_abtem",
+    "load_abtem",
+    "load_network",
     "load_or_make",
     "open_stash",
+    "psnr",
     "run_evaluation",
+    "write_real_report",
     "write_report",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..ops._filters import gaussian_filter
+from ..ops import gaussian_filter
 from . import _metrics as metrics
 from ._corrupt import batches
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..pipeline._pipeline import Pipeline
+from ..pipeline import Pipeline
 
 __all__ = [
     "CENTER_METHODS",
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DEFAULT_DOSES = (1e2, 1e3, 1e4, 1e5, 1e6)
-TABLES = ("denoise", "centers", "ellipse", "e2e")
+TABLES = ("denoise", "centers", "ellipse", "e2e", "detector")
 DENOISE_METHODS = ("network", "gaussian", "pca")
 CENTER_METHODS = ("network", "com", "friedel", "py4dstem_origin", "py4dstem_friedel", "pyxem_com")
 ELLIPSE_METHODS = ("network", "fit", "py4dstem_ring")  # (+ "fit_subset": the fit on the peer's patterns)
@@ -85,6 +85,7 @@ class EvalConfig:
     seed : everything random derives from it
     batch : frames per device batch
     peer_max : at most this many frames (or mean patterns) per dose go to each peer tool
+    detector_dose : table 5 (what real detectors add): the one dose of its patterns
     """
 
     doses: tuple[float, ...] = DEFAULT_DOSES
@@ -104,6 +105,7 @@ class EvalConfig:
     seed: int = 0
     batch: int = 32
     peer_max: int | None = None
+    detector_dose: float = 1e4
 
     def to_dict(self) -> dict:
         """The settings as plain values (for ``results.json``)."""

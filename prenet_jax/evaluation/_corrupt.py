@@ -2,7 +2,7 @@
 
 Every geometry is drawn from ``EvalConfig.seed`` alone, so it is the same at every
 dose and only the noise changes with the dose. The distortion and the noise are those
-of the training's augmentation (:mod:`prenet_jax.training._augment`).
+of the training's augmentation (:mod:`prenet_jax.corruption`).
 
 - table 1 (denoising): :func:`corrupt_scans`, scan patches sharing one ellipse per patch;
 - table 2 (centres): :func:`corrupt_single`, single patterns shifted, rotated, distorted;
@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..conventions import Ellipse
-from ..ops._warp import frame_center
-from ..training._augment import AugmentConfig, augment
-from ..training._augment import distort as _distort_eager
-from ..training._augment import poisson as _poisson_eager
+from ..corruption import AugmentConfig, augment
+from ..corruption import distort as _distort_eager
+from ..corruption import poisson as _poisson_eager
+from ..ops import frame_center
 from ._config import EvalConfig
 from ._evalset import EvalSet
 
 __all__ = [
+    "DETECTOR_CASES",
     "batches",
     "corrupt_scans",
     "corrupt_single",
@@ -58,11 +59,14 @@ def _dose_key(key: jax.Array, dose: float) -> jax.Array:
 # ----------------------------------------------------------------------------- table 2: single patterns
 
 
-def corrupt_single(es: EvalSet, dose: float, cfg: EvalConfig) -> dict[str, np.ndarray]:
+def corrupt_single(es: EvalSet, dose: float, cfg: EvalConfig, **effects) -> dict[str, np.ndarray]:
     """The centre table's input: every single pattern shifted, rotated, distorted and noisy.
 
     The geometry of pattern ``i`` depends on ``(seed, i)`` only, so it is the same at
-    every dose. Returns ``noisy, target (N, S, S)``, ``center (N, 2)``, ``ratio, angle (N,)``.
+    every dose (and with every effect). ``effects``: fields of :class:`AugmentConfig`
+    that add what real detectors do (table 5: :data:`DETECTOR_CASES`). Returns ``noisy,
+    target (N, S, S)``, ``center (N, 2)`` (NaN where a frame has no beam), ``ratio,
+    angle (N,)``, ``beam (N,)``.
     """
     aug = AugmentConfig(
         max_shift=cfg.max_shift,
@@ -72,21 +76,37 @@ def corrupt_single(es: EvalSet, dose: float, cfg: EvalConfig) -> dict[str, np.nd
         dose_range=(dose, dose),
         read_noise_range=(0.0, 0.0),
         method="cubic",
+        **effects,
     )
     n = es.single.shape[0]
-    out = {k: [] for k in ("noisy", "target", "center", "ratio", "angle")}
+    out = {k: [] for k in ("noisy", "target", "center", "ratio", "angle", "beam")}
     base = jax.random.key(cfg.seed)
     for start, stop in batches(n, cfg.batch):
         # The key depends on the batch only: augment draws the geometry from it, so the
         # geometry is the same at every dose (only the noise's mean changes).
         key = jax.random.fold_in(base, start)
-        a = augment(key, jnp.asarray(es.single[start:stop]), jnp.asarray(es.single_zero[start:stop]), aug)
+        a, info = augment(key, jnp.asarray(es.single[start:stop]), jnp.asarray(es.single_zero[start:stop]), aug, return_info=True)
         out["noisy"].append(np.asarray(a.noisy))
         out["target"].append(np.asarray(a.target))
         out["center"].append(np.asarray(a.center))
         out["ratio"].append(np.asarray(a.ellipse[0]))
         out["angle"].append(np.asarray(a.ellipse[1]))
+        out["beam"].append(np.asarray(info["beam"]) if "beam" in info else np.ones(stop - start, bool))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+#: Table 5: each effect of real detectors on every pattern, one row group each
+#: (:mod:`prenet_jax.corruption`); "none" is the same patterns without one. Panel gaps
+#: and hot pixels are left out: they sit at fixed pixels, which a file run finds and
+#: masks (``prenet-jax preprocess``'s mask stage) and these per-pattern methods do not.
+DETECTOR_CASES = {
+    "none": {},
+    "saturated": {"saturation_fraction": 1.0},
+    "cut off by the edge": {"edge_fraction": 1.0},
+    "Bragg brighter than the direct beam": {"bragg_fraction": 1.0},
+    "Kikuchi bands and diffuse lobes": {"kikuchi_fraction": 1.0},
+    "no beam": {"no_beam_fraction": 1.0},
+}
 
 
 def disk_radii(es: EvalSet) -> np.ndarray:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data._synthetic import disk_pattern
+from ..data import disk_pattern
 
 __all__ = ["EvalSetConfig", "EvalSet", "held_out_structures", "generate_abtem", "load_abtem", "make_synthetic", "load_or_make"]
 
@@ -117,7 +117,7 @@ def held_out_structures(n: int, amorphous_fraction: float, train_structures: int
     ``offset`` starts each list further along (the scan set uses other structures than
     the single set where there are enough).
     """
-    from ..data import _structures as st
+    from .. import data as st  # the face, looked up at the call: tests replace select_structures there
 
     crystals = [
         s for s in st.select_structures(train_structures, train_seed, 0.1) if st.split_of(s) == "test" and not s.startswith("amorphous:")
@@ -145,7 +145,7 @@ def held_out_structures(n: int, amorphous_fraction: float, train_structures: int
 
 
 def _sim_configs(cfg: EvalSetConfig):
-    from ..data._simulate import SimulationConfig
+    from ..data import SimulationConfig
 
     per = cfg.thicknesses_per_task * cfg.positions_per_task
     n_tasks = -(-cfg.n_patterns // per)
@@ -186,7 +186,7 @@ def generate_abtem(
     """
     import time
 
-    from ..data._simulate import run_simulation
+    from ..data import run_simulation
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def generate_abtem(
 
 
 def _read_run(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    from ..data._simulate import PatternStore
+    from ..data import PatternStore
 
     store = PatternStore(path, dataset="patterns", split=None)
     try:
@@ -221,7 +221,7 @@ def _read_run(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
 
 def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = None) -> EvalSet:
     """Read a set written by :func:`generate_abtem` (only its test-split patterns)."""
-    from ..data._structures import split_of
+    from ..data import split_of
 
     root = Path(root)
     clean, zero, rows = _read_run(root / "single")

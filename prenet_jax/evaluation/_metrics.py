@@ -102,7 +102,7 @@ def radial_profile(
     Returns ``(radii (R,), mean (R,), std (R,))`` with one-pixel radial steps, from the
     polar resampling of :func:`prenet_jax.ops.polar_transform` (cubic).
     """
-    from ..ops._ellipse_fit import polar_transform
+    from ..ops import polar_transform
 
     h, w = image.shape
     if r_max is None:

@@ -16,9 +16,8 @@ import numpy as np
 
 from ..config import PipelineConfig
 from ..conventions import Ellipse
-from ..ops._refine import refine_center
-from ..ops._warp import frame_center
-from ..pipeline._pipeline import Pipeline, as_counts
+from ..ops import frame_center, refine_center
+from ..pipeline import Pipeline, as_counts
 from ._config import REFINE, Methods
 
 __all__ = [
@@ -177,7 +176,7 @@ def refine_ellipses(images: np.ndarray, est: np.ndarray, batch: int = 16) -> np.
     """``(ratio, angle)`` rows of ``est`` refined by :func:`prenet_jax.ops.refine_ellipse`
     on their recentred mean patterns (vmapped in batches); a refinement that does not
     lower the objective, or a missing start, keeps the start."""
-    from ..ops._refine import _ellipse_of_params, ellipse_params
+    from ..ops import ellipse_of_params, ellipse_params
 
     out = est.copy()
     idx = np.flatnonzero(np.all(np.isfinite(est), axis=1))
@@ -188,7 +187,7 @@ def refine_ellipses(images: np.ndarray, est: np.ndarray, batch: int = 16) -> np.
         x, before, after = _refine_ellipses_jit(jnp.asarray(images[sel]), starts, c0)
         for j, i in enumerate(sel):
             if float(after[j]) < float(before[j]) and np.all(np.isfinite(np.asarray(x[j]))):
-                ratio, angle = _ellipse_of_params(x[j])
+                ratio, angle = ellipse_of_params(x[j])
                 out[i] = float(ratio), float(angle)
     return out
 

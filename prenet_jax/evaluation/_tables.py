@@ -1,9 +1,10 @@
-"""The four tables: every method scored against the known truth, per dose and kind.
+"""The five tables: every method scored against the known truth, per dose and kind.
 
 1. :func:`evaluate_denoising`: MSE and PSNR of scan patches against the noise-free expectation;
 2. :func:`evaluate_centers`: distance of each centre found to the shifted zero angle;
 3. :func:`evaluate_ellipse`: ratio and angle errors on mean patterns, radial spread after correction;
-4. :func:`evaluate_end_to_end`: small cubes through :meth:`prenet_jax.Pipeline.preprocess`.
+4. :func:`evaluate_end_to_end`: small cubes through :meth:`prenet_jax.Pipeline.preprocess`;
+5. :func:`evaluate_detector`: the centres again, with each effect of real detectors.
 
 :func:`run_evaluation` runs the tables asked for; :func:`evaluate_weights` is the whole
 evaluation of exported weights (set, networks, peers, tables, report), as the training
@@ -24,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..conventions import Ellipse
-from ..ops._warp import correct_ellipse, frame_center
-from ..pipeline._pipeline import Pipeline
+from ..ops import correct_ellipse, direct_beam_found, frame_center
+from ..pipeline import Pipeline
 from . import _metrics as metrics
 from ._baselines import (
     gaussian_frames,
@@ -36,6 +37,8 @@ from ._baselines import (
 )
 from ._config import CENTER_PEERS, REFINE, TABLES, EvalConfig, Methods
 from ._corrupt import (
+    DETECTOR_CASES,
+    batches,
     corrupt_scans,
     corrupt_single,
     disk_radii,
@@ -60,6 +63,7 @@ from .peers import available_peers, run_peer
 __all__ = [
     "evaluate_centers",
     "evaluate_denoising",
+    "evaluate_detector",
     "evaluate_ellipse",
     "evaluate_end_to_end",
     "evaluate_weights",
@@ -250,6 +254,56 @@ def evaluate_centers(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callab
         errors[str(dose)] = part["errors"]
         notes.update(part["notes"])
     return {"rows": rows, "errors": errors, "notes": notes, "n_patterns": int(es.single.shape[0])}
+
+
+# ----------------------------------------------------------------------------- table 5: real detectors
+
+
+_beam_found = jax.jit(jax.vmap(direct_beam_found))
+
+
+def evaluate_detector(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, stash: Stash | None = None) -> dict:
+    """Table 5: the centre methods on the same patterns with each effect of real
+    detectors (:data:`DETECTOR_CASES`) at ``cfg.detector_dose``, and how often a direct
+    beam is found (it should be everywhere but in the "no beam" case).
+
+    Returns ``{"rows": [...], "dose", "n_patterns"}``; each case is a part of ``stash``.
+    """
+    stash = stash or no_stash()
+    classical = classical_center_pipelines(methods, cfg.batch)
+    denoiser, network = network_center_pipelines(methods)
+    dose = cfg.detector_dose
+    rows = []
+
+    def one_case(case: str) -> list[dict]:
+        t0 = time.perf_counter()
+        data = corrupt_single(es, dose, cfg, **DETECTOR_CASES[case])
+        frames = data["noisy"]
+        found = {name: p.find_centers(frames) for name, p in classical.items()}
+        if network:
+            denoised = frames if denoiser is None else denoiser.denoise(frames)
+            found.update(network_centers(network, denoised))
+        beam = np.concatenate([np.asarray(_beam_found(jnp.asarray(frames[a:b]))) for a, b in batches(len(frames), cfg.batch)])
+        out = [
+            {
+                "case": case,
+                "method": "beam_found",
+                "by_kind": {k: {"found": float(beam[m].mean()), "n": int(m.sum())} for k, m in _kind_masks(es.single_kind)},
+            }
+        ]
+        if case != "no beam":
+            rows_, _ = _center_rows(found, data["center"], es.single_kind, np.arange(0), dose)
+            out += [dict(r, case=case) for r in rows_]
+        log(
+            f"  detector case {case}: beam found in {beam.mean():.0%}"
+            + "".join(f", {r['method']} MAE-R {r['by_kind'].get('all', {}).get('er', {}).get('mean', float('nan')):.3f}" for r in out[1:])
+            + f" ({time.perf_counter() - t0:.0f} s)"
+        )
+        return out
+
+    for case in DETECTOR_CASES:
+        rows += stash.part(f"detector_{dose:g}_{case}", lambda case=case: one_case(case))
+    return {"rows": rows, "dose": dose, "n_patterns": int(es.single.shape[0])}
 
 
 # ----------------------------------------------------------------------------- table 3: ellipse
@@ -450,7 +504,7 @@ def _e2e_data(es: EvalSet, patch: int, dose: float, cfg: EvalConfig, seed: int) 
     """The cube of scan patch ``patch`` (or the analytic one for -1) with its truth."""
     if patch >= 0:
         return e2e_cube(es.scans[patch], es.scans_zero[patch], dose, cfg, seed)
-    from ..data._synthetic import synthetic_cube
+    from ..data import synthetic_cube
 
     s = es.scans.shape[-1]
     sc = synthetic_cube(
@@ -590,6 +644,8 @@ def run_evaluation(
             # (a part of its own: the rows depend on whether table 1 ran first)
             name = "e2e_table1_sigma" if sigmas else "e2e_default_sigma"
             res["e2e"] = stash.part(name, lambda: evaluate_end_to_end(es, methods, cfg, sigmas, log))
+        elif t == "detector":
+            res["detector"] = evaluate_detector(es, methods, cfg, log, stash=stash)
         else:
             raise ValueError(f"unknown table {t!r}: use {TABLES}")
         res["timing"][t] = time.perf_counter() - t0

@@ -260,30 +260,9 @@ def open_hdf5(path: Path, dataset: str | None, scan) -> Source:
                 _dectris_metadata(src, f)
                 return src
         else:
-            obj, kind = None, "hdf5"
-            if is_emd:
-                cubes = [ds for ds in _emd_datacubes(f)]
-                if len(cubes) == 1:
-                    obj, kind = cubes[0], "emd"
-                elif len(cubes) > 1:
-                    raise InputError(
-                        f"{path} holds several py4DSTEM DataCubes: {', '.join(c.name for c in cubes)}; pick one with --dataset"
-                    )
+            obj, kind = _pick_cube(f, path, is_emd, dectris, scan)
             if obj is None:
-                found = _datasets(f)
-                four = [(n, s, d) for n, s, d in found if len(_squeeze_leading(s)) == 4 and np.dtype(d).kind in "iuf"]
-                if len(four) == 1:
-                    obj = f[four[0][0]]
-                elif len(four) > 1:
-                    raise InputError(f"{path} holds several 4-D datasets: {_describe_datasets(four)}; pick one with --dataset PATH")
-                elif dectris is not None:
-                    return _open_dectris(path, f, dectris, scan)
-                else:
-                    three = [(n, s, d) for n, s, d in found if len(_squeeze_leading(s)) == 3 and np.dtype(d).kind in "iuf"]
-                    if len(three) == 1 and scan is not None:
-                        obj = f[three[0][0]]
-                    else:
-                        raise InputError(_no_cube_message(path, found, three))
+                return _open_dectris(path, f, dectris, scan)
         if not isinstance(obj, h5py.Dataset):
             raise InputError(f"'{dataset}' in {path} is not a dataset")
         src = HDF5Source(path, f, obj, kind, scan, name=_user_name(f, obj, dataset))
@@ -300,6 +279,31 @@ def open_hdf5(path: Path, dataset: str | None, scan) -> Source:
     except BaseException:
         f.close()
         raise
+
+
+def _pick_cube(f, path: Path, is_emd: bool, dectris, scan):
+    """``(dataset, kind)`` of the cube in a file opened without ``--dataset``: the one
+    py4DSTEM DataCube, else the one 4-D dataset, else (``dataset`` None) the Dectris
+    data files, else the one 3-D stack when ``scan`` is given; several or none is an
+    :class:`InputError` that names what was found."""
+    if is_emd:
+        cubes = [ds for ds in _emd_datacubes(f)]
+        if len(cubes) == 1:
+            return cubes[0], "emd"
+        if len(cubes) > 1:
+            raise InputError(f"{path} holds several py4DSTEM DataCubes: {', '.join(c.name for c in cubes)}; pick one with --dataset")
+    found = _datasets(f)
+    four = [(n, s, d) for n, s, d in found if len(_squeeze_leading(s)) == 4 and np.dtype(d).kind in "iuf"]
+    if len(four) == 1:
+        return f[four[0][0]], "hdf5"
+    if len(four) > 1:
+        raise InputError(f"{path} holds several 4-D datasets: {_describe_datasets(four)}; pick one with --dataset PATH")
+    if dectris is not None:
+        return None, "hdf5:dectris"
+    three = [(n, s, d) for n, s, d in found if len(_squeeze_leading(s)) == 3 and np.dtype(d).kind in "iuf"]
+    if len(three) == 1 and scan is not None:
+        return f[three[0][0]], "hdf5"
+    raise InputError(_no_cube_message(path, found, three))
 
 
 def _get_dataset(f, path: Path, dataset: str):

@@ -6,11 +6,21 @@ read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
 """
 
 from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
-from ._centers import BEAM_CONTRAST, com_center, direct_beam_found, friedel_center, heatmap_center
+from ._centers import BEAM_CONTRAST, PLATEAU_PIXELS, com_center, direct_beam_found, friedel_center, heatmap_center
+from ._ellipse_estimate import EllipseEstimate, estimate_ellipse, harmonic_ellipse, ring_radii
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
-from ._filters import gaussian_filter
-from ._masks import detect_bad_pixels, fill_masked, mirrored_valid
-from ._refine import RefinedEllipse, azimuthal_variance, friedel_mismatch, refine_center, refine_ellipse
+from ._filters import gaussian_filter, gaussian_matrix
+from ._masks import detect_bad_pixels, fill_masked, mirrored_valid, pixel_sums
+from ._refine import (
+    RefinedEllipse,
+    azimuthal_variance,
+    ellipse_of_params,
+    ellipse_params,
+    friedel_mismatch,
+    matrix_of_params,
+    refine_center,
+    refine_ellipse,
+)
 from ._warp import (
     affine_warp,
     correct_ellipse,
@@ -25,6 +35,7 @@ from ._warp import (
 
 __all__ = [
     "BEAM_CONTRAST",
+    "PLATEAU_PIXELS",
     "RefinedEllipse",
     "affine_warp",
     "azimuthal_variance",
@@ -35,15 +46,24 @@ __all__ = [
     "direct_beam_found",
     "ellipse_from_matrix",
     "ellipse_matrix",
+    "ellipse_of_params",
+    "ellipse_params",
     "fill_masked",
     "fit_ellipse_edge",
+    "estimate_ellipse",
+    "EllipseEstimate",
+    "harmonic_ellipse",
+    "ring_radii",
     "frame_center",
     "friedel_center",
     "friedel_mismatch",
     "gaussian_filter",
+    "gaussian_matrix",
     "heatmap_center",
+    "matrix_of_params",
     "mirrored_valid",
     "normalize_angle",
+    "pixel_sums",
     "polar_transform",
     "ratio_angle_to_axes",
     "recenter",

@@ -56,7 +56,7 @@ def polar_transform(
     return sample(image, rows, cols, method)
 
 
-def _edge_radii(grad: jax.Array, rad: jax.Array, lo: jax.Array, hi: jax.Array, steps: int = 3):
+def _edge_radii(grad: jax.Array, rad: jax.Array, lo: jax.Array, hi: jax.Array, outer: jax.Array | float = jnp.inf, steps: int = 3):
     """Sub-pixel radius of the steepest drop of every polar row within ``[lo, hi]`` (per row).
 
     ``grad`` (A, R) is the radial derivative (drop positive) sampled at the radii
@@ -65,7 +65,8 @@ def _edge_radii(grad: jax.Array, rad: jax.Array, lo: jax.Array, hi: jax.Array, s
     arg-max) and tapered at the ends, is taken ``steps`` times. Being an integral
     over the whole bump it is insensitive to the small ripple that interpolation
     leaves between pixels (a parabola through the few samples at the top is not: it
-    moves by up to 0.1 px). Returns ``(radius, peak height, ok)``.
+    moves by up to 0.1 px). Returns ``(radius, peak height, ok, bump width)``, the
+    last the median rms width (px) of the gradient's bump.
     """
     dr = rad[1] - rad[0]
     inside = (rad[None, :] >= lo[:, None]) & (rad[None, :] <= hi[:, None])
@@ -87,8 +88,14 @@ def _edge_radii(grad: jax.Array, rad: jax.Array, lo: jax.Array, hi: jax.Array, s
         wts = pos * win
         tot = wts.sum(1)
         r_est = jnp.where(tot > 0, r_est + (wts * (rad[None, :] - r_est[:, None])).sum(1) / jnp.maximum(tot, 1e-30), r_est)
-    ok = (g0 > 0) & jnp.isfinite(r_est) & (r_est >= lo) & (r_est <= hi)
-    return r_est, jnp.where(ok, g0, 0.0), ok
+    # A peak on the band's limit is a drop that goes on beyond it (the edge lies outside
+    # the band, or outside the frame), not an edge: its centroid would be truncated.
+    ok = (g0 > 0) & jnp.isfinite(r_est) & (r_est >= lo) & (r_est <= hi) & (r0 > lo + dr) & (r0 < hi - dr)
+    # The centroid's window must end inside the band's outer limit (``outer``): cut
+    # there it reads an edge that goes on beyond it as one inside (a disk larger than
+    # the frame's inscribed circle on some azimuths: 0.018 too round at ratio 1.06).
+    ok = ok & (r0 + width <= outer)
+    return r_est, jnp.where(ok, g0, 0.0), ok, jnp.median(sig)
 
 
 def _harmonic_fit(phi: jax.Array, r_edge: jax.Array, w: jax.Array) -> jax.Array:
@@ -121,7 +128,7 @@ def _harmonic_radius(p: jax.Array, phi: jax.Array) -> jax.Array:
     return jax.lax.rsqrt(jnp.maximum(v, 1e-12))
 
 
-@functools.partial(jax.jit, static_argnames=("r_min", "r_max", "n_angles", "smooth", "iterations"))
+@functools.partial(jax.jit, static_argnames=("r_min", "r_max", "n_angles", "smooth", "iterations", "robust_steps"))
 def fit_ellipse_edge(
     mean_pattern: jax.Array,
     center: jax.Array | None = None,
@@ -131,6 +138,8 @@ def fit_ellipse_edge(
     smooth: float = 1.0,
     iterations: int = 3,
     coverage: jax.Array | None = None,
+    band: jax.Array | None = None,
+    robust_steps: int = 4,
 ) -> dict[str, jax.Array]:
     """Fit an ellipse to the steepest radial edge of a (recentred) mean pattern.
 
@@ -150,12 +159,21 @@ def fit_ellipse_edge(
         half the azimuths: the angle 1.1 deg off at ratio 1.06, against 3 deg at a 0.9
         threshold and 6.5 deg without the coverage); the centre updates then fit the
         first and second harmonics of the edge together, which a gap would otherwise mix
+    band : (2,) ``(lo, hi)`` px, traced (no recompilation): search only this band of
+        radii (within ``[r_min, r_max]``), e.g. about one ring of several
+    robust_steps : iterations of Tukey's biweight on the radial misfit after the hard cut
 
     Returns
     -------
     dict with ``a``, ``b`` (px, ``a >= b``), ``angle`` (a-axis, ``[0, pi)``),
-    ``center`` (fitted ellipse centre, ``(row, col)``) and ``residual`` (RMS
-    radial misfit in px) as jax scalars/arrays; all NaN when too few azimuths show
+    ``center`` (fitted ellipse centre, ``(row, col)``), ``residual`` (RMS radial misfit
+    in px over the azimuths kept), ``scale`` (robust scale of the radial misfit, px),
+    ``used`` (the azimuths' summed robust weights), ``fraction`` (the share of all
+    azimuths that hold a kept edge), ``width`` (the edge's median rms width, px: the
+    noise of neighbouring azimuths is correlated over it), ``edge_radii`` and ``weights``
+    (per azimuth ``2 pi i / n_angles``: the edge found about ``center`` and its final
+    weight) as jax
+    scalars/arrays; the ellipse's values all NaN when too few azimuths show
     an edge (an empty or flat pattern), or when the edge is no ellipse of axis ratio
     up to :data:`MAX_FIT_RATIO` (a stripe, or a mean of frames recentred on wrong
     centres, fits ``1/r^2`` with a vanishing or negative ``1/a^2``: a ratio of 100 or
@@ -169,8 +187,11 @@ def fit_ellipse_edge(
     n_radii = 4 * int(round(r_max)) + 1  # quarter-pixel radial steps
     rad = jnp.linspace(0.0, r_max, n_radii)
     phi = 2 * jnp.pi * jnp.arange(n_angles) / n_angles
-    band_lo = jnp.full((n_angles,), float(r_min))
-    band_hi = jnp.full((n_angles,), float(r_max))
+    if band is None:
+        band = jnp.asarray([r_min, r_max], jnp.float32)
+    band = jnp.clip(jnp.asarray(band, jnp.float32), float(r_min), float(r_max))
+    band_lo = jnp.full((n_angles,), band[0])
+    band_hi = jnp.full((n_angles,), band[1])
 
     # The radial derivative is sampled from the Cartesian gradient (central differences
     # of the smoothed image): differentiating the cubic interpolant instead ripples
@@ -182,19 +203,27 @@ def fit_ellipse_edge(
     def edges(c, lo, hi):
         pr = polar_transform(g_row, c, n_angles, n_radii, r_max, method="cubic")
         pc = polar_transform(g_col, c, n_angles, n_radii, r_max, method="cubic")
-        r, g0, ok = _edge_radii(-(pc * cos_p + pr * sin_p), rad, lo, hi)
+        r, g0, ok, width = _edge_radii(-(pc * cos_p + pr * sin_p), rad, lo, hi, band[1])
         if coverage is not None:
             cov = polar_transform(jnp.asarray(coverage, jnp.float32), c, n_angles, n_radii, r_max, method="linear")
             near = jnp.abs(rad[None, :] - r[:, None]) <= 2.5
             ok = ok & (jnp.min(jnp.where(near, cov, 1.0), axis=1) > 0.99)
-        return r, g0, ok
+        return r, g0, ok, width
 
     # First pass over the whole band; later passes search +-3 px about the previous
     # edge (so a stronger feature elsewhere cannot capture an azimuth) after moving the
     # polar centre by the edge's first azimuthal harmonic.
     lo, hi = band_lo, band_hi
     for _ in range(iterations):
-        r_edge, g0, ok = edges(c, lo, hi)
+        r_edge, g0, ok, _ = edges(c, lo, hi)
+        # Robust: the median edge, and only azimuths near it move the centre (a Bragg
+        # disk touching the direct disk, or a brighter ring, takes a few azimuths
+        # elsewhere, and their mean would pull the centre towards them).
+        r_med = jnp.nanmedian(jnp.where(ok, r_edge, jnp.nan))
+        r_med = jnp.where(jnp.isfinite(r_med), r_med, 0.5 * (band[0] + band[1]))
+        dev = jnp.abs(r_edge - r_med)
+        spread = 1.4826 * jnp.nanmedian(jnp.where(ok, dev, jnp.nan))
+        ok = ok & (dev <= jnp.maximum(3.0 * spread, 0.1 * r_med + 1.0))
         wt = jnp.where(ok, 1.0, 0.0)
         nw = jnp.maximum(wt.sum(), 1.0)
         r_med = jnp.sum(wt * r_edge) / nw
@@ -210,17 +239,27 @@ def fit_ellipse_edge(
         # the edge about the moved centre
         pred = r_edge - d_col * jnp.cos(phi) - d_row * jnp.sin(phi)
         pred = jnp.where(ok, pred, r_med)
-        lo = jnp.maximum(pred - 3.0, float(r_min))
-        hi = jnp.minimum(pred + 3.0, float(r_max))
+        lo = jnp.maximum(pred - 3.0, band[0])
+        hi = jnp.minimum(pred + 3.0, band[1])
 
-    r_edge, g0, ok = edges(c, lo, hi)
+    r_edge, g0, ok, width = edges(c, lo, hi)
     weight = jnp.where(ok, 1.0, 0.0)
     p = _harmonic_fit(phi, r_edge, weight)
     res = r_edge - _harmonic_radius(p, phi)
-    # One round of outlier rejection (a Bragg disk or hot pixel on the edge).
+    # One round of outlier rejection (a Bragg disk or hot pixel on the edge) ...
     mad = jnp.nanmedian(jnp.where(ok, jnp.abs(res), jnp.nan)) * 1.4826 + 1e-3  # over the azimuths with an edge
     weight = jnp.where(jnp.abs(res) < 3.0 * mad + 0.05, weight, 0.0)
     p = _harmonic_fit(phi, r_edge, weight)
+    # ... then Tukey's biweight by iterated reweighting: Bragg disks that touch or
+    # overlap the direct disk corrupt whole arcs of azimuths (a third of them on
+    # the abTEM spot patterns), which one hard cut about a least-squares fit that
+    # they already pulled does not remove.
+    for _ in range(robust_steps):
+        res = r_edge - _harmonic_radius(p, phi)
+        scale = jnp.maximum(1.4826 * jnp.nanmedian(jnp.where(weight > 0, jnp.abs(res), jnp.nan)), 0.02)
+        u = res / (4.685 * scale)
+        weight = jnp.where(ok & (jnp.abs(u) < 1.0), (1.0 - u**2) ** 2, 0.0)
+        p = _harmonic_fit(phi, r_edge, weight)
     # Our own blur (``smooth`` and the central differences, ~1/4 px^2) moves the
     # gradient's centroid inwards by ``var * kappa / 2`` on an edge of curvature kappa;
     # kappa differs between the axes, so uncorrected this biases the ratio by
@@ -238,10 +277,23 @@ def fit_ellipse_edge(
     r0 = jax.lax.rsqrt(jnp.maximum(p[0], 1e-12))
     off = -0.5 * r0**3 * jnp.stack([p[4], p[3]])  # (row, col)
     rms = jnp.sqrt(jnp.sum(weight * res**2) / jnp.maximum(jnp.sum(weight), 1e-12))
+    scale = 1.4826 * jnp.nanmedian(jnp.where(weight > 0, jnp.abs(res), jnp.nan))
     # Five unknowns need well more than five edge points: with fewer (an empty or flat
     # pattern has none) there is no ellipse, and NaN says so to the caller.
-    found = jnp.sum(weight) >= max(12, n_angles // 8)
+    found = jnp.sum(weight > 0) >= max(12, n_angles // 8)
     amp = jnp.hypot(p[1], p[2])
     found = found & (p[0] - amp > 0) & (p[0] + amp <= MAX_FIT_RATIO**2 * (p[0] - amp))
-    a, b, angle, rms = (jnp.where(found, v, jnp.nan) for v in (a, b, angle, rms))
-    return {"a": a, "b": b, "angle": angle, "center": jnp.where(found, c + off, jnp.nan), "residual": rms}
+    a, b, angle, rms, scale = (jnp.where(found, v, jnp.nan) for v in (a, b, angle, rms, scale))
+    return {
+        "a": a,
+        "b": b,
+        "angle": angle,
+        "center": jnp.where(found, c + off, jnp.nan),
+        "residual": rms,
+        "scale": scale,
+        "used": jnp.sum(weight),
+        "fraction": jnp.mean(weight > 0),
+        "edge_radii": r_edge,
+        "weights": weight,
+        "width": width,
+    }

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gaussian_filter"]
+__all__ = ["gaussian_filter", "gaussian_matrix"]
 
 
 @functools.lru_cache(maxsize=32)
-def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) row-normalised Gaussian smoothing matrix.
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) row-normalised Gaussian smoothing matrix (cached: do not write into it).
 
     Normalising each row (a normalised convolution) keeps a flat field flat up to
     the border instead of darkening the edges as zero padding would.
@@ -34,8 +34,8 @@ def gaussian_filter(frames: jax.Array, sigma: float) -> jax.Array:
     if sigma <= 0:
         return jnp.asarray(frames, jnp.float32)
     h, w = frames.shape[-2:]
-    gh = jnp.asarray(_gaussian_matrix(h, float(sigma)))
-    gw = jnp.asarray(_gaussian_matrix(w, float(sigma)))
+    gh = jnp.asarray(gaussian_matrix(h, float(sigma)))
+    gw = jnp.asarray(gaussian_matrix(w, float(sigma)))
     hi = jax.lax.Precision.HIGHEST
     x = jnp.asarray(frames, jnp.float32)
     x = jnp.einsum("ij,...jk->...ik", gh, x, precision=hi)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._filters import gaussian_filter
 
-__all__ = ["fill_masked", "mirrored_valid", "detect_bad_pixels"]
+__all__ = ["fill_masked", "mirrored_valid", "detect_bad_pixels", "pixel_sums"]
 
 
 def fill_masked(frames: jax.Array, valid: jax.Array, sigma: float = 1.5) -> jax.Array:

@@ -32,6 +32,7 @@ __all__ = [
     "friedel_mismatch",
     "azimuthal_variance",
     "ellipse_params",
+    "ellipse_of_params",
     "matrix_of_params",
     "RefinedEllipse",
 ]
@@ -242,7 +243,8 @@ def matrix_of_params(p: jax.Array) -> jax.Array:
     return jnp.cosh(half_log) * jnp.eye(2) + sinhc * m
 
 
-def _ellipse_of_params(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+def ellipse_of_params(p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(ratio, angle)`` of the smooth coordinates ``p`` of :func:`ellipse_params` (its inverse)."""
     half_log = jnp.sqrt(jnp.sum(p * p))
     return jnp.exp(2.0 * half_log), jnp.mod(0.5 * jnp.arctan2(p[1], p[0]), jnp.pi)
 
@@ -375,6 +377,6 @@ def refine_ellipse(
     ok = bool(after < (1.0 - min_gain) * before) and bool(jnp.all(jnp.isfinite(x)))
     if not ok:
         return RefinedEllipse(ellipse, (float(c0[0]), float(c0[1])), before, before, False)
-    ratio, angle = _ellipse_of_params(x[:2])
+    ratio, angle = ellipse_of_params(x[:2])
     c = x[2:] if given else c0
     return RefinedEllipse(Ellipse(float(ratio), float(angle)), (float(c[0]), float(c[1])), before, after, True)

@@ -3,18 +3,27 @@
 :class:`Pipeline` compiles the stages into one ``jax.jit`` step per batch of frames;
 :func:`denoise_risk` estimates any denoiser's MSE from the noisy frames alone; the
 weights it runs are read by :func:`load_pretrained` (bundled) or
-:func:`load_weights` (exported by training).
+:func:`load_weights` (exported by training). The stage functions (``*_stage``,
+:func:`normalize`, :func:`crop_frames`, ...) and the classical denoiser's per-frame
+width (:func:`frame_sigma`, :data:`SIGMA_GRID`) are public for training and the file
+path, which run the same stages outside the ``Pipeline`` class.
 """
 
+from ._gaussian import SIGMA_GRID, dose_adaptive_gaussian, frame_sigma, gaussian_per_frame, grid_risks, rule_gaussian
 from ._pipeline import (
     FLAG_EMPTY,
     FLAG_NEGATIVE,
     FLAG_NONFINITE,
     FLAG_REFINE,
+    THINNING_FRAMES,
     Pipeline,
     PreprocessResult,
     as_counts,
+    center_fine_stage,
     center_stage,
+    crop_frames,
+    crop_origin,
+    denoise_normalized,
     denoise_stage,
     denormalize,
     ellipse_network_input,
@@ -24,23 +33,42 @@ from ._pipeline import (
     refine_targets,
     warp_stage,
 )
+
+# Training builds the same networks and preprocess counts frames the same way as the
+# Pipeline: the helpers are public under these names (they keep their underscore names
+# inside _pipeline.py until the stage functions get their own module, issue 29 item 3).
+from ._pipeline import _dtype as network_dtype
+from ._pipeline import _frame_counts as frame_counts
+from ._pipeline import _init_params as init_network_params
 from ._risk import RiskEstimate, denoise_risk, estimate_noise, gaussian_centre_weight
 from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
 from ._weights import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
 
 __all__ = [
     "as_counts",
+    "center_fine_stage",
     "center_stage",
+    "crop_frames",
+    "crop_origin",
+    "denoise_normalized",
     "denoise_risk",
     "denoise_stage",
     "denormalize",
+    "dose_adaptive_gaussian",
     "ellipse_network_input",
     "ellipse_stage",
     "estimate_noise",
+    "frame_counts",
+    "frame_sigma",
     "gaussian_centre_weight",
+    "gaussian_per_frame",
+    "grid_risks",
+    "init_network_params",
+    "network_dtype",
     "normalize",
     "refine_stage",
     "refine_targets",
+    "rule_gaussian",
     "warp_stage",
     "FLAG_EMPTY",
     "FLAG_NEGATIVE",
@@ -50,6 +78,8 @@ __all__ = [
     "Pipeline",
     "PreprocessResult",
     "RiskEstimate",
+    "SIGMA_GRID",
+    "THINNING_FRAMES",
     "WEIGHTS_DIR",
     "check_frames",
     "host_dtype",

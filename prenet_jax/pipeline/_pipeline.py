@@ -23,14 +23,26 @@ from jax.sharding import PartitionSpec as P
 
 from ..config import PipelineConfig
 from ..conventions import FLAG_DESCAN, FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, Ellipse
-from ..models._networks import ResNet, UNet
-from ..ops._centers import com_center, direct_beam_found, friedel_center, heatmap_center
-from ..ops._descan import Descan, fit_descan
-from ..ops._ellipse_fit import fit_ellipse_edge, polar_transform
-from ..ops._filters import gaussian_filter
-from ..ops._masks import fill_masked
-from ..ops._refine import refine_center, refine_ellipse
-from ..ops._warp import frame_center, recenter_and_correct, resize, resize_coordinates
+from ..models import ResNet, UNet
+from ..ops import (
+    Descan,
+    com_center,
+    direct_beam_found,
+    estimate_ellipse,
+    fill_masked,
+    fit_descan,
+    fit_ellipse_edge,
+    frame_center,
+    friedel_center,
+    gaussian_filter,
+    heatmap_center,
+    polar_transform,
+    recenter_and_correct,
+    refine_center,
+    refine_ellipse,
+    resize,
+    resize_coordinates,
+)
 from ._gaussian import dose_adaptive_gaussian
 from ._validate import check_frames, check_values_of, host_dtype
 
@@ -473,8 +485,8 @@ class Pipeline:
             out_shardings=(self.data_sharding, self.data_sharding),
         )
         self._calib = jax.jit(
-            lambda p, f, w: self._calib_fn(p, f, w),
-            in_shardings=(self.replicated, self.data_sharding, self.data_sharding),
+            lambda p, f, w, h: self._calib_fn(p, f, w, h),
+            in_shardings=(self.replicated, self.data_sharding, self.data_sharding, self.data_sharding),
             out_shardings=self.replicated,
         )
         self._ellipse = jax.jit(lambda p, m, cov: ellipse_stage(cfg, p, m, cov))
@@ -566,7 +578,7 @@ class Pipeline:
         x, flags, _ = self._denoised(params, frames)
         return x, flags
 
-    def _calib_fn(self, params, frames, weights):
+    def _calib_fn(self, params, frames, weights, half):
         cfg = self.config
         x, centers, flags = self._located(params, frames)
         out = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32))
@@ -577,7 +589,11 @@ class Pipeline:
             if valid is None
             else moved_valid_sum(cfg.interpolation, valid, centers, w, jnp.eye(2, dtype=jnp.float32))
         )
-        return jnp.einsum("b,bhw->hw", w, out, precision=jax.lax.Precision.HIGHEST), w.sum(), cover
+        hi = jax.lax.Precision.HIGHEST
+        # the sum over one half of the frames too (``half`` 1): the split-half check of
+        # the ellipse (preprocess_file) fits both halves' means without a second pass
+        wh = w * half
+        return jnp.einsum("b,bhw->hw", w, out, precision=hi), w.sum(), cover, jnp.einsum("b,bhw->hw", wh, out, precision=hi), wh.sum()
 
     def coverage(self, centers, shape: tuple[int, int], matrix=None, weights=None) -> np.ndarray | None:
         """The fraction of frames in which each pixel of their corrected mean was seen:
@@ -773,11 +789,21 @@ class Pipeline:
         if self.config.ellipse_method == "none":
             return Ellipse.identity()
         cov = None if coverage is None else jnp.asarray(np.asarray(coverage), jnp.float32)
+        if self.config.ellipse_method == "fit":
+            # several classical estimators, the most self-consistent chosen; a refusal only
+            # where none of them sees a ring (prenet_jax.ops.estimate_ellipse)
+            est = estimate_ellipse(np.asarray(mean_dp, np.float32), None if cov is None else np.asarray(cov))
+            if est.ellipse is None:
+                raise ValueError(
+                    "could not fit an ellipse to mean_dp: nothing in it is a ring, and what edges it has are not an ellipse "
+                    f"of axis ratio up to 2 (a stripe, or frames recentred on wrong centres?); seen: {est.reason}; pass a fixed "
+                    "ellipse instead"
+                )
+            return est.ellipse
         ratio, angle, ok = (float(v) for v in self._ellipse(self.params, jnp.asarray(np.asarray(mean_dp), jnp.float32), cov))
         if not ok or not np.isfinite(ratio) or ratio <= 0:
             raise ValueError(
-                "could not fit an ellipse to mean_dp: no clear ring or disk edge was found, or the edge is not an ellipse "
-                "(axis ratio over 2: a stripe, or frames recentred on wrong centres); pass a fixed ellipse instead"
+                "could not fit an ellipse to mean_dp: the ellipse network gave no finite axis ratio; pass a fixed ellipse instead"
             )
         return Ellipse(ratio, angle)
 
@@ -806,24 +832,35 @@ class Pipeline:
             return cap
         return int(min(cap, max(CALIBRATION_MIN_FRAMES, math.ceil(cfg.calibration_counts / per_frame))))
 
-    def calibrate(self, frames, n: int | None = None) -> tuple[Ellipse, np.ndarray]:
+    def calibrate(self, frames, n: int | None = None, halves: bool = False):
         """Pass 0: recentre ``n`` frames sampled evenly across ``frames`` (default
         :meth:`calibration_size`), average them, and estimate the ellipse. Returns
-        ``(ellipse, mean_pattern)``."""
+        ``(ellipse, mean_pattern)``; with ``halves``, ``(ellipse, mean_pattern,
+        (mean_a, mean_b, coverage))``: the means of the even- and odd-numbered sampled
+        frames, two disjoint halves spread alike over the scan (NaN where a half has no
+        usable frame), and the whole mean's coverage (None without a mask)."""
         frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
         n = min(frames.shape[0], n or self.calibration_size(frames))
         idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
-        total = jnp.zeros(frames.shape[-2:], jnp.float32)
-        count = cover = jnp.zeros((), jnp.float32)
+        total = total_a = jnp.zeros(frames.shape[-2:], jnp.float32)
+        count = cover = count_a = jnp.zeros((), jnp.float32)
         b = self.batch_size
-        for _, nb, batch in self._batches(frames, True, idx):
+        for start, nb, batch in self._batches(frames, True, idx):
             w = jax.device_put((np.arange(b) < nb).astype(np.float32), self.data_sharding)
-            s, c, v = self._calib(self.params, batch, w)
-            total, count, cover = total + s, count + c, cover + v
+            h = jax.device_put(((start + np.arange(b)) % 2 == 0).astype(np.float32), self.data_sharding)
+            s, c, v, sa, ca = self._calib(self.params, batch, w, h)
+            total, count, cover, total_a, count_a = total + s, count + c, cover + v, total_a + sa, count_a + ca
         if float(count) == 0:
             raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
         mean = np.asarray(total / count)
-        return self.estimate_ellipse(mean, None if self.mask is None else np.asarray(cover / count)), mean
+        coverage = None if self.mask is None else np.asarray(cover / count)
+        ellipse = self.estimate_ellipse(mean, coverage)
+        if not halves:
+            return ellipse, mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_a = np.asarray(total_a) / float(count_a)
+            mean_b = (np.asarray(total) - np.asarray(total_a)) / float(count - count_a)
+        return ellipse, mean, (mean_a, mean_b, coverage)
 
     def with_refinement(self) -> Pipeline:
         """This pipeline with ``center_refine="friedel"`` (the same parameters and devices;

@@ -115,12 +115,12 @@ class RiskEstimate:
 def gaussian_centre_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
     """``(H, W)`` centre weight ``h_nn`` of :func:`prenet_jax.ops.gaussian_filter` (the
     normalised filter: larger near the border). ``sigma <= 0``: ones (identity)."""
-    from ..ops._filters import _gaussian_matrix
+    from ..ops import gaussian_matrix
 
     h, w = shape
     if sigma <= 0:
         return np.ones((h, w))
-    return np.outer(np.diag(_gaussian_matrix(h, float(sigma))), np.diag(_gaussian_matrix(w, float(sigma)))).astype(np.float64)
+    return np.outer(np.diag(gaussian_matrix(h, float(sigma))), np.diag(gaussian_matrix(w, float(sigma)))).astype(np.float64)
 
 
 def _box(y: np.ndarray, k: int) -> np.ndarray:
@@ -159,6 +159,27 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
         raise ValueError("denoise_risk: the frames hold NaN or Inf")
     integer = bool(np.all(y == np.round(y)))
     level, r, yc, rh, rv = _residuals(y)
+    g_fit, c_fit, (md, mb), (vd, vb) = _fit_variance(level, r, yc, y.shape[0])
+    scale = max(float(np.max(np.abs(y))), 1e-30)
+    noise_free = not (vb > 1e-12 * scale**2 or vd > 1e-12 * scale**2)
+    checks: dict = {"integer": integer, "noise_free": noise_free, "levels": (md, mb), "variances": (vd, vb)}
+    rho = _neighbour_correlation(rh, rv, g_fit, c_fit, mb, y.shape[0])
+    checks["neighbour_correlation"] = rho
+    checks["measured_gain"], checks["measured_read_noise"] = float(g_fit), float(math.sqrt(max(c_fit, 0.0)))
+    reason = ""
+    if not noise_free and not math.isnan(rho) and abs(rho - INDEPENDENT_CORRELATION) > CORRELATION_TOLERANCE:
+        reason = (
+            f"neighbouring pixels' noise is correlated (residual correlation {rho:+.2f}, "
+            f"{INDEPENDENT_CORRELATION:+.2f} for independent pixels): the frames were filtered, resampled, "
+            "binned or interpolated after counting, and the risk estimate does not apply"
+        )
+    g, rn, reason = _chosen_units(gain, read_noise, integer, noise_free, g_fit, c_fit, reason)
+    return {"gain": float(g), "read_noise": float(rn), "valid": not reason, "reason": reason, "checks": checks}
+
+
+def _fit_variance(level, r, yc, n_frames: int) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
+    """The noise model ``Var y = g_fit * level + c_fit`` fitted to the residuals ``r``:
+    ``(g_fit, c_fit, (dark mean, bright mean), (dark variance, bright variance))``."""
     r2 = r * r / 1.25  # E r^2 = 1.25 Var y for independent pixels (the neighbours' share)
     # two groups by level (the diagonal neighbours' mean, independent of the residual's
     # noise): the dark half and the brightest tenth; in each, the mean variance and the
@@ -167,7 +188,7 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
     # the model is refitted twice with the trimmed sums.
     dark = level <= np.quantile(level, 0.5)
     bright = level >= np.quantile(level, 0.9)
-    per_frame = level.reshape(y.shape[0], -1)
+    per_frame = level.reshape(n_frames, -1)
     core = (per_frame >= 0.8 * per_frame.max(axis=1, keepdims=True)).ravel() & (level > 0)
     g_fit, c_fit = 1.0, float(np.median(r2[dark]) / 0.455)
     for _ in range(3):
@@ -192,9 +213,11 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
         c_fit = max(vd - g_fit * md, 0.0)
         if g_fit <= 0:
             break
-    scale = max(float(np.max(np.abs(y))), 1e-30)
-    noise_free = not (vb > 1e-12 * scale**2 or vd > 1e-12 * scale**2)
-    checks: dict = {"integer": integer, "noise_free": noise_free, "levels": (md, mb), "variances": (vd, vb)}
+    return g_fit, c_fit, (md, mb), (vd, vb)
+
+
+def _neighbour_correlation(rh, rv, g_fit: float, c_fit: float, mb: float, n_frames: int) -> float:
+    """Correlation of adjacent residuals, 0 for independent pixels (module docstring)."""
     # correlation of adjacent residuals (trimmed the same way, the brightest tenth of the
     # levels left out: there, at high dose, the signal's own curvature correlates them)
     num = den = 0.0
@@ -205,7 +228,7 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
         sel = (lev < cut) & (a_ * a_ <= lim) & (b_ * b_ <= lim)
         num += float(np.sum(a_[sel] * b_[sel]))
         den += float(np.sqrt(np.sum(a_[sel] ** 2) * np.sum(b_[sel] ** 2)))
-        lf = lev.reshape(y.shape[0], -1)
+        lf = lev.reshape(n_frames, -1)
         hi = (lf >= 0.8 * lf.max(axis=1, keepdims=True)).ravel() & (lev > 0)  # the bright cores: no edge in the ring
         plus.append(a_[hi] + b_[hi])
         minus.append(a_[hi] - b_[hi])
@@ -216,15 +239,12 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
         sp, sm = float(np.median(np.concatenate(plus) ** 2)), float(np.median(np.concatenate(minus) ** 2))
         if sp + sm > 0:
             rho = (sp - sm) / (sp + sm)
-    checks["neighbour_correlation"] = rho
-    checks["measured_gain"], checks["measured_read_noise"] = float(g_fit), float(math.sqrt(max(c_fit, 0.0)))
-    reason = ""
-    if not noise_free and not math.isnan(rho) and abs(rho - INDEPENDENT_CORRELATION) > CORRELATION_TOLERANCE:
-        reason = (
-            f"neighbouring pixels' noise is correlated (residual correlation {rho:+.2f}, "
-            f"{INDEPENDENT_CORRELATION:+.2f} for independent pixels): the frames were filtered, resampled, "
-            "binned or interpolated after counting, and the risk estimate does not apply"
-        )
+    return rho
+
+
+def _chosen_units(gain, read_noise, integer: bool, noise_free: bool, g_fit: float, c_fit: float, reason: str) -> tuple[float, float, str]:
+    """``(gain, read noise, reason)``: those given, else counts for integer frames, else
+    the measured ones; ``reason`` (the first failed check) gains why measured units do not fit."""
     g = gain
     rn = read_noise
     if g is None:
@@ -247,7 +267,7 @@ def estimate_noise(noisy, gain: float | None = None, read_noise: float | None = 
             g = max(float(g_fit), 0.0)
     if rn is None:
         rn = math.sqrt(max(float(c_fit), 0.0)) if gain is None else 0.0
-    return {"gain": float(g), "read_noise": float(rn), "valid": not reason, "reason": reason, "checks": checks}
+    return g, rn, reason
 
 
 def denoise_risk(

@@ -12,11 +12,12 @@ against both classical estimators before pass 0 (:class:`CenterCheck`). SIGINT/S
 a run cleanly (:class:`Interrupted`).
 """
 
-from ._batch import FileStatus, ReadAhead, preprocess_files
-from ._cancel import Cancel, Interrupted
-from ._checks import CenterCheck, check_centers
+from ._batch import FileStatus, ReadAhead, batch_outputs, expand_inputs, is_finished_output, preprocess_files
+from ._cancel import PHASES, Cancel, Interrupted, catch_signals
+from ._checks import CHECK_FRAMES, DISAGREE_PX, CenterCheck, check_centers
 from ._descan import DESCAN_MODES, DescanPass
 from ._diagnostics import diagnostic_paths, write_diagnostics
+from ._distributed import initialize as initialize_distributed
 from ._distributed import preprocess_distributed
 from ._masks import MaskInfo
 from ._provenance import ellipse_from_py4dstem, ellipse_to_py4dstem
@@ -34,11 +35,14 @@ from ._stream import (
 )
 
 __all__ = [
+    "CHECK_FRAMES",
     "DESCAN_MODES",
+    "DISAGREE_PX",
     "FLAG_NAMES",
     "FLAG_NEGATIVE",
     "FLAG_SATURATED",
     "FLAGS_EXCLUDED",
+    "PHASES",
     "Cancel",
     "CenterCheck",
     "DescanPass",
@@ -49,10 +53,15 @@ __all__ = [
     "ReadAhead",
     "StreamError",
     "StreamStats",
+    "batch_outputs",
+    "catch_signals",
     "check_centers",
     "diagnostic_paths",
     "ellipse_from_py4dstem",
     "ellipse_to_py4dstem",
+    "expand_inputs",
+    "initialize_distributed",
+    "is_finished_output",
     "make_post",
     "output_dtype_for",
     "preprocess_distributed",

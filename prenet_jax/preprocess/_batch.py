@@ -199,7 +199,7 @@ def preprocess_files(
         raise InputError(f"cannot create the output folder {outdir} ({e.strerror or e}); choose another one") from None
     if pipeline is None:
         from ..config import PipelineConfig
-        from ..pipeline._pipeline import Pipeline
+        from ..pipeline import Pipeline
 
         pipeline = Pipeline(PipelineConfig.classical())
     statuses = [FileStatus(i, o) for i, o in zip(files, outs)]

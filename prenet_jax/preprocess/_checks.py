@@ -14,6 +14,18 @@ and each frame is tested for a direct beam:
   :data:`DISAGREE_PX` (median over the sample) while it also scatters more across the
   scan than the classical estimate that scatters least: the run falls back to that
   classical estimator, and says so with the numbers;
+- **the direct beam is saturated** (a flat top of at least
+  :data:`prenet_jax.ops.PLATEAU_PIXELS` pixels at the saturation level) in more than
+  half of the sampled frames, and the network is more than ``consensus_px`` (1 px)
+  from both classical estimates: the networks were trained without saturation, so on
+  such data the bar for trusting them against two independent estimates is the
+  consensus radius, not :data:`DISAGREE_PX`; the run uses the classical estimator
+  that scatters least across the scan, and says so. On the real NanoMegas
+  ``test1.blo`` (a 5.6 px disk clipped at 255) the network was 1.2-1.4 px from both
+  and 1.3 px from where CoM, Friedel and py4DSTEM agree, steady across the scan (so
+  the scatter test could not see it). On simulated saturated patterns (table 5 of
+  ``prenet-jax evaluate``) the network's median error is that of Friedel symmetry
+  (0.1 px), so the rule does not fire there;
 - **the two classical estimates disagree** by more than :data:`DISAGREE_PX` (and no
   network is there to arbitrate): a warning, the centres are uncertain.
 
@@ -30,7 +42,9 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["CenterCheck", "check_centers", "CHECK_FRAMES", "DISAGREE_PX", "NO_BEAM_FRACTION"]
+from ..ops import PLATEAU_PIXELS
+
+__all__ = ["CenterCheck", "check_centers", "saturated_disks", "CHECK_FRAMES", "DISAGREE_PX", "NO_BEAM_FRACTION"]
 
 #: Frames sampled across the scan for the checks.
 CHECK_FRAMES = 32
@@ -95,7 +109,15 @@ def _plane_scatter(c: np.ndarray, pos: np.ndarray) -> float:
     return float(1.4826 * np.median(resid))
 
 
-def check_centers(frames: np.ndarray, positions: np.ndarray, pipe) -> CenterCheck:
+def saturated_disks(frames: np.ndarray, saturation: float | None) -> np.ndarray:
+    """``(N,)`` whether each frame has a saturated direct disk: at least
+    :data:`prenet_jax.ops.PLATEAU_PIXELS` pixels at ``saturation`` (none without a level)."""
+    if saturation is None:
+        return np.zeros(len(frames), bool)
+    return (np.asarray(frames) >= saturation).sum(axis=(1, 2)) >= PLATEAU_PIXELS
+
+
+def check_centers(frames: np.ndarray, positions: np.ndarray, pipe, saturation: float | None = None) -> CenterCheck:
     """Run the checks of the module docstring on ``frames`` sampled across a scan.
 
     Parameters
@@ -103,6 +125,7 @@ def check_centers(frames: np.ndarray, positions: np.ndarray, pipe) -> CenterChec
     frames : (N, H, W) raw frames
     positions : (N, 2) their scan positions (row, col)
     pipe : the run's :class:`prenet_jax.Pipeline`
+    saturation : the detector's saturation level (None: unknown, no saturation check)
 
     Returns
     -------
@@ -134,13 +157,24 @@ def check_centers(frames: np.ndarray, positions: np.ndarray, pipe) -> CenterChec
         classical = {k: scatter[k] for k in ("com", "friedel")}
         best = min(classical, key=lambda k: (np.nan_to_num(classical[k], nan=np.inf), dist[f"used-{k}"]))
         noisier = not np.isfinite(scatter["used"]) or scatter["used"] > 2.0 * np.nan_to_num(classical[best], nan=np.inf) + 0.5
-        if near > DISAGREE_PX and (noisier or dist["com-friedel"] < 0.5 * near):
+        n_sat = int(saturated_disks(frames, saturation)[beam].sum())
+        if n_sat > 0.5 * n_beam and near > cfg.consensus_px:
+            used = best
+            warnings.append(
+                f"warning: the direct beam is saturated in {n_sat} of {n_beam} frames sampled across the scan (a flat top at "
+                f"{saturation:g}), unlike the network's training patterns, and the centre network is more than "
+                f"{cfg.consensus_px:g} px from both classical estimates (median {dist['used-com']:.1f} px from the centre of "
+                f"mass, {dist['used-friedel']:.1f} px from Friedel symmetry): the run uses "
+                f"{'the centre of mass' if best == 'com' else 'Friedel symmetry'} instead (scatter across the scan "
+                f"{scatter[best]:.2f} px)"
+            )
+        elif near > DISAGREE_PX and (noisier or dist["com-friedel"] < 0.5 * near):
             used = best
             warnings.append(
                 f"warning: the centre network disagrees with both classical estimates on {n_beam} frames sampled across the scan "
                 f"(median {dist['used-com']:.1f} px from the centre of mass, {dist['used-friedel']:.1f} px from Friedel symmetry; "
-                f"scatter across the scan {scatter['used']:.2f} px against {scatter[best]:.2f} px): the run uses the "
-                f"{'centre of mass' if best == 'com' else 'Friedel symmetry'} instead (the data look unlike the training "
+                f"scatter across the scan {scatter['used']:.2f} px against {scatter[best]:.2f} px): the run uses "
+                f"{'the centre of mass' if best == 'com' else 'Friedel symmetry'} instead (the data look unlike the training "
                 "simulations: a saturated, cut-off or unusual direct beam?)"
             )
     elif method in ("com", "friedel") and n_beam and dist["com-friedel"] > DISAGREE_PX:

@@ -30,9 +30,8 @@ import numpy as np
 
 from ..conventions import FLAG_DESCAN, FLAGS_EXCLUDED
 from ..io import FrameView, InputError, Source, negative_error, plan_blocks
-from ..ops._descan import Descan, fit_descan
-from ..pipeline._pipeline import THINNING_FRAMES, Pipeline, _frame_counts
-from ..pipeline._validate import host_dtype
+from ..ops import Descan, fit_descan
+from ..pipeline import THINNING_FRAMES, Pipeline, frame_counts, host_dtype
 from ._cancel import Cancel
 from ._stream import _scan_order
 
@@ -155,7 +154,7 @@ def centers_pass(
             while i < arr.shape[0]:
                 take = min(b - fill, arr.shape[0] - i)
                 host[fill : fill + take] = arr[i : i + take]
-                counts[flat[pos + fill : pos + fill + take]] = _frame_counts(arr[i : i + take])
+                counts[flat[pos + fill : pos + fill + take]] = frame_counts(arr[i : i + take])
                 fill, i = fill + take, i + take
                 if fill == b:
                     dispatch(host, b, pos)

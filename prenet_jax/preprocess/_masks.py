@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from ..io import Source
-from ..ops._masks import detect_bad_pixels, pixel_sums
+from ..ops import detect_bad_pixels, pixel_sums
 
 __all__ = ["MaskInfo", "BAD_PIXEL_FRAMES", "build_mask", "mask_lines", "mask_record"]
 

@@ -40,8 +40,7 @@ from .._util import format_rate
 from ..config import PipelineConfig
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_NO_BEAM, FLAG_REFINE, Ellipse
 from ..io import EMDWriter, FrameView, InputError, Source, check_output_path, open_input, output_error, sha256_file
-from ..pipeline._pipeline import refine_targets
-from ..pipeline._validate import MIN_FRAME_SIDE
+from ..pipeline import MIN_FRAME_SIDE, refine_targets
 from ._cancel import Cancel, Interrupted, catch_signals, redeliver
 from ._checks import CHECK_FRAMES, CenterCheck, check_centers
 from ._descan import DESCAN_MODES, DescanPass, descan_lines, descan_pass, descan_record
@@ -145,6 +144,7 @@ class _Calibration:
     estimated: bool = False
     refinement: dict = dataclasses.field(default_factory=dict)  # refine=True: what pass 0 refined
     warning: str | None = None  # why the estimate was not applied
+    split_half: dict | None = None  # the split-half check of the estimate (_split_half)
 
 
 @dataclasses.dataclass
@@ -196,7 +196,7 @@ def preprocess_file(
     input : HDF5 / py4DSTEM EMD 1.0 / ``.npy`` / a RosettaSciIO detector format
     output : the ``.h5`` file to write (atomically; refused if it exists unless ``overwrite``)
     pipeline : a :class:`prenet_jax.Pipeline`; default the classical methods
-    dataset, scan : see :func:`prenet_jax.io._readers.open_input`
+    dataset, scan : see :func:`prenet_jax.io.open_input`
     ellipse : a known distortion; default estimated in pass 0 (or none when the
         pipeline's ellipse method is ``"none"``)
     output_dtype : ``"float32"``, ``"input"`` or an integer dtype name (rounded, clipped)
@@ -362,9 +362,35 @@ def _validate(
 ) -> _Job:
     """Check the options and the output path, open the input and check its frames;
     log what will run. Raises :class:`InputError` before anything is written."""
-    from ..pipeline._pipeline import Pipeline
-    from ._diagnostics import diagnostic_paths
+    _check_options(negative, compression, pad, bad_pixels, descan)
+    _check_output(input, output, overwrite, diagnostics)
+    pipeline, refine = _file_pipeline(pipeline, refine, fixed_ellipse, descan)
+    cfg = pipeline.config
 
+    source = open_input(input, dataset, scan)
+    try:
+        rx, ry, h, w = source.shape
+        side = _min_side(cfg)
+        if min(h, w) < side:
+            raise InputError(
+                f"frames are {h}x{w} px; the {'network methods need' if side > MIN_FRAME_SIDE else 'pipeline needs'} at least {side}x{side}. "
+                f"Is {source.dataset or 'the array'} ordered (Rx, Ry, Qx, Qy)? Scan axes must come first."
+            )
+        out_dt = output_dtype_for(output_dtype, source.dtype)
+        given = _given_mask(mask, pipeline, (h, w))
+    except BaseException:
+        source.close()
+        raise
+    sat = _saturation_level(saturation, source)
+    _log_plan(log, source, pipeline, refine, fixed_ellipse, pad, descan)
+    return _Job(
+        input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad), descan,
+        given, bad_pixels,
+    )  # fmt: skip
+
+
+def _check_options(negative, compression, pad, bad_pixels, descan) -> None:
+    """The options' values, each against what it can be."""
     if negative not in ("clip", "error"):
         raise InputError(f"negative={negative!r}: use 'clip' or 'error'")
     if compression not in ("gzip", "none"):
@@ -375,6 +401,12 @@ def _validate(
         raise InputError(f"--bad-pixels {bad_pixels!r}: use 'auto' or 'none'")
     if descan is not None and descan not in DESCAN_MODES:
         raise InputError(f"--descan {descan!r}: use one of {', '.join(DESCAN_MODES)}")
+
+
+def _check_output(input: Path, output: Path, overwrite: bool, diagnostics: bool) -> None:
+    """The output and its figures may be written: free (or ``overwrite``), not the input."""
+    from ._diagnostics import diagnostic_paths
+
     check_output_path(output, overwrite)
     if diagnostics and not overwrite:
         taken = [p for p in diagnostic_paths(output) if p.exists()]
@@ -382,6 +414,14 @@ def _validate(
             raise InputError(f"diagnostic figure {taken[0]} exists; pass --overwrite, --no-diagnostics, or choose another output name")
     if output.resolve() == input.resolve():
         raise InputError("the output would replace the input; choose another output name")
+
+
+def _file_pipeline(pipeline, refine, fixed_ellipse, descan):
+    """``(pipeline, refine targets)`` of a file run: the classical pipeline when none is
+    given, negatives clipped (the stream flags them), the centre refinement compiled in
+    when ``--refine`` asks for it; options that contradict the pipeline are refused."""
+    from ..pipeline import Pipeline
+
     if pipeline is None:
         pipeline = Pipeline.classical()
     if pipeline.config.negative != "clip":  # the stream flags and clips negatives; it refuses them itself if asked
@@ -403,28 +443,23 @@ def _validate(
         raise InputError(
             "--descan fits a model to the beam centres, but the centre stage is off (--no-center, center_method 'none'); drop one of them"
         )
+    return pipeline, refine
 
-    source = open_input(input, dataset, scan)
-    try:
-        rx, ry, h, w = source.shape
-        side = _min_side(cfg)
-        if min(h, w) < side:
-            raise InputError(
-                f"frames are {h}x{w} px; the {'network methods need' if side > MIN_FRAME_SIDE else 'pipeline needs'} at least {side}x{side}. "
-                f"Is {source.dataset or 'the array'} ordered (Rx, Ry, Qx, Qy)? Scan axes must come first."
-            )
-        out_dt = output_dtype_for(output_dtype, source.dtype)
-        given = _given_mask(mask, pipeline, (h, w))
-    except BaseException:
-        source.close()
-        raise
-    if saturation == "auto":  # the detector's count limit the file gives, else the integer dtype's maximum
+
+def _saturation_level(saturation, source: Source) -> float | None:
+    """The count at which the detector saturates: ``"auto"`` takes the detector's limit
+    the file gives, else the integer dtype's maximum (None for float data)."""
+    if saturation == "auto":
         if source.saturation is not None:
-            sat = float(source.saturation)
-        else:
-            sat = float(np.iinfo(source.dtype).max) if source.dtype.kind in "iu" else None
-    else:
-        sat = None if saturation is None else float(saturation)
+            return float(source.saturation)
+        return float(np.iinfo(source.dtype).max) if source.dtype.kind in "iu" else None
+    return None if saturation is None else float(saturation)
+
+
+def _log_plan(log, source: Source, pipeline, refine, fixed_ellipse, pad, descan) -> None:
+    """What will run: the input, the methods, the devices, and notes on the options."""
+    cfg = pipeline.config
+    h, w = source.shape[2:]
     for note in source.notes:
         log(f"note: {note}")
     devs = pipeline.devices
@@ -445,15 +480,11 @@ def _validate(
         log(
             f"note: --descan {descan}: a centres pass over every frame comes first, then the model is fitted, then pass 1 (the frames are read and denoised twice)"
         )
-    return _Job(
-        input, output, source, pipeline, out_dt, sat, negative, overwrite, diagnostics, compression, block_bytes, refine, int(pad), descan,
-        given, bad_pixels,
-    )  # fmt: skip
 
 
 def _given_mask(mask, pipeline, shape: tuple[int, int]) -> np.ndarray | None:
     """The user's mask (a file or an array) joined with the pipeline's own; True = bad."""
-    from ..io._mask import read_mask
+    from ..io import read_mask
 
     if mask is None:
         given = None
@@ -556,7 +587,7 @@ def _check(job: _Job, log) -> None:
     if probe is None or probe.config.batch_size != len(idx):
         probe = Pipeline(pipe.config.replace(batch_size=len(idx)), pipe.params, devices=pipe.devices, mask=pipe.mask)
         pipe._check_probe = probe
-    chk = check_centers(frames, positions, probe)
+    chk = check_centers(frames, positions, probe, job.saturation)
     job.checks = chk
     for line in chk.warnings:
         log(line)
@@ -595,9 +626,9 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
     refinement: dict = {}
     try:
         if "centers" in job.refine:
-            ellipse, mean, refinement = _calibrate_refined(job.pipeline, view, n0)
+            ellipse, mean, refinement, halves = _calibrate_refined(job.pipeline, view, n0)
         else:
-            ellipse, mean = job.pipeline.calibrate(view, n0)
+            ellipse, mean, halves = job.pipeline.calibrate(view, n0, halves=True)
     except ValueError as e:
         if isinstance(e, InputError):
             raise
@@ -630,11 +661,85 @@ def _calibrate(job: _Job, ellipse: Ellipse | None, progress: bool, cancel: Cance
         else:
             ellipse = ref.ellipse
         secs = time.perf_counter() - t0
+    estimate = ellipse
     ellipse, warning = _plausible(ellipse, mean)
+    split = None
+    if warning is None or ellipse.ratio != 1.0:  # not already set aside: do the halves agree?
+        split = _split_half(job.pipeline, estimate, halves)
+        if split["warning"]:
+            ellipse, warning = Ellipse.identity(), split["warning"] + (f" ({warning[9:]})" if warning else "")
     if warning:
         log(warning)
     source = cfg.ellipse_method + (", not applied" if warning and ellipse.ratio == 1.0 else "")
-    return _Calibration(ellipse, source, secs, estimated=True, refinement=refinement, warning=warning)
+    split = None if split is None else {k: v for k, v in split.items() if k != "warning"}
+    return _Calibration(ellipse, source, secs, estimated=True, refinement=refinement, warning=warning, split_half=split)
+
+
+#: The halves' ellipticity vectors ``(ratio - 1)(cos 2theta, sin 2theta)`` may differ by
+#: this much whatever the estimate (a ratio of 1.002 is below what any warp shows).
+SPLIT_HALF_FLOOR = 0.002
+#: An estimate is applied when it is at least this many times its noise, the halves'
+#: difference over 2 (3: the former edge fit's 0.039 on the 8-frame Merlin file was 2.1
+#: times it, halves 1.038 at 131 deg and 1.057 at 112 deg; drawn scans with one ellipse
+#: of 1.05 give 10 and more).
+SPLIT_HALF_SIGMAS = 3.0
+
+
+def _split_half(pipe, estimate: Ellipse, halves) -> dict:
+    """The split-half check of the estimated ellipse: the same estimate on the means of
+    the even- and odd-numbered sampled frames (``halves``: ``(mean_a, mean_b,
+    coverage)``).
+
+    The halves are independent, so their difference is about twice the noise of their
+    average: an estimate whose ellipticity vector ``e = (ratio - 1)(cos 2theta, sin
+    2theta)`` is under :data:`SPLIT_HALF_SIGMAS` times that noise, ``|e_a - e_b| / 2``
+    (where the halves differ by more than :data:`SPLIT_HALF_FLOOR`), is noise, not
+    optics, and is not applied (as the former edge fit's 1.039 on the 8 saturated
+    frames of a real Merlin file would have been). Returns ``{ratio_a, angle_a, ratio_b, angle_b,
+    difference, estimate, warning}`` (``warning`` None when the halves agree; angles in
+    degrees).
+    """
+    e = _evec(estimate)
+    fits = []
+    for mean in halves[:2]:
+        try:
+            if not np.isfinite(mean).all():
+                raise ValueError("a half without usable frames")
+            fits.append(pipe.estimate_ellipse(mean, halves[2]))
+        except ValueError:
+            fits.append(None)
+    out = {"estimate": float(np.hypot(*e))}
+    if any(f is None for f in fits):
+        out.update(difference=float("nan"))
+        out["warning"] = (
+            f"warning: the ellipse estimate (ratio {estimate.ratio:.4f}, angle {math.degrees(estimate.angle):.2f} deg) is not applied: "
+            "the mean of one half of the sampled frames shows no ellipse, so the estimate cannot be told from noise; the "
+            "frames are only recentred. Give a known ellipse with --ellipse RATIO,ANGLE_DEG"
+        )
+        return out
+    ea, eb = _evec(fits[0]), _evec(fits[1])
+    diff = float(np.hypot(*(ea - eb)))
+    out.update(
+        ratio_a=fits[0].ratio,
+        angle_a=math.degrees(fits[0].angle),
+        ratio_b=fits[1].ratio,
+        angle_b=math.degrees(fits[1].angle),
+        difference=diff,
+        warning=None,
+    )
+    if diff > max(out["estimate"] / SPLIT_HALF_SIGMAS * 2.0, SPLIT_HALF_FLOOR):
+        out["warning"] = (
+            f"warning: the ellipse estimate (ratio {estimate.ratio:.4f}, angle {math.degrees(estimate.angle):.2f} deg) is not applied: "
+            f"two halves of the sampled frames disagree (ratio {fits[0].ratio:.4f} at {math.degrees(fits[0].angle):.1f} deg vs "
+            f"{fits[1].ratio:.4f} at {math.degrees(fits[1].angle):.1f} deg: ellipticity difference {diff:.4f}, so the estimate's "
+            f"{out['estimate']:.4f} is under {SPLIT_HALF_SIGMAS:g} times its noise): it is noise, not optics; the frames are only recentred. Give a known ellipse with "
+            "--ellipse RATIO,ANGLE_DEG, or sample more frames"
+        )
+    return out
+
+
+def _evec(e: Ellipse) -> np.ndarray:
+    return (e.ratio - 1.0) * np.array([math.cos(2 * e.angle), math.sin(2 * e.angle)])
 
 
 #: An estimated ellipse is applied only within these bounds: projector distortions are
@@ -682,11 +787,12 @@ def _masked_sum():
     return jax.jit(fn)
 
 
-def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict]:
+def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict, tuple]:
     """:meth:`prenet_jax.Pipeline.calibrate` of a pipeline that refines its centres, which
     also measures the shift the refinement applies: ``(ellipse estimate, recentred mean,
-    {center_shift_median, center_shift_frames})``, the median distance (px) between the
-    estimated and the refined centre over the sampled frames whose refinement held.
+    {center_shift_median, center_shift_frames}, halves)``, the median distance (px) between the
+    estimated and the refined centre over the sampled frames whose refinement held;
+    ``halves`` as ``Pipeline.calibrate(..., halves=True)`` gives them.
 
     The frames are recentred by the compiled step itself (identity ellipse), so pass 1
     reuses its compilation; the estimates before refinement cost one more, lighter,
@@ -699,25 +805,30 @@ def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict]
     estimate = pipe._estimate
     masked_sum = _masked_sum()
     eye = jax.device_put(jnp.eye(2, dtype=jnp.float32), pipe.replicated)
-    total = jnp.zeros(frames.shape[-2:], jnp.float32)
-    count = jnp.zeros((), jnp.float32)
+    total = total_a = jnp.zeros(frames.shape[-2:], jnp.float32)
+    count = count_a = jnp.zeros((), jnp.float32)
     per_frame = []
     b = pipe.batch_size
-    for _, nb, batch in pipe._batches(frames, True, idx):
+    for start, nb, batch in pipe._batches(frames, True, idx):
         w = jax.device_put((np.arange(b) < nb).astype(np.float32), pipe.data_sharding)
+        half = jax.device_put(((start + np.arange(b)) % 2 == 0).astype(np.float32), pipe.data_sharding)
         corrected, refined, flags = pipe.step_fn(pipe.params, batch, eye)
         s, c, used = masked_sum(corrected, flags, w)
-        total, count = total + s, count + c
+        sa, ca, _ = masked_sum(corrected, flags, w * half)  # the even-numbered half
+        total, count, total_a, count_a = total + s, count + c, total_a + sa, count_a + ca
         per_frame.append((estimate(pipe.params, batch), refined, flags, used))
     if float(count) == 0:
         raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
     mean = np.asarray(total / count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_a = np.asarray(total_a) / float(count_a)
+        mean_b = (np.asarray(total) - np.asarray(total_a)) / float(count - count_a)
     est, ref, fl, used = (np.concatenate([np.asarray(a[k]) for a in per_frame]) for k in range(4))
     held = (used > 0) & ((fl & FLAG_REFINE) == 0)
     shift = np.linalg.norm(ref[held].astype(np.float64) - est[held], axis=-1)
     stats = {"center_shift_median": float(np.median(shift)) if shift.size else float("nan"), "center_shift_frames": int(shift.size)}
     coverage = pipe.coverage(ref, mean.shape, weights=used)  # None without a mask
-    return pipe.estimate_ellipse(mean, coverage), mean, stats
+    return pipe.estimate_ellipse(mean, coverage), mean, stats, (mean_a, mean_b, coverage)
 
 
 def _ellipse_refinement_text(r: dict) -> str:
@@ -782,7 +893,7 @@ def _fit_mean(mean: np.ndarray, coverage: np.ndarray | None = None) -> tuple[flo
     import jax
     import jax.numpy as jnp
 
-    from ..ops._ellipse_fit import fit_ellipse_edge
+    from ..ops import fit_ellipse_edge
 
     nan = float("nan")
     try:
@@ -875,6 +986,8 @@ def _finish(
         record.update(job.checks.record())
     if cal.warning:
         record["ellipse_warning"] = cal.warning
+    if cal.split_half is not None:
+        record["ellipse_split_half"] = cal.split_half
     src.check_unchanged()  # the checksum and the means are of the file as it was opened
     cancel.check()
     try:

@@ -33,9 +33,7 @@ import numpy as np
 from ..conventions import EDGE_LOSS_FLAG, FLAG_EDGE, FLAG_EMPTY, FLAG_NAMES, FLAG_NEGATIVE, FLAG_NO_BEAM, FLAG_SATURATED, FLAGS_EXCLUDED
 from ..io import InputError, OutputError, Source, negative_error, output_error, plan_blocks
 from ..ops import com_center, direct_beam_found, frame_center, refine_center
-from ..pipeline._gaussian import frame_sigma
-from ..pipeline._pipeline import Pipeline
-from ..pipeline._validate import host_dtype
+from ..pipeline import Pipeline, frame_sigma, host_dtype
 from ._cancel import Cancel, Interrupted
 
 __all__ = [
@@ -295,7 +293,7 @@ def stream(
     source : the input cube (Rx, Ry, H, W)
     pipe : the pipeline (its ``_step`` is the one compiled program per batch)
     matrix : (2, 2) ellipse distortion to undo (identity for none)
-    writer : an :class:`prenet_jax.io._readers.EMDWriter` (or anything with ``chunk_cols``,
+    writer : an :class:`prenet_jax.io.EMDWriter` (or anything with ``chunk_cols``,
         ``dtype``, ``path`` and ``write_block(i0, j0, block)``)
     out_dtype : dtype of the stored cube (integers: rounded and clipped to range)
     saturation : pixel value at or above which a frame is flagged saturated; None: never

@@ -5,13 +5,12 @@ One :class:`TrainConfig` per experiment (``train/configs/``), with its
 runs or resumes it, :func:`export` writes the inference weights.
 """
 
-from ._augment import augment, distort, poisson
+from ..corruption import augment, distort, poisson
 from ._batches import load_split
 from ._checkpoints import load_run_variables
 from ._export import evaluate_e2e, export
 from ._loop import is_finished, plot_curves, train
 from ._losses import denoise_metrics
-from ._recipe import Recipe, load_recipe, run_recipe
 from .config import (
     TASKS,
     AugmentConfig,
@@ -30,7 +29,6 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "LossConfig",
-    "Recipe",
     "TrainConfig",
     "augment",
     "denoise_metrics",
@@ -41,13 +39,11 @@ __all__ = [
     "export",
     "is_finished",
     "load_config",
-    "load_recipe",
     "load_run_variables",
     "load_split",
     "override",
     "plot_curves",
     "resolve_pipeline",
-    "run_recipe",
     "task_networks",
     "train",
 ]

@@ -21,7 +21,7 @@ run would have seen.
 Device side
 -----------
 The clean patterns travel to the device; everything random (shift, ellipse, rotation,
-dose, noise) is drawn there by :mod:`prenet_jax.training._augment` from a key derived from
+dose, noise) is drawn there by :mod:`prenet_jax.corruption` from a key derived from
 ``(seed, step)``, inside the jitted training step.
 """
 
@@ -38,10 +38,10 @@ import numpy as np
 
 from .._util import atomic_path
 from ..config import PipelineConfig
-from ..data._synthetic import disk_pattern
-from ..ops._warp import frame_center
-from ..pipeline._pipeline import as_counts, ellipse_network_input, warp_stage
-from ._augment import AugmentConfig, add_noise, augment, distort, sample_parameters
+from ..corruption import AugmentConfig, add_noise, augment, distort, sample_parameters
+from ..data import disk_pattern
+from ..ops import frame_center
+from ..pipeline import as_counts, ellipse_network_input, warp_stage
 
 __all__ = [
     "DataConfig",
@@ -128,7 +128,7 @@ class Split(NamedTuple):
 
 
 def _split_of(structure_id: str, fractions) -> str:
-    from ..data._structures import split_of
+    from ..data import split_of
 
     return split_of(structure_id, tuple(fractions))
 
@@ -175,7 +175,7 @@ def _load_synthetic(cfg: DataConfig, split: str) -> Split:
 
 def _read_simulated(root: str, dataset: str, split: str, max_patterns: int | None) -> Split:
     """The one function that reads the abTEM data set (``_simulate.PatternStore``)."""
-    from ..data._simulate import PatternStore
+    from ..data import PatternStore
 
     store = PatternStore(root, dataset=dataset, split=split)
     try:
@@ -332,7 +332,7 @@ class E2EBatch(NamedTuple):
 def e2e_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, group_size: int) -> E2EBatch:
     """Frames for end-to-end fine-tuning from ``G`` clean patterns, ``K = group_size`` each.
 
-    Built from the pieces of :mod:`prenet_jax.training._augment` (so the geometry and noise are the
+    Built from the pieces of :mod:`prenet_jax.corruption` (so the geometry and noise are the
     same as in :func:`augment`), with the ellipse, gain and dose drawn once per group (they
     belong to the microscope and the data set) and shift, in-plane rotation and noise
     per frame (descan and grain orientation vary across a scan).

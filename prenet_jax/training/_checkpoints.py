@@ -120,7 +120,7 @@ def _load_init(path: str, network: str) -> dict:
     """The variables of ``network`` from a run directory or a weights directory."""
     p = Path(path)
     if (p / "weights.npz").is_file():
-        from ..pipeline._weights import load_weights
+        from ..pipeline import load_weights
 
         _, params, _ = load_weights(p)
     elif (p / "config.json").is_file():

@@ -14,7 +14,7 @@ import jax
 
 from .._util import git_commit, versions
 from ..config import PipelineConfig
-from ..models._networks import count_params
+from ..models import count_params
 from ._checkpoints import _put_replicated, load_run_variables
 from ._loop import _Data, _mean_metrics
 from ._steps import _eval_key, make_eval_step, make_mesh, split_variables
@@ -144,7 +144,7 @@ def export(
         "networks": info,
         **(manifest_extra or {}),
     }
-    from ..pipeline._weights import save_weights
+    from ..pipeline import save_weights
 
     return save_weights(out, pcfg, params, manifest, dtype=storage_dtype)
 

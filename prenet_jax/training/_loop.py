@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ..models._networks import count_params
+from ..models import count_params
 from ._batches import batch_indices, cached_rotation_average, load_split
 from ._checkpoints import _abstract, _check_same_tree, _Checkpoints, _load_init, _put_replicated
 from ._steps import _eval_key, _fresh_variables, init_state, make_eval_step, make_mesh, make_optimizer, make_train_step
@@ -95,6 +95,67 @@ def evaluate(eval_fn: Callable, state: dict, data: _Data, cfg: TrainConfig) -> d
     return _mean_metrics(ms)
 
 
+def _window_record(window: list, step: int, t_win: float, batch_size: int, first: bool) -> tuple[dict, dict, float]:
+    """The mean metrics of the steps since ``t_win``, their record (those and the
+    throughput; the first window's includes the compilation) and its seconds."""
+    metrics = _mean_metrics(window)  # waits for the step: the timing is real
+    dt = time.monotonic() - t_win
+    n = len(window)
+    rec = {"step": step, "split": "train", **metrics, "steps_per_s": n / dt, "samples_per_s": n * batch_size / dt}
+    if first:
+        rec["includes_compile"] = True
+    return metrics, rec, dt
+
+
+def _check_resumable(wd: Path, cfg: TrainConfig) -> None:
+    """A run found in ``wd`` resumes only with the same settings (``_RESUMABLE_CHANGES`` aside)."""
+    if not (wd / "config.json").exists():
+        return
+    old = json.loads((wd / "config.json").read_text())
+    new = cfg.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+    if diff:
+        raise ValueError(
+            f"{wd} holds a run with other settings ({', '.join(diff)}): resume it with the same config, or choose another --workdir"
+        )
+
+
+def _fresh_state(cfg: TrainConfig, tx, mesh: Mesh) -> dict:
+    """The state of a new run, replicated over ``mesh``: initialised from ``cfg.seed``,
+    the networks of ``cfg.init_from`` loaded over the fresh ones (same tree checked)."""
+    repl = NamedSharding(mesh, P())
+    key = jax.random.key(cfg.seed)
+    if not cfg.init_from:
+        return jax.jit(lambda: init_state(cfg, key, tx), out_shardings=repl)()
+    fresh = jax.eval_shape(lambda: _fresh_variables(cfg, key))
+    host = jax.device_get(jax.jit(lambda: _fresh_variables(cfg, key))())
+    for net, path in cfg.init_from.items():
+        if net in cfg.networks:
+            host[net] = _load_init(path, net)
+            _check_same_tree(net, host[net], fresh[net])
+    variables = _put_replicated(host, mesh)
+    return jax.jit(lambda v: init_state(cfg, key, tx, v), out_shardings=repl)(variables)
+
+
+def _track_best(cfg: TrainConfig, step: int, state: dict, val: dict, meta: dict, best_ckpt, say: Callable) -> bool:
+    """After a validation: keep the best networks (``best_ckpt``) and count the
+    validations without improvement in ``meta``; True when patience has run out."""
+    best = meta["best_val"]
+    if best is None or val[cfg.best_metric] < best - cfg.min_delta:
+        meta.update(best_val=val[cfg.best_metric], best_step=step, bad_evals=0, best_metrics=val)
+        best_ckpt.save(step, {"params": state["params"], "extra": state["extra"]}, {"step": step, "val": val})
+    else:
+        meta["bad_evals"] = int(meta["bad_evals"]) + 1
+    if cfg.patience is not None and meta["bad_evals"] >= cfg.patience:
+        meta["stopped_early"] = True
+        say(
+            f"[{cfg.name}] early stop at step {step}: no improvement in {cfg.patience} validations "
+            f"(best {meta['best_val']:.5g} at step {meta['best_step']})"
+        )
+        return True
+    return False
+
+
 def train(
     cfg: TrainConfig,
     workdir: str | os.PathLike,
@@ -135,14 +196,8 @@ def train(
     best_ckpt = _Checkpoints(wd / "best", keep=1, file_size=cfg.checkpoint_file_size)
     resume = ckpts.latest_step()
 
-    if resume is not None and (wd / "config.json").exists():
-        old = json.loads((wd / "config.json").read_text())
-        new = cfg.to_dict()
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
-        if diff:
-            raise ValueError(
-                f"{wd} holds a run with other settings ({', '.join(diff)}): resume it with the same config, or choose another --workdir"
-            )
+    if resume is not None:
+        _check_resumable(wd, cfg)
     if primary:
         (wd / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
@@ -153,25 +208,12 @@ def train(
         f"{jax.device_count()} device(s) ({jax.process_count()} process(es)), compute {pcfg.compute_dtype}"
     )
 
-    repl = NamedSharding(mesh, P())
-    key = jax.random.key(cfg.seed)
-    abstract = jax.eval_shape(lambda: init_state(cfg, key, tx))
     if resume is not None:
+        abstract = jax.eval_shape(lambda: init_state(cfg, jax.random.key(cfg.seed), tx))
         state, meta = ckpts.restore(resume, _abstract(abstract, mesh))
         say(f"[{cfg.name}] resumed at step {resume}")
     else:
-        variables = None
-        if cfg.init_from:
-            fresh = jax.eval_shape(lambda: _fresh_variables(cfg, key))
-            host = jax.device_get(jax.jit(lambda: _fresh_variables(cfg, key))())
-            for net, path in cfg.init_from.items():
-                if net in cfg.networks:
-                    host[net] = _load_init(path, net)
-                    _check_same_tree(net, host[net], fresh[net])
-            variables = _put_replicated(host, mesh)
-            state = jax.jit(lambda v: init_state(cfg, key, tx, v), out_shardings=repl)(variables)
-        else:
-            state = jax.jit(lambda: init_state(cfg, key, tx), out_shardings=repl)()
+        state = _fresh_state(cfg, tx, mesh)
         meta = {"best_val": None, "best_step": None, "bad_evals": 0, "elapsed_s": 0.0}
     n_params = {k: count_params(v) for k, v in state["params"].items()}
     say(f"[{cfg.name}] trained parameters: {n_params}")
@@ -206,13 +248,8 @@ def train(
         window.append(m)
         n_win += 1
         if step % cfg.log_every == 0 or step == end:
-            last_train = _mean_metrics(window)  # waits for the step: the timing is real
-            dt = time.monotonic() - t_win
-            rec = {"step": step, "split": "train", **last_train, "steps_per_s": n_win / dt, "samples_per_s": n_win * cfg.batch_size / dt}
-            if first_window:
-                rec["includes_compile"] = True
-            else:
-                step_time = dt / n_win
+            last_train, rec, dt = _window_record(window, step, t_win, cfg.batch_size, first_window)
+            step_time = step_time if first_window else dt / n_win
             logf.write(rec)
             window, t_win, n_win, first_window = [], time.monotonic(), 0, False
         if cfg.eval_batches > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -222,18 +259,7 @@ def train(
                 f"[{cfg.name}] step {step}: train loss {last_train.get('loss', float('nan')):.5g}; val "
                 + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items())
             )
-            best = meta["best_val"]
-            if best is None or last_val[cfg.best_metric] < best - cfg.min_delta:
-                meta.update(best_val=last_val[cfg.best_metric], best_step=step, bad_evals=0, best_metrics=last_val)
-                best_ckpt.save(step, {"params": state["params"], "extra": state["extra"]}, {"step": step, "val": last_val})
-            else:
-                meta["bad_evals"] = int(meta["bad_evals"]) + 1
-            if cfg.patience is not None and meta["bad_evals"] >= cfg.patience:
-                meta["stopped_early"] = True
-                say(
-                    f"[{cfg.name}] early stop at step {step}: no improvement in {cfg.patience} validations "
-                    f"(best {meta['best_val']:.5g} at step {meta['best_step']})"
-                )
+            if _track_best(cfg, step, state, last_val, meta, best_ckpt, say):
                 break
             t_win = time.monotonic()  # evaluation stays out of the throughput
         if step % cfg.checkpoint_every == 0 and step < end:
@@ -245,7 +271,6 @@ def train(
     best_ckpt.wait()
     ckpts.close()
     best_ckpt.close()
-    old_summary = json.loads((wd / "summary.json").read_text()) if (wd / "summary.json").exists() else {}
     summary = {
         "name": cfg.name,
         "task": cfg.task,
@@ -255,22 +280,30 @@ def train(
         "best_step": meta.get("best_step"),
         "best_val": meta.get("best_val"),
         "best_metrics": meta.get("best_metrics"),
-        # A call with nothing left to do keeps the last metrics it finds.
-        "train": last_train or old_summary.get("train", {}),
-        "val": last_val or old_summary.get("val", {}),
+        "train": last_train,
+        "val": last_val,
         "elapsed_s": prior + time.monotonic() - t_start,
         "trained_params": n_params,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "compute_dtype": pcfg.compute_dtype,
     }
+    return _finish(wd, cfg, summary, primary, say)
+
+
+def _finish(wd: Path, cfg: TrainConfig, summary: dict, primary: bool, say: Callable) -> dict:
+    """Write ``summary.json`` and the curves (process 0), say how the call ended."""
+    old_summary = json.loads((wd / "summary.json").read_text()) if (wd / "summary.json").exists() else {}
+    # A call with nothing left to do keeps the last metrics it finds.
+    summary["train"] = summary["train"] or old_summary.get("train", {})
+    summary["val"] = summary["val"] or old_summary.get("val", {})
     if primary:
         (wd / "summary.json").write_text(json.dumps(summary, indent=2))
         try:
             plot_curves(wd)
         except Exception as err:  # a plot must never lose a run
             say(f"[{cfg.name}] no plot: {err}")
-    say(f"[{cfg.name}] {status} at step {step} ({summary['elapsed_s']:.1f} s)")
+    say(f"[{cfg.name}] {summary['status']} at step {summary['step']} ({summary['elapsed_s']:.1f} s)")
     return summary
 
 

@@ -31,11 +31,9 @@ import jax.numpy as jnp
 import optax
 
 from ..config import PipelineConfig
-from ..models._networks import ResNet, UNet
-from ..ops._centers import heatmap_center
-from ..ops._warp import resize, resize_coordinates
-from ..pipeline._pipeline import (
-    _dtype,
+from ..models import ResNet, UNet
+from ..ops import heatmap_center, resize, resize_coordinates
+from ..pipeline import (
     as_counts,
     center_fine_stage,
     center_stage,
@@ -44,6 +42,7 @@ from ..pipeline._pipeline import (
     denoise_normalized,
     denoise_stage,
     ellipse_network_input,
+    network_dtype,
     normalize,
     warp_stage,
 )
@@ -268,7 +267,9 @@ def center_loss(
     s = cfg.image_size
     shape = frames.shape[-2:]
     xn, _ = normalize(as_counts(frames)[0], cfg.transform)
-    logits = UNet(cfg.center_net, sigmoid=False, dtype=_dtype(cfg)).apply(variables["center_net"], resize(xn, (s, s))).astype(jnp.float32)
+    logits = (
+        UNet(cfg.center_net, sigmoid=False, dtype=network_dtype(cfg)).apply(variables["center_net"], resize(xn, (s, s))).astype(jnp.float32)
+    )
     c_net = resize_coordinates(centers, shape, (s, s))
     loss, bce, coord, found = _heatmap_loss(lcfg, cfg, logits, c_net)
     coarse = resize_coordinates(found, (s, s), shape)
@@ -280,7 +281,9 @@ def center_loss(
         guess = centers + lcfg.fine_offset * jax.random.normal(key, centers.shape, jnp.float32)
         origin = crop_origin(guess, f)
         crops = crop_frames(xn, origin, f)
-        fine_logits = UNet(cfg.center_fine, sigmoid=False, dtype=_dtype(cfg)).apply(variables["center_fine"], crops).astype(jnp.float32)
+        fine_logits = (
+            UNet(cfg.center_fine, sigmoid=False, dtype=network_dtype(cfg)).apply(variables["center_fine"], crops).astype(jnp.float32)
+        )
         f_loss, f_bce, f_coord, f_found = _heatmap_loss(lcfg, cfg, fine_logits, centers - origin)
         loss = loss + lcfg.fine_weight * f_loss
         err = jnp.linalg.norm(origin + f_found - centers, axis=-1)
@@ -350,7 +353,7 @@ def ellipse_loss(
     Metrics: ``ratio_err`` (mean |error|), ``angle_err_deg`` (frames with ratio > 1.02),
     ``residual_ratio`` (mean axis ratio - 1 of the ring after correction).
     """
-    net = ResNet(cfg.ellipse_net, dtype=_dtype(cfg))
+    net = ResNet(cfg.ellipse_net, dtype=network_dtype(cfg))
     if train:
         out, upd = net.apply(variables, inputs, train=True, mutable=["batch_stats"])
         stats = upd["batch_stats"]
@@ -384,7 +387,7 @@ def e2e_forward(cfg: PipelineConfig, variables: dict, noisy: jax.Array):
     centers = center_stage(cfg, variables, x)
     recentred = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32)).reshape(g, k, h, w)
     inputs = jax.vmap(lambda m: ellipse_network_input(cfg, m))(recentred.mean(1))
-    out = ResNet(cfg.ellipse_net, dtype=_dtype(cfg)).apply(variables["ellipse_net"], inputs, train=False).astype(jnp.float32)
+    out = ResNet(cfg.ellipse_net, dtype=network_dtype(cfg)).apply(variables["ellipse_net"], inputs, train=False).astype(jnp.float32)
     d = matrix_from_output(out)
     xg, cg = x.reshape(g, k, h, w), centers.reshape(g, k, 2)
     corrected = jax.vmap(lambda xx, cc, dd: warp_stage(cfg, xx, cc, dd))(xg, cg, d)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..config import PipelineConfig
-from ..pipeline._pipeline import _init_params
+from ..pipeline import init_network_params
 from ._batches import center_batch, denoiser_batch, e2e_batch, ellipse_batch
 from ._losses import center_loss, denoiser_loss, e2e_loss, ellipse_loss
 from .config import TrainConfig, resolve_pipeline
@@ -55,7 +55,7 @@ def _fresh_variables(cfg: TrainConfig, key: jax.Array) -> dict:
     # The non-partitionable threefry: the parameters are replicated anyway, and the
     # partitionable one takes XLA:CPU ~10x longer to compile (20 s for a tiny U-Net's init).
     with jax.threefry_partitionable(False):
-        variables = _init_params(key, resolve_pipeline(cfg).replace(compute_dtype="float32"))
+        variables = init_network_params(key, resolve_pipeline(cfg).replace(compute_dtype="float32"))
     return {k: variables[k] for k in cfg.networks}
 
 

@@ -18,7 +18,7 @@ import jax
 
 from .._util import call_from_file
 from ..config import PipelineConfig
-from ._augment import AugmentConfig
+from ..corruption import AugmentConfig
 from ._batches import DataConfig
 from ._losses import LossConfig
 

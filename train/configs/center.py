@@ -10,14 +10,35 @@
     plus 2 px of Gaussian error while training) gives the sub-pixel centre. Each frame
     is the noisy detector frame or its noise-free expectation by a coin flip: the
     pipeline feeds it the denoiser's output, which lies between the two.
+``real``
+    ``release`` fine-tuned on what real detectors add (``prenet_jax.corruption``): a
+    share of the frames saturated (flat-topped disks), cut off by the frame edge, with
+    the direct disk dimmed below the Bragg disks, Kikuchi bands and diffuse lobes,
+    panel gaps and hot pixels. No frame without a beam: it has no centre to learn, and
+    the run's direct-beam test (``ops.direct_beam_found``) handles it. Not yet trained
+    (table 5 of ``prenet-jax evaluate`` measures whether it would ship).
 ``paper``
     One pass on the whole 256 px frame for a GPU.
 """
 
 import dataclasses
+from pathlib import Path
 
 from prenet_jax.config import PipelineConfig
 from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConfig, cache_dir
+
+#: The bundled weights (``prenet_jax/weights/release``), where ``real`` starts.
+WEIGHTS = Path(__file__).resolve().parents[2] / "prenet_jax" / "weights" / "release"
+
+#: The share of training frames with each effect of real detectors (the ``real`` size).
+REAL_DETECTOR = dict(
+    saturation_fraction=0.15,
+    edge_fraction=0.15,
+    bragg_fraction=0.1,
+    kikuchi_fraction=0.2,
+    gap_fraction=0.1,
+    hot_pixel_fraction=1e-4,
+)
 
 
 def get_config(size: str = "release") -> TrainConfig:
@@ -65,6 +86,18 @@ def get_config(size: str = "release") -> TrainConfig:
             seed=0,
             best_metric="center_err",
         )
+    if size == "real":
+        release = get_config("release")
+        return dataclasses.replace(
+            release,
+            name="center_real",
+            augment=dataclasses.replace(release.augment, **REAL_DETECTOR),
+            # From the bundled networks: a fine-tuning, not a new training.
+            init_from={"center_net": str(WEIGHTS), "center_fine": str(WEIGHTS)},
+            steps=2000,
+            lr=5e-4,
+            warmup_steps=50,
+        )
     if size == "paper":
         return TrainConfig(
             name="center_paper",
@@ -86,4 +119,4 @@ def get_config(size: str = "release") -> TrainConfig:
             center_input="mixed",
             seed=0,
         )
-    raise ValueError(f"unknown size {size!r}: use tiny, release or paper")
+    raise ValueError(f"unknown size {size!r}: use tiny, release, real or paper")

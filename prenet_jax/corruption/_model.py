@@ -21,7 +21,7 @@ With ``z`` the zero angle of the clean pattern, ``c = z + shift`` the label, ``R
 in-plane rotation by ``phi`` (from +x towards +y) and ``D`` the distortion matrix of
 :func:`prenet_jax.conventions.ellipse_matrix`, a clean point ``q`` lands at
 ``p = c + D R (q - z)``. The output is read with the pipeline's own
-:func:`prenet_jax.ops._warp.affine_warp`: ``out(p) = clean(z + R^T D^-1 (p - c))``. Hence the
+:func:`prenet_jax.ops.affine_warp`: ``out(p) = clean(z + R^T D^-1 (p - c))``. Hence the
 pipeline's ``recenter_and_correct(noisy, center, D)`` returns the rotated clean pattern
 with its zero angle on the geometric centre ``((H-1)/2, (W-1)/2)``.
 
@@ -40,7 +40,9 @@ import jax.numpy as jnp
 
 from .._util import min_max
 from ..conventions import ellipse_matrix
-from ..ops._warp import affine_warp
+from ..ops import affine_warp
+from . import _detector as detector
+from ._detector import DETECTOR_EFFECTS
 
 __all__ = ["AugmentConfig", "Augmented", "augment", "sample_parameters", "distort", "add_noise", "poisson"]
 
@@ -71,6 +73,21 @@ class AugmentConfig:
     hot_level : (min, max)
     method : "cubic" or "linear"
         Interpolation of the warp (Keys cubic keeps sharp disks sharp).
+    saturation_fraction, edge_fraction, bragg_fraction, kikuchi_fraction, gap_fraction, no_beam_fraction : float
+        Probability per frame of each effect of real detectors and specimens
+        (:mod:`prenet_jax.corruption._detector`; 0: off): a saturated flat-topped disk,
+        a disk cut off by the frame edge, Bragg disks brighter than the direct beam,
+        Kikuchi bands and diffuse lobes, panel gaps, no direct beam.
+    saturation_level : (min, max)
+        The clip level as a fraction of the frame's brightest expected count.
+    edge_distance : (min, max)
+        Beam centre to the chosen frame edge (px; negative: outside the frame).
+    bragg_attenuation : (min, max)
+        Factor on the direct disk's intensity.
+    kikuchi_strength : (min, max)
+        The background's counts as a multiple of the pattern's own.
+    gap_width : (min, max)
+        Width of the panel gaps (px).
     exact_poisson : bool
         Use ``jax.random.poisson`` (a rejection loop, ~20x slower on a CPU) instead of
         :func:`poisson`.
@@ -87,6 +104,17 @@ class AugmentConfig:
     hot_level: tuple[float, float] = (2.0, 10.0)
     method: str = "cubic"
     exact_poisson: bool = False
+    saturation_fraction: float = 0.0
+    saturation_level: tuple[float, float] = (0.05, 0.6)
+    edge_fraction: float = 0.0
+    edge_distance: tuple[float, float] = (-4.0, 24.0)
+    bragg_fraction: float = 0.0
+    bragg_attenuation: tuple[float, float] = (0.05, 0.5)
+    kikuchi_fraction: float = 0.0
+    kikuchi_strength: tuple[float, float] = (0.1, 1.0)
+    gap_fraction: float = 0.0
+    gap_width: tuple[float, float] = (1.0, 6.0)
+    no_beam_fraction: float = 0.0
 
     def __post_init__(self):
         if not (self.max_shift >= 0 and math.isfinite(self.max_shift)):
@@ -97,10 +125,19 @@ class AugmentConfig:
             object.__setattr__(self, "dose_range", min_max(self.dose_range, "dose_range (electrons per pattern)", 1e-30))
         object.__setattr__(self, "read_noise_range", min_max(self.read_noise_range, "read_noise_range"))
         object.__setattr__(self, "hot_level", min_max(self.hot_level, "hot_level"))
+        object.__setattr__(self, "saturation_level", min_max(self.saturation_level, "saturation_level", 1e-6))
+        object.__setattr__(self, "edge_distance", min_max(self.edge_distance, "edge_distance (px)", None))
+        object.__setattr__(self, "bragg_attenuation", min_max(self.bragg_attenuation, "bragg_attenuation", 0.0))
+        object.__setattr__(self, "kikuchi_strength", min_max(self.kikuchi_strength, "kikuchi_strength"))
+        object.__setattr__(self, "gap_width", min_max(self.gap_width, "gap_width (px)", 1.0))
         for name in ("hot_pixel_fraction", "dead_pixel_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
+        for name in DETECTOR_EFFECTS:  # 1: every frame (the evaluation's one-effect rows)
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a probability per frame in [0, 1], got {v}")
         if self.method not in ("cubic", "linear"):
             raise ValueError(f"method must be 'cubic' or 'linear', got {self.method!r}")
 
@@ -265,7 +302,10 @@ def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: Aug
         (``(128, 128)`` for 256 x 256 abTEM patterns: see :mod:`prenet_jax.data._simulate`)
     config : AugmentConfig (static)
     return_info : bool (static)
-        Also return the drawn parameters (shift, rotation, scale, dose, read noise).
+        Also return the drawn parameters (shift, rotation, scale, dose, read noise;
+        with any effect of :mod:`prenet_jax.corruption._detector` switched on, also
+        each effect's per-frame mask and values, and ``beam``, False for a frame with
+        no direct beam, whose ``center`` is NaN).
 
     Returns
     -------
@@ -277,13 +317,25 @@ def augment(key: jax.Array, clean: jax.Array, zero_angle: jax.Array, config: Aug
         raise ValueError(f"clean must be a batch (B, H, W), got shape {clean.shape}")
     k_par, k_noise = jax.random.split(key)
     p = sample_parameters(k_par, clean.shape[0], config)
+    effects = detector.any_effect(config)
+    if effects:  # drawn from their own key: a config without them draws exactly what it drew before
+        det = detector.draw(jax.random.fold_in(key, 1), clean.shape[0], config)
+        z = jnp.broadcast_to(jnp.asarray(zero_angle, jnp.float32), (clean.shape[0], 2))
+        p["shift"] = detector.edge_shifts(det, p["shift"], z, clean.shape[-2:])
+        clean = detector.before_warp(det, jnp.asarray(clean, jnp.float32), z, config)
     distorted, center = distort(clean, zero_angle, p["shift"], p["ratio"], p["angle"], p["rotation"], config.method)
     # Cubic interpolation undershoots slightly beside sharp disk edges; intensities are >= 0.
     distorted = jnp.maximum(distorted, 0.0)
+    if effects:
+        distorted = detector.after_warp(det, distorted, center, config)
     shot = config.dose_range is not None
     electrons = distorted * p["dose"][:, None, None] if shot else distorted
     target = p["scale"][:, None, None] * electrons
     noisy = add_noise(k_noise, electrons, p["scale"], p["read_noise"], config, shot_noise=shot)
+    if effects:
+        noisy, target = detector.after_noise(det, noisy, target, config)
+        center = jnp.where(det["beam"][:, None], center, jnp.nan)
+        p.update({k: v for k, v in det.items() if k != "background"})
     out = Augmented(noisy, target, center, (p["ratio"], p["angle"]))
     if return_info:
         return out, p

@@ -34,10 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._util import atomic_write_text, call_from_file
-from ._checkpoints import load_run_variables
-from ._export import evaluate_e2e, export
-from ._loop import train
-from .config import TrainConfig, task_networks
+from ..training import TrainConfig, evaluate_e2e, export, load_run_variables, task_networks, train
 
 __all__ = ["Recipe", "run_recipe", "load_recipe", "STAGES"]
 
@@ -228,51 +225,62 @@ def run_recipe(
         if out_of_time():
             return paused(stage)
         log(f"[recipe] stage {stage}" + ("" if left() is None else f" ({left():.0f} s left in this call)"))
-        if stage == "simulate":
-            from ..data import run_simulation
-
-            res = run_simulation(recipe.simulation, wd / "sim", workers=workers, progress=True, time_limit=left())
-            if not res["complete"]:
-                return paused(stage)
-            done(stage, patterns=res["total"])
-        elif stage in NETWORK_STAGES or stage == "e2e":
-            cfg = _in_workdir(recipe.stages[stage], wd)
-            summary = train(cfg, runs[stage], time_limit=left(), log=log)
-            separate = {k: runs[k] for k in NETWORK_STAGES if k in runs}
-            if stage != "e2e":
-                _ship(recipe, {k: r for k, r in separate.items() if (r / "summary.json").exists()}, extra, log)
-            if summary["status"] == "paused":
-                return paused(stage)
-            if stage == "e2e":
-                verdict = _judge_e2e(cfg, separate, runs["e2e"], recipe.e2e_check_batches, log)
-                state.set(stage, verdict=verdict)
-                chosen = {"e2e": runs["e2e"]} if verdict["keep"] else separate
-                _ship(recipe, chosen, {**extra, "e2e": verdict}, log)
-            done(stage, summary={k: summary[k] for k in ("status", "step", "best_step", "best_val")})
-        elif stage == "evalset":
-            from ..evaluation._evalset import generate_abtem
-
-            try:
-                generate_abtem(wd / "eval" / "data", recipe.evalset, workers=workers, time_limit=left())
-            except TimeoutError:
-                return paused(stage)
-            done(stage)
-        elif stage == "evaluate":
-            from ..evaluation import evaluate_weights
-
-            kw = {} if recipe.evaluation is None else {"cfg": recipe.evaluation}
-            path = evaluate_weights(
-                recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, stash_dir=wd / "eval" / "partial", **kw
-            )
-            if recipe.report is not None:
-                _copy_report(path, Path(recipe.report))
-            done(stage, report=str(path))
+        info = _run_stage(stage, recipe, wd, runs, extra, state, workers, left(), log)
+        if info is None:
+            return paused(stage)
+        done(stage, **info)
         if stop_after == stage:
             break
     chunk["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     state.save()
     finished = all(state.get(s).get("status") == "done" for s in STAGES)
     return {"status": "finished" if finished else "paused", "stage": stage, "seconds": time.monotonic() - t0}
+
+
+def _run_stage(
+    stage: str, recipe: Recipe, wd: Path, runs: dict[str, Path], extra: dict, state: _State, workers: int, left: float | None, log: Callable
+) -> dict | None:
+    """Run one stage for at most ``left`` seconds: what its record keeps when it is done,
+    None when it paused (the next call continues it)."""
+    if stage == "simulate":
+        from ..data import run_simulation
+
+        res = run_simulation(recipe.simulation, wd / "sim", workers=workers, progress=True, time_limit=left)
+        return {"patterns": res["total"]} if res["complete"] else None
+    if stage in NETWORK_STAGES or stage == "e2e":
+        cfg = _in_workdir(recipe.stages[stage], wd)
+        summary = train(cfg, runs[stage], time_limit=left, log=log)
+        separate = {k: runs[k] for k in NETWORK_STAGES if k in runs}
+        if stage != "e2e":
+            # after every chunk: the best networks so far ship, whatever happens next
+            _ship(recipe, {k: r for k, r in separate.items() if (r / "summary.json").exists()}, extra, log)
+        if summary["status"] == "paused":
+            return None
+        if stage == "e2e":
+            verdict = _judge_e2e(cfg, separate, runs["e2e"], recipe.e2e_check_batches, log)
+            state.set(stage, verdict=verdict)
+            chosen = {"e2e": runs["e2e"]} if verdict["keep"] else separate
+            _ship(recipe, chosen, {**extra, "e2e": verdict}, log)
+        return {"summary": {k: summary[k] for k in ("status", "step", "best_step", "best_val")}}
+    if stage == "evalset":
+        from ..evaluation import generate_abtem
+
+        try:
+            generate_abtem(wd / "eval" / "data", recipe.evalset, workers=workers, time_limit=left)
+        except TimeoutError:
+            return None
+        return {}
+    if stage == "evaluate":
+        from ..evaluation import evaluate_weights
+
+        kw = {} if recipe.evaluation is None else {"cfg": recipe.evaluation}
+        path = evaluate_weights(
+            recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, stash_dir=wd / "eval" / "partial", **kw
+        )
+        if recipe.report is not None:
+            _copy_report(path, Path(recipe.report))
+        return {"report": str(path)}
+    raise ValueError(f"unknown recipe stage {stage!r}")
 
 
 def _judge_e2e(cfg: TrainConfig, separate: dict[str, Path], e2e_run: Path, batches: int, log: Callable) -> dict:
