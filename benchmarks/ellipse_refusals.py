@@ -27,15 +27,10 @@ import numpy as np
 
 
 def load_set(root: Path):
-    from prenet_jax.data import PatternStore
     from prenet_jax.evaluation import EvalSet
+    from prenet_jax.internal import read_run
 
-    store = PatternStore(root, dataset="patterns", split=None)
-    try:
-        clean, zero = store.get(range(len(store)))
-        rows = list(store.rows)
-    finally:
-        store.close()
+    clean, zero, rows = read_run(root)
     empty = np.zeros((1, 1) + clean.shape[-2:], np.float32)
     return EvalSet(
         single=clean,

@@ -49,6 +49,7 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     "corrupt_single": (".evaluation._corrupt", "corrupt_single"),
     "ellipse_samples": (".evaluation._corrupt", "ellipse_samples"),
     "eval_poisson": (".evaluation._corrupt", "poisson"),
+    "read_run": (".evaluation._evalset", "_read_run"),
     "gaussian_search": (".evaluation._baselines", "gaussian_search"),
     "held_out_structures": (".evaluation._evalset", "held_out_structures"),
     "make_synthetic": (".evaluation._evalset", "make_synthetic"),
