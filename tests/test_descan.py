@@ -211,11 +211,15 @@ def test_end_to_end_planar_descan_through_the_classical_pipeline():
     e_frame, e_plane = _err(meas, truth), _err(d.centers, truth)
     assert e_frame > 0.04 and e_plane < e_frame / 4, (e_frame, e_plane)
 
-    # Pipeline.preprocess(descan=...): the same fit, and every frame warped about its
-    # chosen centre.
+    # Pipeline.preprocess(descan=...): the same fit, weighted by each frame's centre
+    # uncertainty (Poisson thinning), and every frame warped about its chosen centre.
     res = pipe.preprocess(sim["cube"], descan="plane")
     np.testing.assert_allclose(res.descan.model + res.descan.residuals, meas, atol=1e-5)
-    np.testing.assert_allclose(res.centers, d.centers, atol=1e-5)
+    noise = pipe.center_noise(sim["cube"].reshape(-1, *shape)).reshape(*scan, 2)
+    np.testing.assert_allclose(res.descan.noise, noise)
+    np.testing.assert_allclose(res.centers, fit_descan(meas, "plane", center_noise=noise).centers, atol=1e-5)
+    assert _err(res.centers, truth) < e_frame / 4  # equal doses: nearly the unweighted plane
+    assert np.abs(res.centers - d.centers).max() < 0.01
     assert res.descan.mode == "plane" and res.centers.shape == scan + (2,) and res.data.shape == scan + shape
     # descan="frame" is the one-pass result, through the two-pass path.
     plain, framed = pipe.preprocess(sim["cube"]), pipe.preprocess(sim["cube"], descan="frame")
@@ -250,3 +254,31 @@ def test_center_noise_by_poisson_thinning_matches_the_measured_error():
     noise = pipe.center_noise(frames, counts=counts, n=144)
     np.testing.assert_allclose(noise[0::2] / noise[1::2], np.sqrt(10), rtol=1e-6)
     assert pipe.center_noise(frames * 0.37) is None  # not counts: thinning cannot tell
+
+
+def test_each_frames_uncertainty_weights_the_fit_and_judges_its_outliers():
+    # Half the frames (a random half) have a hundredth of the counts: ten times the
+    # centre noise. Given each frame's noise, the plane is a weighted fit, far closer to
+    # the true descan than the fit that treats every frame alike.
+    rng = np.random.default_rng(3)
+    true, _, _ = _maps(0, frac=0.0)
+    noise = np.where(rng.random((N, N)) < 0.5, 0.5, 0.05)[..., None] * np.ones(2)
+    meas = true + noise * rng.standard_normal(true.shape)
+    weighted = fit_descan(meas, "plane", center_noise=noise)
+    alike = fit_descan(meas, "plane")
+    e_w, e_a = _err(weighted.model, true), _err(alike.model, true)
+    assert e_w < 0.5 * e_a and e_w < 0.01, (e_w, e_a)
+    # A constant noise is no weighting: the same fit as without it.
+    np.testing.assert_allclose(fit_descan(meas, "plane", center_noise=0.2).model, alike.model, atol=1e-9)
+    # 1.5 px off the model is 3 of a noisy frame's sigmas (kept) but 30 of a quiet one's.
+    noisy_ij = tuple(np.argwhere(noise[..., 0] == 0.5)[0])
+    quiet_ij = tuple(np.argwhere(noise[..., 0] == 0.05)[0])
+    off = meas.copy()
+    off[noisy_ij] = true[noisy_ij] + (1.5, 0.0)
+    off[quiet_ij] = true[quiet_ij] + (1.5, 0.0)
+    fit = fit_descan(off, "auto", center_noise=noise)
+    assert not fit.outliers[noisy_ij] and fit.outliers[quiet_ij]
+    assert fit.outliers.sum() == 1
+    assert np.allclose(fit.centers[quiet_ij], fit.model[quiet_ij])  # it takes the model's centre
+    # Judged alike, the noisy frame's 1.5 px is a failure too (3 sigmas of its own noise).
+    assert fit_descan(off, "auto").outliers[noisy_ij]

@@ -79,11 +79,17 @@ def test_the_record_holds_the_model_the_measured_centres_and_the_residuals(plana
     np.testing.assert_allclose(meas, res["none"].centers, atol=1e-4)  # the centres pass finds what pass 1 would
     assert g["descan_coefficients"].shape == (2, 3) and g["descan_outliers"].shape == SCAN
     np.testing.assert_allclose(g["descan_coefficients"], r.descan.fit.coefficients)
-    # the centre figure has the model and the residual maps (4 columns instead of 2)
+    # Each frame's centre uncertainty (Poisson thinning, scaled by its counts) is written,
+    # weights the fit, and matches the per-frame error of the centres found (the mean
+    # distance of a 2-D Gaussian is 1.2533 sigma per axis).
+    assert g["descan_noise_source"] == b"thinning" and g["descan_noise"].shape == (*SCAN, 2)
+    sigma_true = _err(res["none"].centers, truth) / 1.2533
+    assert 0.6 < float(np.median(g["descan_noise"])) / sigma_true < 1.6, (np.median(g["descan_noise"]), sigma_true)
+    # the centre figure has the model, the residual and the uncertainty maps (5 columns instead of 2)
     import matplotlib.image
 
     wide = matplotlib.image.imread(tmp / "plane_centers.png").shape[1]
-    assert wide > 1.8 * matplotlib.image.imread(tmp / "none_centers.png").shape[1]
+    assert wide > 2.2 * matplotlib.image.imread(tmp / "none_centers.png").shape[1]
 
 
 def test_with_jitter_per_frame_centres_win_and_auto_follows_them(tmp_path):

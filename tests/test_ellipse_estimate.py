@@ -218,3 +218,19 @@ def test_the_cli_refuses_a_stripe_scan_with_a_message_and_writes_nothing(tmp_pat
     assert rc == 2 and err.startswith("error: could not fit an ellipse") and "Traceback" not in err
     assert "seen: edge: fits no ellipse" in err and "--no-ellipse" in err
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_a_disk_cut_off_by_the_frame_edge_is_read_through_the_pipelines_coverage():
+    # A frame whose disk centre lies 20 px from its left edge, recentred: the 30 px disk's
+    # left part was never on the detector and is zero-filled, a straight edge that the
+    # pipeline's coverage (no mask: the frame's own extent, moved with the centre) hides.
+    shape, centre = (96, 96), np.array([[47.5, 20.0]])
+    cover = pj.Pipeline.classical().coverage(centre, shape)
+    assert cover.shape == shape and np.all(cover[:, :27] == 0.0) and np.all(cover[:, 28:] == 1.0)
+    assert pj.Pipeline.classical().coverage(centre, shape, matrix=np.eye(2))[:, 28:].min() > 0.99  # the warped path agrees
+    mean = pj.disk_pattern(shape, (47.5, 47.5), radius=30.0, ellipse=E, lattice=None) * cover
+    d_ratio, d_angle, est = _errors(mean, E, coverage=cover)
+    assert d_ratio <= 1e-3 and d_angle <= 0.5, (d_ratio, d_angle, est.method)
+    # without the coverage the fill's edge is read as the disk's on a third of the azimuths
+    blind = estimate_ellipse(mean)
+    assert blind.ellipse is None or abs(blind.ellipse.ratio - E.ratio) > 3 * d_ratio

@@ -32,13 +32,14 @@ def _recipe(tmp: Path):
         stages[name] = cfg.replace(data=data, init_from=init, batch_size=8, **short)
     evalset = EvalSetConfig(n_patterns=8, n_scans=2, scan_frames=4, pattern_size=32, gpts=48)
     # The evaluation's plumbing, not its statistics (tests/test_evaluate.py has those): one
-    # dose, few ellipses and rotations, one end-to-end cube.
+    # dose, two of its tables, few rotations.
     evaluation = EvalConfig(doses=(1e4,), ellipses_per_group=2, rotations=4, mean_frames=64, e2e_scan=(2, 4), e2e_cubes=("analytic",))
     return Recipe(
         simulation=sim,
         stages=stages,
         evalset=evalset,
         evaluation=evaluation,
+        eval_tables=("denoise", "centers"),
         weights=tmp / "shipped",
         report=tmp / "EVAL.md",
         e2e_check_batches=1,

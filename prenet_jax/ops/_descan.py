@@ -51,13 +51,16 @@ class Descan:
         ``("1", "y", "x", "y^2", "xy", "x^2")``
     residuals : (Sy, Sx, 2) float64, input minus model (NaN where the input was NaN)
     sigma : (2,) float64, robust standard deviation of the residuals (1.4826 MAD over
-        the valid frames), per coordinate: jitter and estimator noise together
+        the valid frames), per coordinate: jitter and estimator noise together (with a
+        ``center_noise`` that differs between frames: of the residuals in units of each
+        frame's noise relative to the median frame's, i.e. a median frame's sigma)
     noise : float64 array broadcastable to (Sy, Sx, 2): the per-frame estimator noise
         ``auto`` judged the residuals against (``center_noise`` if given, else the
         neighbour-difference estimate, shape (2,))
     outliers : (Sy, Sx) bool, valid frames farther from the model than ``k`` sigma
-        (``sqrt((r_row / sigma_row)^2 + (r_col / sigma_col)^2) > k``); never set for
-        invalid frames. Callers may OR them into their flags.
+        (``sqrt((r_row / sigma_row)^2 + (r_col / sigma_col)^2) > k``, each residual
+        divided by the frame's relative noise where ``center_noise`` differs between
+        frames); never set for invalid frames. Callers may OR them into their flags.
     kept : (Sy, Sx) bool, the frames whose ``centers`` are their own input centre
     valid : (Sy, Sx) bool, the frames the fit used (``valid`` and finite)
     """
@@ -142,7 +145,7 @@ def _huber_irls(a: np.ndarray, b: np.ndarray, use: np.ndarray, max_iter: int = 5
     return coef
 
 
-def _fit(a: np.ndarray, b: np.ndarray, usable: np.ndarray, k: float):
+def _fit(a: np.ndarray, b: np.ndarray, usable: np.ndarray, k: float, scale: np.ndarray | None = None):
     """Robust fit of both coordinates: Huber IRLS, then refits without the outliers.
 
     Huber weights bound an outlier's pull but do not remove it: 3 % of frames at +3 px
@@ -150,16 +153,25 @@ def _fit(a: np.ndarray, b: np.ndarray, usable: np.ndarray, k: float):
     the outliers (``> k`` sigma), they are dropped and the fit repeated (a few rounds,
     until the outlier set is stable): the final model is the Huber fit of the inliers.
 
-    Returns ``(coef (2, T), residuals (N, 2), sigma (2,), outliers (N,))``.
+    ``scale`` (N, 2): each frame's noise relative to a typical frame's. The fit is then
+    one of the standardised rows ``(a / s, b / s)``: weighted least squares with weights
+    ``1 / s^2`` inside the Huber core, and residuals judged in units of each frame's own
+    noise (a frame of a tenth of the counts may lie ``sqrt(10)`` times farther off
+    before it is an outlier).
+
+    Returns ``(coef (2, T), residuals (N, 2), sigma (2,), outliers (N,))``; ``sigma`` in
+    px of a frame of ``scale`` 1.
     """
+    s = np.ones(b.shape, np.float64) if scale is None else np.where(usable[:, None], scale, 1.0)
     out = np.zeros(b.shape[0], bool)
     bz = np.where(usable[:, None], b, 0.0)  # invalid rows carry weight 0; keep NaN out of lstsq
     for _ in range(5):
         use = usable & ~out
-        coef = np.stack([_huber_irls(a, bz[:, j], use) for j in range(2)])
+        coef = np.stack([_huber_irls(a / s[:, j : j + 1], bz[:, j] / s[:, j], use) for j in range(2)])
         r = b - a @ coef.T
-        sigma = np.array([_robust_sigma(r[usable, j]) for j in range(2)])
-        z = np.sqrt(((np.where(usable[:, None], r, 0.0) / sigma) ** 2).sum(1))
+        rs = r / s
+        sigma = np.array([_robust_sigma(rs[usable, j]) for j in range(2)])
+        z = np.sqrt(((np.where(usable[:, None], rs, 0.0) / sigma) ** 2).sum(1))
         new = usable & (z > k)
         if np.array_equal(new, out):
             break
@@ -249,10 +261,14 @@ def fit_descan(
         Gaussian frames are flagged, 3e-4 for ``k = 4``)
     center_noise : px, standard deviation of the per-frame centre estimate, scalar or
         broadcastable to (Sy, Sx, 2), if the caller knows it (e.g. from a validation of
-        the estimator at this dose). Default: estimated from differences of neighbouring
-        residuals (see ``Descan.noise``); that estimate counts jitter that is white in
-        both scan directions as noise, so for such jitter ``auto`` falls back to the
-        model unless ``center_noise`` is given. Only ``"auto"`` uses it.
+        the estimator at this dose, or :meth:`prenet_jax.Pipeline.center_noise`).
+        Default: estimated from differences of neighbouring residuals (see
+        ``Descan.noise``); that estimate counts jitter that is white in both scan
+        directions as noise, so for such jitter ``auto`` falls back to the model unless
+        ``center_noise`` is given. Where it differs between frames, every mode weights
+        the fit by it (see ``_fit``: weights ``1 / noise^2``, outliers judged in units of
+        each frame's noise; ``Descan.sigma`` is then a median-noise frame's); ``"auto"``
+        also judges each residual's significance by it.
     k_sig : significance threshold of a residual for ``"auto"``, in units of the noise.
         A frame of pure estimator noise passes with probability ``exp(-k_sig^2 / 2)``
         (4e-5 at 4.5); each one that passes costs ~``k_sig`` noise where the model would
@@ -288,10 +304,20 @@ def fit_descan(
         raise ValueError("no valid, finite centre to fit the descan to")
     usable = ok.ravel()
     b = c.reshape(-1, 2)
+    noise = None
+    if center_noise is not None:
+        noise = np.asarray(center_noise, np.float64)
+        noise = np.broadcast_to(noise, (sy, sx, 2))  # shape check
+        if not (noise > 0).all():
+            raise ValueError("center_noise must be > 0")
+    scale = None
+    if noise is not None and np.ptp(noise[ok], axis=0).max() > 0:
+        # frames of different noise (counts): weighted by it, relative to the median frame
+        scale = (noise / np.median(noise[ok], axis=0)).reshape(-1, 2)
 
     fits = {}
     for deg in (1,) if mode == "plane" else (2,) if mode == "quadratic" else (1, 2):
-        fits[deg] = _fit(descan_design((sy, sx), deg), b, usable, k)
+        fits[deg] = _fit(descan_design((sy, sx), deg), b, usable, k, scale)
     if len(fits) == 1:
         degree = next(iter(fits))
     else:
@@ -302,11 +328,8 @@ def fit_descan(
     r = r.reshape(sy, sx, 2)
     out = out.reshape(sy, sx)
 
-    if center_noise is not None:
+    if noise is not None:
         noise = np.asarray(center_noise, np.float64)
-        np.broadcast_to(noise, (sy, sx, 2))  # shape check
-        if not (noise > 0).all():
-            raise ValueError("center_noise must be > 0")
     else:
         noise = _neighbour_noise(r, ok & ~out)
         # No neighbours to compare: nothing tells jitter from noise, so trust the model.
@@ -322,12 +345,14 @@ def fit_descan(
         # (real, keep it) as an estimator failure; beyond k_map one Gaussian map in 1000
         # has a frame.
         k_map = max(k, np.sqrt(2.0 * np.log(1000.0 * ok.sum())))
-        failed = out & (np.sqrt(((r0 / sigma) ** 2).sum(-1)) > k_map)
+        rel = 1.0 if scale is None else scale.reshape(sy, sx, 2)
+        failed = out & (np.sqrt(((r0 / (rel * sigma)) ** 2).sum(-1)) > k_map)
         # Real jitter larger than the noise (residual variance over twice the noise's): a
         # frame's own centre is then closer to the truth than the model is on average, so
         # every frame keeps it (dropping those below k_sig noise would cost up to k_sig
         # noise each, where keeping costs one noise).
         typical = np.median(np.broadcast_to(noise, (sy, sx, 2))[ok], axis=0)
+        # (with a scale, sigma is that of a median frame, whose noise is ``typical``)
         if np.all(sigma**2 > 2.0 * typical**2):
             kept = ok & ~failed
         else:

@@ -321,6 +321,38 @@ def moved_valid_sum(method: str, valid: jax.Array, centers: jax.Array, weights: 
 _moved_valid_sum = jax.jit(moved_valid_sum, static_argnums=0)
 
 
+def frame_seen_sum(centers: jax.Array, weights: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """``sum_i w_i [pixel inside frame i once recentred]``: how often each pixel of the
+    recentred frames (no ellipse undone) came from inside the detector. A disk cut off by
+    the frame's edge is filled with zeros beyond it, whose straight edge is no disk edge;
+    the ellipse estimate leaves out what this says was never seen. The recentring moves
+    rows and columns separately, so the sum is a product of two 1-D indicators per frame
+    (no warp)."""
+    h, w = shape
+    c0 = frame_center(shape)
+    rows = jnp.arange(h, dtype=jnp.float32)[None, :] + (centers[:, 0:1] - c0[0])
+    cols = jnp.arange(w, dtype=jnp.float32)[None, :] + (centers[:, 1:2] - c0[1])
+    in_r = ((rows >= 0.0) & (rows <= h - 1.0)).astype(jnp.float32)
+    in_c = ((cols >= 0.0) & (cols <= w - 1.0)).astype(jnp.float32)
+    return jnp.einsum("b,bh,bw->hw", weights, in_r, in_c, precision=jax.lax.Precision.HIGHEST)
+
+
+_frame_seen_sum = jax.jit(frame_seen_sum, static_argnums=2)
+
+#: Without a mask, a pixel of the recentred mean counts as seen where at least this share
+#: of its frames held it. A pixel that only some frames held is darker, but smoothly so
+#: (the frames' shifts differ): no edge. Only where most frames were beyond the frame's
+#: edge is there a zero fill with a straight edge (a disk cut off by the detector). With
+#: the 0.99 of a mask's coverage, the evaluation's means of frames shifted by up to 16 px
+#: in 32 px frames lost their harmonic ellipse estimate (ratio error 0.016 against 0.0005).
+FRAME_SEEN_SHARE = 0.5
+
+
+def _frame_seen(share: np.ndarray) -> np.ndarray:
+    """The frame-edge coverage as the ellipse fits read it: seen (1) or not (0)."""
+    return (np.asarray(share) >= FRAME_SEEN_SHARE).astype(np.float32)
+
+
 def _polar_channels(cfg: PipelineConfig, pn: jax.Array) -> jax.Array:
     """``(A, R)`` polar transform (normalised) -> ``(A, R, 4)``: the transform, its
     azimuthal residual (rescaled to the range of the transform), ``cos 2 phi`` and
@@ -585,7 +617,7 @@ class Pipeline:
         w = weights * ((flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0)  # negatives were clipped: keep the frame
         valid = self._valid_for(out.shape[-2:])
         cover = (
-            jnp.zeros((), jnp.float32)
+            frame_seen_sum(centers, w, out.shape[-2:])
             if valid is None
             else moved_valid_sum(cfg.interpolation, valid, centers, w, jnp.eye(2, dtype=jnp.float32))
         )
@@ -597,7 +629,8 @@ class Pipeline:
 
     def coverage(self, centers, shape: tuple[int, int], matrix=None, weights=None) -> np.ndarray | None:
         """The fraction of frames in which each pixel of their corrected mean was seen:
-        the mask moved with every frame (warped about its centre, undoing ``matrix``).
+        the mask (or, without one, the frame itself) moved with every frame (warped about
+        its centre, undoing ``matrix``).
 
         Parameters
         ----------
@@ -608,13 +641,19 @@ class Pipeline:
 
         Returns
         -------
-        (H, W) float32 in [0, 1], or None without a mask
+        (H, W) float32 in [0, 1]: 0 where no frame saw the pixel (masked, or beyond the
+        frame's edge once recentred). Without a mask only 0 or 1: seen where at least
+        :data:`FRAME_SEEN_SHARE` of the frames held the pixel.
         """
-        valid = self._valid_for(tuple(shape))
-        if valid is None:
-            return None
+        shape = tuple(shape)
+        valid = self._valid_for(shape)
         centers = np.asarray(centers, np.float32).reshape(-1, 2)
         weights = np.ones(len(centers), np.float32) if weights is None else np.asarray(weights, np.float32)
+        if valid is None and matrix is None:
+            total = _frame_seen_sum(jnp.asarray(centers), jnp.asarray(weights), shape)
+            return _frame_seen(total / max(float(weights.sum()), 1e-12))
+        masked = valid is not None
+        valid = jnp.ones(shape, jnp.float32) if valid is None else valid
         m = jnp.eye(2, dtype=jnp.float32) if matrix is None else jnp.asarray(matrix, jnp.float32)
         total = jnp.zeros(valid.shape, jnp.float32)
         b = self.batch_size
@@ -622,7 +661,8 @@ class Pipeline:
             c, w = np.zeros((b, 2), np.float32), np.zeros(b, np.float32)
             c[: len(centers[i : i + b])], w[: len(centers[i : i + b])] = centers[i : i + b], weights[i : i + b]
             total = total + _moved_valid_sum(self.config.interpolation, valid, jnp.asarray(c), jnp.asarray(w), m)
-        return np.asarray(total / max(float(weights.sum()), 1e-12))
+        share = np.asarray(total / max(float(weights.sum()), 1e-12))
+        return share if masked else _frame_seen(share)
 
     # ---- batching
     def _batches(self, frames, check: bool, index: np.ndarray | None = None) -> Iterator[tuple[int, int, jax.Array]]:
@@ -838,7 +878,7 @@ class Pipeline:
         ``(ellipse, mean_pattern)``; with ``halves``, ``(ellipse, mean_pattern,
         (mean_a, mean_b, coverage))``: the means of the even- and odd-numbered sampled
         frames, two disjoint halves spread alike over the scan (NaN where a half has no
-        usable frame), and the whole mean's coverage (None without a mask)."""
+        usable frame), and the whole mean's coverage (:meth:`coverage`)."""
         frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
         n = min(frames.shape[0], n or self.calibration_size(frames))
         idx = np.unique(np.linspace(0, frames.shape[0] - 1, n).round().astype(np.int64))
@@ -853,7 +893,7 @@ class Pipeline:
         if float(count) == 0:
             raise ValueError("no usable frame for the ellipse estimate: every sampled frame is empty or non-finite")
         mean = np.asarray(total / count)
-        coverage = None if self.mask is None else np.asarray(cover / count)
+        coverage = np.asarray(cover / count) if self.mask is not None else _frame_seen(cover / count)
         ellipse = self.estimate_ellipse(mean, coverage)
         if not halves:
             return ellipse, mean
@@ -985,7 +1025,7 @@ class Pipeline:
         first, warp = self._descan_fns
         self._map(first, frames, (data, centers, flags), progress=progress)
         usable = (flags & (FLAG_NONFINITE | FLAG_EMPTY)) == 0
-        noise = self.center_noise(frames, valid=usable) if mode == "auto" else None  # only auto judges residuals by it
+        noise = self.center_noise(frames, valid=usable)  # each frame's uncertainty weights the fit (every mode)
         noise = None if noise is None else noise.reshape(*scan, 2)
         fit = fit_descan(centers.astype(np.float64).reshape(*scan, 2), mode, valid=usable.reshape(scan), center_noise=noise)
         flags |= np.where(fit.outliers.reshape(-1), FLAG_DESCAN, 0).astype(np.uint8)

@@ -3,11 +3,12 @@
 A descan run makes one more pass over the file before pass 1::
 
     centres pass -> every frame denoised and its centre found (no warp, nothing written)
-    noise        -> for ``auto``: the centre estimator's noise, measured by Poisson
-                    thinning of frames sampled across the scan
-                    (:meth:`prenet_jax.Pipeline.center_noise`)
-    fit          -> :func:`prenet_jax.ops.fit_descan` over the scan (Huber IRLS; frames
-                    flagged empty or non-finite left out); outliers flagged FLAG_DESCAN
+    noise        -> each frame's centre uncertainty: the estimator's noise, measured by
+                    Poisson thinning of frames sampled across the scan and scaled by
+                    each frame's counts (:meth:`prenet_jax.Pipeline.center_noise`)
+    fit          -> :func:`prenet_jax.ops.fit_descan` over the scan (Huber IRLS weighted
+                    by the uncertainties; frames flagged empty or non-finite left out);
+                    outliers, judged by their own uncertainty, flagged FLAG_DESCAN
     pass 1       -> every frame warped about its chosen centre
                     (:attr:`prenet_jax.Pipeline.step_at_fn`)
 
@@ -67,11 +68,10 @@ class DescanPass:
     flags : (Rx, Ry) uint8 flags of the centres pass, with ``FLAG_DESCAN`` on the
         outliers of the fit
     seconds : wall time of the pass and the fit
-    noise : how the estimator noise ``fit.noise`` was found: ``"thinning"``
-        (:meth:`prenet_jax.Pipeline.center_noise`; for ``"auto"``, which judges the
-        residuals by it) or
-        ``"neighbours"`` (the fit's own estimate: the other modes, and data that are
-        not counts)
+    noise : how the estimator noise ``fit.noise`` (each frame's centre uncertainty,
+        which weights the fit) was found: ``"thinning"``
+        (:meth:`prenet_jax.Pipeline.center_noise`) or ``"neighbours"`` (the fit's own
+        estimate, one value for the map: data that are not counts)
     """
 
     fit: Descan
@@ -185,10 +185,10 @@ def descan_pass(
     t0 = time.perf_counter()
     measured, flags, counts = centers_pass(source, pipe, negative=negative, block_bytes=block_bytes, progress=progress, cancel=cancel)
     usable = (flags & FLAGS_EXCLUDED) == 0
-    noise = None
-    if mode == "auto":  # only auto judges the residuals by the noise
-        noise = pipe.center_noise(FrameView(source, sanitize=False), valid=usable.reshape(-1), counts=counts.reshape(-1))
-        noise = None if noise is None else noise.reshape(measured.shape)
+    # Every mode: each frame's uncertainty weights the fit (and is written and plotted);
+    # auto also judges each residual's significance by it.
+    noise = pipe.center_noise(FrameView(source, sanitize=False), valid=usable.reshape(-1), counts=counts.reshape(-1))
+    noise = None if noise is None else noise.reshape(measured.shape)
     if cancel is not None:
         cancel.check()
     try:
@@ -257,7 +257,8 @@ def descan_record(d: DescanPass) -> dict:
             "qx0/qy0 are the centres the frames were warped about; qx0_meas/qy0_meas each frame's own centre; "
             "qx0_fit/qy0_fit the descan model (descan_coefficients: rows row, col; columns the descan_terms, in the scan "
             "coordinates y = 2 i / (Rx - 1) - 1, x = 2 j / (Ry - 1) - 1); qx0_residuals = meas - fit; descan_outliers: farther "
-            f"than 4 robust sigmas from the model (flag {FLAG_DESCAN}); descan_kept: frames warped about their own centre"
+            f"than 4 robust sigmas from the model (flag {FLAG_DESCAN}); descan_kept: frames warped about their own centre; "
+            "descan_noise: each frame's centre uncertainty (px, 1 sigma, row and col), which weights the fit"
         ),
     }
 

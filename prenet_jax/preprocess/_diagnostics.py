@@ -196,13 +196,24 @@ def _write_figures(
             (descan.residuals, "found - model (x: outliers)", (0.0, 0.0)),
         ]
     maps.append((centers_after, after_label, c0))
+    noise = None if descan is None else np.broadcast_to(np.asarray(descan.noise, np.float64), descan.model.shape)
+    if noise is not None and np.ptp(noise[descan.valid], axis=0).max() > 0:  # per frame (thinning), not one value
+        maps.append((noise, "centre uncertainty (1 sigma, Poisson thinning)", None))
     fig, ax = plt.subplots(2, len(maps), figsize=(5 * len(maps), 8.4), squeeze=False)
     for col, (cen, label, ref) in enumerate(maps):
         for row, (k, axis) in enumerate(((0, "row"), (1, "col"))):
+            a = ax[row, col]
+            if ref is None:  # a map of magnitudes, not of signed offsets
+                d = np.where(good, cen[..., k], np.nan)
+                im = a.imshow(d, cmap=plt.get_cmap("viridis").with_extremes(bad="0.6"), vmin=0.0, interpolation="nearest")
+                a.set_title(f"{label}\n{axis} px (median {float(np.nanmedian(d)):.3g} px)", fontsize=9)
+                a.set_xlabel("scan Ry")
+                a.set_ylabel("scan Rx")
+                fig.colorbar(im, ax=a, label="px")
+                continue
             d = np.where(good, cen[..., k] - ref[k], np.nan)
             lim = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 1.0
             lim = max(lim, 1e-3)
-            a = ax[row, col]
             cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
             im = a.imshow(d, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
             sd = float(np.nanstd(d)) if np.isfinite(d).any() else float("nan")

@@ -827,7 +827,7 @@ def _calibrate_refined(pipe, frames, n: int) -> tuple[Ellipse, np.ndarray, dict,
     held = (used > 0) & ((fl & FLAG_REFINE) == 0)
     shift = np.linalg.norm(ref[held].astype(np.float64) - est[held], axis=-1)
     stats = {"center_shift_median": float(np.median(shift)) if shift.size else float("nan"), "center_shift_frames": int(shift.size)}
-    coverage = pipe.coverage(ref, mean.shape, weights=used)  # None without a mask
+    coverage = pipe.coverage(ref, mean.shape, weights=used)  # the mask's, or the frame edge's
     return pipe.estimate_ellipse(mean, coverage), mean, stats, (mean_a, mean_b, coverage)
 
 
@@ -908,10 +908,9 @@ def _fit_mean(mean: np.ndarray, coverage: np.ndarray | None = None) -> tuple[flo
 
 
 def _output_coverage(job: _Job, st: StreamStats, cal: _Calibration, n: int = 1024) -> np.ndarray | None:
-    """With a mask: the fraction of the frames in the corrected mean that saw each of its
-    pixels, from up to ``n`` of the frames in it (their centres and the ellipse undone)."""
-    if job.pipeline.mask is None:
-        return None
+    """The fraction of the frames in the corrected mean that saw each of its pixels (the
+    mask's, and the frame edge's), from up to ``n`` of the frames in it (their centres and
+    the ellipse undone)."""
     good = np.flatnonzero(((st.flags & FLAGS_EXCLUDED) == 0).reshape(-1))
     if not good.size:
         return None

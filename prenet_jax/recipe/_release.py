@@ -53,6 +53,8 @@ class Recipe:
         ``init_from`` paths are replaced by the work directory's
     evalset : the held-out set (a :class:`prenet_jax.evaluation.EvalSetConfig`)
     evaluation : how it is scored (a :class:`prenet_jax.evaluation.EvalConfig`; None: the defaults)
+    eval_tables : which of the evaluation's tables run (None: all of
+        :data:`prenet_jax.evaluation.TABLES`)
     weights : the shipped weights directory (refreshed as training improves)
     report : where the evaluation's ``report.md`` is copied (e.g. ``benchmarks/EVAL.md``);
         None: only in the work directory
@@ -71,6 +73,7 @@ class Recipe:
     evalset: object
     weights: Path
     evaluation: object | None = None
+    eval_tables: tuple[str, ...] | None = None
     report: Path | None = None
     e2e_check_batches: int = 8
     storage_dtype: str = "float32"
@@ -274,6 +277,8 @@ def _run_stage(
         from ..evaluation import evaluate_weights
 
         kw = {} if recipe.evaluation is None else {"cfg": recipe.evaluation}
+        if recipe.eval_tables is not None:
+            kw["tables"] = recipe.eval_tables
         path = evaluate_weights(
             recipe.weights, wd / "eval" / "data", wd / "eval" / "report", log=log, stash_dir=wd / "eval" / "partial", **kw
         )
