@@ -304,16 +304,15 @@ def fit_descan(
         raise ValueError("no valid, finite centre to fit the descan to")
     usable = ok.ravel()
     b = c.reshape(-1, 2)
-    noise = None
-    if center_noise is not None:
-        noise = np.asarray(center_noise, np.float64)
-        noise = np.broadcast_to(noise, (sy, sx, 2))  # shape check
-        if not (noise > 0).all():
-            raise ValueError("center_noise must be > 0")
+    given = None if center_noise is None else np.asarray(center_noise, np.float64)
     scale = None
-    if noise is not None and np.ptp(noise[ok], axis=0).max() > 0:
-        # frames of different noise (counts): weighted by it, relative to the median frame
-        scale = (noise / np.median(noise[ok], axis=0)).reshape(-1, 2)
+    if given is not None:
+        per_frame = np.broadcast_to(given, (sy, sx, 2))  # shape check
+        if not (per_frame > 0).all():
+            raise ValueError("center_noise must be > 0")
+        if np.ptp(per_frame[ok], axis=0).max() > 0:
+            # frames of different noise (counts): weighted by it, relative to the median frame
+            scale = (per_frame / np.median(per_frame[ok], axis=0)).reshape(-1, 2)
 
     fits = {}
     for deg in (1,) if mode == "plane" else (2,) if mode == "quadratic" else (1, 2):
@@ -328,8 +327,8 @@ def fit_descan(
     r = r.reshape(sy, sx, 2)
     out = out.reshape(sy, sx)
 
-    if noise is not None:
-        noise = np.asarray(center_noise, np.float64)
+    if given is not None:
+        noise = given
     else:
         noise = _neighbour_noise(r, ok & ~out)
         # No neighbours to compare: nothing tells jitter from noise, so trust the model.
