@@ -6,12 +6,13 @@ import dataclasses
 from typing import Any, Literal
 
 from .models import ResNetConfig, UNetConfig
+from .stages import CENTER, DENOISE, ELLIPSE, STAGES, classical_methods
 
 __all__ = ["PipelineConfig", "DENOISE_METHODS", "CENTER_METHODS", "ELLIPSE_METHODS"]
 
-DENOISE_METHODS = ("network", "gaussian", "none")
-CENTER_METHODS = ("network", "com", "friedel", "none")
-ELLIPSE_METHODS = ("network", "fit", "none")
+DENOISE_METHODS = DENOISE.methods
+CENTER_METHODS = CENTER.methods
+ELLIPSE_METHODS = ELLIPSE.methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +122,9 @@ class PipelineConfig:
 
     def _check_methods(self) -> None:
         """The stage methods and the centre refinement / consensus settings."""
-        for name, allowed in (("denoise_method", DENOISE_METHODS), ("center_method", CENTER_METHODS), ("ellipse_method", ELLIPSE_METHODS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        for stage in STAGES:
+            if getattr(self, stage.method_field) not in stage.methods:
+                raise ValueError(f"{stage.method_field}={getattr(self, stage.method_field)!r} is not one of {stage.methods}")
         if self.center_refine not in ("none", "friedel"):
             raise ValueError(f"center_refine={self.center_refine!r}: use 'friedel' or 'none'")
         if self.center_consensus not in ("none", "com", "friedel"):
@@ -222,7 +223,7 @@ class PipelineConfig:
     @classmethod
     def classical(cls, **overrides: Any) -> PipelineConfig:
         """Classical methods at every stage: Gaussian filter, thresholded CoM, edge fit."""
-        base = dict(denoise_method="gaussian", center_method="com", ellipse_method="fit")
+        base = classical_methods()
         base.update(overrides)
         return cls(**base)
 

@@ -55,10 +55,10 @@ def test_an_untrained_centre_network_is_caught_and_replaced():
     assert ok.used == "com" and not ok.warnings and ok.no_beam == 0
 
 
-def test_a_saturated_direct_beam_lowers_the_bar_for_the_network_to_the_consensus_radius():
+def test_a_saturated_direct_beam_lowers_the_bar_for_the_network_to_a_pixel():
     """Clipped at a counter's depth, the disk is a plateau the networks never saw: a
     network 1.5 px from both classical estimates (under the 2 px of unsaturated data,
-    over the 1 px consensus radius, and as steady as they are: the real test1.blo)
+    over the 1 px of SATURATED_PX, and as steady as they are: the real test1.blo)
     gives way to the classical estimator when the level is known, and not otherwise."""
     syn = _cube()
     frames = syn["cube"].reshape(-1, 64, 64)

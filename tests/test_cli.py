@@ -17,7 +17,7 @@ def test_info(capsys):
         assert f"device {d.id}: {d.device_kind}" in out
     # and what the bundled weights are, and the methods they make the default
     assert "bundled weights: center_fine, center_net (trained at commit" in out
-    assert "default methods: denoise gaussian, centre network (friedel where within 1 px), ellipse fit" in out
+    assert "default methods: denoise gaussian, centre network (friedel where within 0.5 px), ellipse fit" in out
 
 
 def test_demo_runs_end_to_end_and_recovers_the_truth(tmp_path):

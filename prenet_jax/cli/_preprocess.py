@@ -29,11 +29,12 @@ from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io import InputError, OutputError, check_output_path, open_input
 from ..preprocess import DESCAN_MODES, Cancel, Interrupted, catch_signals, ellipse_from_py4dstem
+from ..stages import classical_methods, stage_of
 
 __all__ = ["add_preprocess_parser", "run_preprocess"]
 
 #: The classical method of each stage, used while no trained weights are available.
-_CLASSICAL = {k: getattr(PipelineConfig.classical(), k) for k in ("denoise_method", "center_method", "ellipse_method")}
+_CLASSICAL = classical_methods()
 
 
 def _numbers(text: str, kind=float) -> tuple:
@@ -132,8 +133,7 @@ def _build_pipeline(args, log):
         # By default each stage runs what the weights ship with: a network where one was
         # trained well enough to ship, else that stage's classical method.
         wanted = {k: (getattr(config, k) if v is None else v) for k, v in wanted.items()}
-        need = {"denoise_method": ("denoiser",), "center_method": ("center_net",), "ellipse_method": ("ellipse_net",)}
-        lacking = [k for k in explicit_net if any(n not in params for n in need[k])]
+        lacking = [k for k in explicit_net if stage_of(k).network not in params]
         if lacking:
             names = ", ".join("--" + k.replace("_", "-") + " network" for k in lacking)
             raise InputError(

@@ -8,6 +8,7 @@ import os
 import sys
 
 from .._util import distributed_initialize
+from ..stages import NETWORKS, TASKS
 from ..training import cache_dir, evaluate_e2e, export, load_config, override, plot_curves, train
 
 __all__ = ["add_train_parser"]
@@ -36,7 +37,7 @@ def _run_cli(args) -> int:
 
 
 def _export_cli(args) -> int:
-    runs = {k: getattr(args, k) for k in ("denoiser", "center", "ellipse", "e2e") if getattr(args, k)}
+    runs = {k: getattr(args, k) for k in TASKS if getattr(args, k)}
     try:
         overrides = {} if args.center_consensus is None else {"center_consensus": args.center_consensus}
         path = export(
@@ -136,14 +137,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write inference weights (weights.npz + manifest.json) from run directories")
     e.add_argument("-o", "--output", required=True, help="new weights directory")
-    for k in ("denoiser", "center", "ellipse", "e2e"):
+    for k in TASKS:
         e.add_argument(f"--{k}", default=None, metavar="RUN", help=f"run directory of the {k} task")
     e.add_argument("--storage-dtype", default="float32", choices=("float32", "float16"))
     e.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"), help="stored in the pipeline config")
     e.add_argument(
         "--networks",
         nargs="+",
-        choices=("denoiser", "center_net", "center_fine", "ellipse_net"),
+        choices=NETWORKS,
         help="ship only these networks of the runs (default all); the other stages run their classical methods",
     )
     e.add_argument(

@@ -9,19 +9,10 @@ and the demo. The command line (``prenet-jax simulate``, ``simulate-figure``) is
 """
 
 from ._figures import FIGURE_STRUCTURES, figure_from_dataset, make_figure
-from ._simulate import (
-    PatternStore,
-    SimulationConfig,
-    TaskSpec,
-    draw_task,
-    read_manifest,
-    read_shard,
-    round_mantissa,
-    run_simulation,
-    simulate_task,
-    wavelength,
-    write_shard,
-)
+from ._sim_config import SimulationConfig, wavelength
+from ._sim_engine import TaskSpec, draw_task, simulate_task
+from ._sim_store import PatternStore, read_manifest, read_shard, round_mantissa, write_shard
+from ._simulate import run_simulation
 from ._structures import StructureInfo, build_structure, catalogue, cut_box, select_structures, split_of, zone_axis_rotation
 from ._synthetic import disk_pattern, synthetic_cube
 

@@ -91,7 +91,7 @@ def figure_from_dataset(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse as EllipsePatch
 
-    from ._simulate import read_manifest, read_shard
+    from ._sim_store import read_manifest, read_shard
 
     rows = read_manifest(root, "patterns")
     seen, picked = set(), []
@@ -167,7 +167,8 @@ def make_figure(
 ) -> Path:
     """Simulate :data:`FIGURE_STRUCTURES` (one pattern each, two ellipse averages) into
     ``data`` (a temporary directory when None) and draw them."""
-    from ._simulate import SimulationConfig, run_simulation
+    from ._sim_config import SimulationConfig
+    from ._simulate import run_simulation
 
     cfg = SimulationConfig(
         structure_ids=FIGURE_STRUCTURES,

@@ -140,5 +140,6 @@ class Methods:
         return self.select is None or name in self.select
 
     def has_net(self, part: str) -> bool:
-        """Whether the network pipeline has parameters ``part`` (e.g. ``"denoiser"``)."""
+        """Whether the network pipeline has the network ``part`` (a key of
+        :data:`prenet_jax.stages.NETWORKS`)."""
         return self.network is not None and part in self.network.params

@@ -18,6 +18,7 @@ from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..ops import frame_center, refine_center
 from ..pipeline import Pipeline, as_counts
+from ..stages import CENTER, DENOISE, ELLIPSE, Stage, methods_for
 from ._config import REFINE, Methods
 
 __all__ = [
@@ -92,6 +93,11 @@ def classical_center_pipelines(methods: Methods, batch: int) -> dict[str, Pipeli
     return pipes
 
 
+def _only(params: dict, stage: Stage) -> dict:
+    """The parameters of ``stage``'s networks."""
+    return {k: v for k, v in params.items() if k in stage.keys}
+
+
 def network_center_pipelines(methods: Methods) -> tuple[Pipeline | None, dict[str, Pipeline]]:
     """The centre finder as shipped, in two parts: the denoiser (None if not trained) and
     ``{method: pipeline}`` of the centre networks on its output, with and without refinement.
@@ -100,15 +106,15 @@ def network_center_pipelines(methods: Methods) -> tuple[Pipeline | None, dict[st
     the denoised frames are computed once for the rows with and without refinement.
     """
     net = methods.network
-    if not methods.wants("network") or net is None or "center_net" not in net.params:
+    if not methods.wants("network") or net is None or CENTER.network not in net.params:
         return None, {}
     denoiser = None
     cfg = net.config.replace(center_method="network", ellipse_method="none")
-    if "denoiser" in net.params:
-        denoiser = Pipeline(net.config.replace(center_method="none", ellipse_method="none"), {"denoiser": net.params["denoiser"]})
+    if DENOISE.network in net.params:
+        denoiser = Pipeline(net.config.replace(center_method="none", ellipse_method="none"), _only(net.params, DENOISE))
         cfg = cfg.replace(denoise_method="none")
     # else the centre pipeline denoises as shipped (a classical filter, or none)
-    centers = Pipeline(cfg, {k: v for k, v in net.params.items() if k in ("center_net", "center_fine")})
+    centers = Pipeline(cfg, _only(net.params, CENTER))
     pipes = {"network": centers}
     if methods.wants("network" + REFINE):
         pipes["network" + REFINE] = centers.with_refinement()
@@ -151,11 +157,10 @@ def ellipse_pipelines(methods: Methods) -> dict[str, Pipeline]:
     pipes = {}
     if methods.wants("fit"):
         pipes["fit"] = Pipeline(PipelineConfig(denoise_method="none", center_method="none", ellipse_method="fit"))
-    if methods.wants("network") and methods.has_net("ellipse_net"):
+    if methods.wants("network") and methods.has_net(ELLIPSE.network):
         net = methods.network
         pipes["network"] = Pipeline(
-            net.config.replace(denoise_method="none", center_method="none", ellipse_method="network"),
-            {"ellipse_net": net.params["ellipse_net"]},
+            net.config.replace(denoise_method="none", center_method="none", ellipse_method="network"), _only(net.params, ELLIPSE)
         )
     return pipes
 
@@ -204,12 +209,6 @@ def e2e_pipelines(methods: Methods, sigma: float, batch: int) -> dict[str, Pipel
     }
     net = methods.network
     if net is not None and methods.wants("network"):
-        cfg = net.config.replace(
-            denoise_method="network" if "denoiser" in net.params else "gaussian",
-            center_method="network" if "center_net" in net.params else "com",
-            ellipse_method="network" if "ellipse_net" in net.params else "fit",
-            gaussian_sigma=sigma,
-            batch_size=batch,
-        )
+        cfg = net.config.replace(**methods_for(net.params), gaussian_sigma=sigma, batch_size=batch)
         out["network"] = Pipeline(cfg, dict(net.params))
     return out

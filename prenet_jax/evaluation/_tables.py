@@ -27,6 +27,7 @@ import numpy as np
 from ..conventions import Ellipse
 from ..ops import correct_ellipse, direct_beam_found, frame_center
 from ..pipeline import Pipeline
+from ..stages import DENOISE
 from . import _metrics as metrics
 from ._baselines import (
     gaussian_frames,
@@ -115,7 +116,7 @@ def _denoise_all(noisy: np.ndarray, target: np.ndarray, methods: Methods) -> dic
     if methods.wants("pca"):
         rank, search = pca_search(noisy, target)
         results["pca"] = (_frame_scores(pca_patches(noisy, rank), target), {"rank": rank, "search": search})
-    if methods.wants("network") and methods.has_net("denoiser"):
+    if methods.wants("network") and methods.has_net(DENOISE.network):
         den = methods.network.denoise(noisy.reshape(-1, *noisy.shape[-2:])).reshape(noisy.shape)
         results["network"] = (_frame_scores(den, target), None)
     return results

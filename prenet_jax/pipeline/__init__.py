@@ -10,14 +10,10 @@ path, which run the same stages outside the ``Pipeline`` class.
 """
 
 from ._gaussian import SIGMA_GRID, dose_adaptive_gaussian, frame_sigma, gaussian_per_frame, grid_risks, rule_gaussian
-from ._pipeline import (
-    FLAG_EMPTY,
-    FLAG_NEGATIVE,
-    FLAG_NONFINITE,
-    FLAG_REFINE,
-    THINNING_FRAMES,
-    Pipeline,
-    PreprocessResult,
+from ._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, THINNING_FRAMES, Pipeline
+from ._result import PreprocessResult
+from ._risk import RiskEstimate, denoise_risk, estimate_noise, gaussian_centre_weight
+from ._stages import (
     as_counts,
     center_fine_stage,
     center_stage,
@@ -28,19 +24,14 @@ from ._pipeline import (
     denormalize,
     ellipse_network_input,
     ellipse_stage,
+    frame_counts,
+    init_network_params,
+    network_dtype,
     normalize,
     refine_stage,
     refine_targets,
     warp_stage,
 )
-
-# Training builds the same networks and preprocess counts frames the same way as the
-# Pipeline: the helpers are public under these names (they keep their underscore names
-# inside _pipeline.py until the stage functions get their own module, issue 29 item 3).
-from ._pipeline import _dtype as network_dtype
-from ._pipeline import _frame_counts as frame_counts
-from ._pipeline import _init_params as init_network_params
-from ._risk import RiskEstimate, denoise_risk, estimate_noise, gaussian_centre_weight
 from ._validate import MIN_FRAME_SIDE, check_frames, host_dtype
 from ._weights import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_frames", "check_values_of", "host_dtype", "MIN_FRAME_SIDE"]
+__all__ = ["check_frames", "check_mask", "check_values_of", "host_dtype", "MIN_FRAME_SIDE"]
 
 MIN_FRAME_SIDE = 8
 
@@ -71,3 +71,19 @@ def check_values_of(x: np.ndarray, name: str, negative: str = "error") -> None:
                 f"{name} has negative pixels (min {float(lo):.4g}); expected counts >= 0. "
                 "Use PipelineConfig(negative='clip') to treat them as zero (e.g. after dark subtraction)"
             )
+
+
+def check_mask(mask) -> np.ndarray | None:
+    """A detector mask as (H, W) bool, True = bad; None stays None."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), True = bad pixel; got shape {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("mask must be boolean (True = bad pixel) or 0/1; it holds other values")
+        m = m.astype(bool)
+    if m.all():
+        raise ValueError("the mask marks every pixel bad; True = bad (invert a mask of good pixels)")
+    return m

@@ -16,10 +16,10 @@ and each frame is tested for a direct beam:
   classical estimator, and says so with the numbers;
 - **the direct beam is saturated** (a flat top of at least
   :data:`prenet_jax.ops.PLATEAU_PIXELS` pixels at the saturation level) in more than
-  half of the sampled frames, and the network is more than ``consensus_px`` (1 px)
-  from both classical estimates: the networks were trained without saturation, so on
-  such data the bar for trusting them against two independent estimates is the
-  consensus radius, not :data:`DISAGREE_PX`; the run uses the classical estimator
+  half of the sampled frames, and the network is more than :data:`SATURATED_PX`
+  (1 px) from both classical estimates: the networks were trained without saturation,
+  so on such data the bar for trusting them against two independent estimates is a
+  pixel, not :data:`DISAGREE_PX`; the run uses the classical estimator
   that scatters least across the scan, and says so. On the real NanoMegas
   ``test1.blo`` (a 5.6 px disk clipped at 255) the network was 1.2-1.4 px from both
   and 1.3 px from where CoM, Friedel and py4DSTEM agree, steady across the scan (so
@@ -44,12 +44,16 @@ import numpy as np
 
 from ..ops import PLATEAU_PIXELS
 
-__all__ = ["CenterCheck", "check_centers", "saturated_disks", "CHECK_FRAMES", "DISAGREE_PX", "NO_BEAM_FRACTION"]
+__all__ = ["CenterCheck", "check_centers", "saturated_disks", "CHECK_FRAMES", "DISAGREE_PX", "NO_BEAM_FRACTION", "SATURATED_PX"]
 
 #: Frames sampled across the scan for the checks.
 CHECK_FRAMES = 32
 #: Median distance (px) between two centre estimators beyond which they disagree.
 DISAGREE_PX = 2.0
+#: On saturated data: the median distance (px) from the network to both classical
+#: estimates beyond which the run uses the classical one (the consensus radius the
+#: rule was set with on ``test1.blo``; ``consensus_px`` has since moved to 0.5 px).
+SATURATED_PX = 1.0
 #: Fraction of the sampled frames without a direct beam beyond which the run treats
 #: the scan as beamless.
 NO_BEAM_FRACTION = 0.5
@@ -158,12 +162,12 @@ def check_centers(frames: np.ndarray, positions: np.ndarray, pipe, saturation: f
         best = min(classical, key=lambda k: (np.nan_to_num(classical[k], nan=np.inf), dist[f"used-{k}"]))
         noisier = not np.isfinite(scatter["used"]) or scatter["used"] > 2.0 * np.nan_to_num(classical[best], nan=np.inf) + 0.5
         n_sat = int(saturated_disks(frames, saturation)[beam].sum())
-        if n_sat > 0.5 * n_beam and near > cfg.consensus_px:
+        if n_sat > 0.5 * n_beam and near > SATURATED_PX:
             used = best
             warnings.append(
                 f"warning: the direct beam is saturated in {n_sat} of {n_beam} frames sampled across the scan (a flat top at "
                 f"{saturation:g}), unlike the network's training patterns, and the centre network is more than "
-                f"{cfg.consensus_px:g} px from both classical estimates (median {dist['used-com']:.1f} px from the centre of "
+                f"{SATURATED_PX:g} px from both classical estimates (median {dist['used-com']:.1f} px from the centre of "
                 f"mass, {dist['used-friedel']:.1f} px from Friedel symmetry): the run uses "
                 f"{'the centre of mass' if best == 'com' else 'Friedel symmetry'} instead (scatter across the scan "
                 f"{scatter[best]:.2f} px)"

@@ -34,12 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._util import atomic_write_text, call_from_file
+from ..stages import E2E_TASK
+from ..stages import STAGES as PIPELINE_STAGES
 from ..training import TrainConfig, evaluate_e2e, export, load_run_variables, task_networks, train
 
 __all__ = ["Recipe", "run_recipe", "load_recipe", "STAGES"]
 
-STAGES = ("simulate", "denoiser", "center", "ellipse", "e2e", "evalset", "evaluate")
-NETWORK_STAGES = ("denoiser", "center", "ellipse")
+#: The recipe's stages in order: the simulation, one per training task, the held-out set
+#: and its evaluation.
+NETWORK_STAGES = tuple(s.task for s in PIPELINE_STAGES)
+STAGES = ("simulate", *NETWORK_STAGES, E2E_TASK, "evalset", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Recipe:
     Attributes
     ----------
     simulation : the training set (a :class:`prenet_jax.data.SimulationConfig`)
-    stages : ``{"denoiser"|"center"|"ellipse"|"e2e": TrainConfig}``; their data roots and
+    stages : ``{task: TrainConfig}`` of every training task (:data:`prenet_jax.stages.TASKS`); their data roots and
         ``init_from`` paths are replaced by the work directory's
     evalset : the held-out set (a :class:`prenet_jax.evaluation.EvalSetConfig`)
     evaluation : how it is scored (a :class:`prenet_jax.evaluation.EvalConfig`; None: the defaults)
@@ -250,7 +254,7 @@ def _run_stage(
 
         res = run_simulation(recipe.simulation, wd / "sim", workers=workers, progress=True, time_limit=left)
         return {"patterns": res["total"]} if res["complete"] else None
-    if stage in NETWORK_STAGES or stage == "e2e":
+    if stage in NETWORK_STAGES or stage == E2E_TASK:
         cfg = _in_workdir(recipe.stages[stage], wd)
         summary = train(cfg, runs[stage], time_limit=left, log=log)
         separate = {k: runs[k] for k in NETWORK_STAGES if k in runs}

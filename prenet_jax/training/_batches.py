@@ -174,7 +174,7 @@ def _load_synthetic(cfg: DataConfig, split: str) -> Split:
 
 
 def _read_simulated(root: str, dataset: str, split: str, max_patterns: int | None) -> Split:
-    """The one function that reads the abTEM data set (``_simulate.PatternStore``)."""
+    """The one function that reads the abTEM data set (``prenet_jax.data.PatternStore``)."""
     from ..data import PatternStore
 
     store = PatternStore(root, dataset=dataset, split=split)

@@ -15,10 +15,11 @@ import jax
 from .._util import git_commit, versions
 from ..config import PipelineConfig
 from ..models import count_params
+from ..stages import E2E_TASK, STAGES, TASKS, methods_for, network, task_networks
 from ._checkpoints import _put_replicated, load_run_variables
 from ._loop import _Data, _mean_metrics
 from ._steps import _eval_key, make_eval_step, make_mesh, split_variables
-from .config import TASKS, TrainConfig, resolve_pipeline, task_networks
+from .config import TrainConfig, resolve_pipeline
 
 __all__ = ["export", "evaluate_e2e"]
 
@@ -29,15 +30,6 @@ def _versions() -> dict:
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in jax.devices()][:1] + [f"x{jax.device_count()}"],
     }
-
-
-# The pipeline settings that belong to each network (its size and how it is fed).
-_NETWORK_FIELDS = {
-    "denoiser": ("denoiser", "denoise_residual"),
-    "center_net": ("center_net", "heatmap_threshold", "heatmap_radius"),
-    "center_fine": ("center_fine", "fine_size"),
-    "ellipse_net": ("ellipse_net", "ellipse_input", "polar_angles", "polar_radii"),
-}
 
 
 def _widths(pcfg: PipelineConfig, net: str) -> dict:
@@ -60,15 +52,15 @@ def export(
     ----------
     out : new directory (``weights.npz`` + ``manifest.json``), loadable by
         ``Pipeline.from_pretrained(out)``
-    runs : ``{"denoiser"|"center"|"ellipse"|"e2e": run directory}``; e2e gives all three
+    runs : ``{task: run directory}`` (:data:`prenet_jax.stages.TASKS`); e2e gives all three
         networks, separate runs fill in or replace them. A stage without a network
         uses its classical method: the dose-adaptive Gaussian filter, the thresholded
         centre of mass, the edge fit.
     storage_dtype : ``"float16"`` halves the file
     compute_dtype : stored in the pipeline config (bfloat16 for GPU inference)
     manifest_extra : more provenance for the manifest (e.g. the data recipe)
-    networks : ship only these networks of the runs (e.g. ``("center_net",
-        "center_fine")`` where the evaluation says the others lose to their classical
+    networks : ship only these networks of the runs (e.g. the centre stage's
+        ``CENTER.keys`` where the evaluation says the others lose to their classical
         methods); None: all of them
     overrides : more :class:`~prenet_jax.config.PipelineConfig` fields for the shipped
         pipeline (e.g. ``{"center_consensus": "friedel"}``)
@@ -80,7 +72,7 @@ def export(
     info: dict = {}
     sizes: dict = {}
     base: PipelineConfig | None = None
-    for kind in ("e2e", "denoiser", "center", "ellipse"):  # separate runs override the e2e ones
+    for kind in (E2E_TASK, *(t for t in TASKS if t != E2E_TASK)):  # separate runs override the e2e ones
         if kind not in runs:
             continue
         cfg, variables, meta = load_run_variables(runs[kind])
@@ -97,7 +89,8 @@ def export(
                 )
         for net in task_networks(kind, pc):
             params[net] = variables[net]
-            sizes.update({f: getattr(pc, f) for f in _NETWORK_FIELDS[net]})
+            # the network's widths and the settings that say how it is fed
+            sizes.update({f: getattr(pc, f) for f in (net, *network(net).fields)})
             info[net] = {
                 "run": str(runs[kind]),
                 "task": cfg.task,
@@ -119,22 +112,17 @@ def export(
             raise ValueError(f"networks {sorted(missing)} are not in the runs (they hold {sorted(params)})")
         params = {k: v for k, v in params.items() if k in networks}
         info = {k: v for k, v in info.items() if k in networks}
-    if "center_fine" in params and "center_net" not in params:
-        raise ValueError("center_fine refines center_net's estimate: ship center_net with it")
+    for key in params:
+        refined = network(key).refines
+        if refined is not None and refined not in params:
+            raise ValueError(f"{key} refines {refined}'s estimate: ship {refined} with it")
     # A stage without a trained network runs its classical method. The dose-adaptive
     # Gaussian filter, not raw frames, feeds the centre network: on held-out patterns at
     # 1e4 electrons its mean error is 1.12 px that way, against 1.46 px on raw frames
     # (docs/training.md).
-    pcfg = base.replace(
-        compute_dtype=compute_dtype,
-        denoise_method="network" if "denoiser" in params else "gaussian",
-        gaussian_sigma=None,
-        center_method="network" if "center_net" in params else "com",
-        ellipse_method="network" if "ellipse_net" in params else "fit",
-        **{k: v for k, v in sizes.items()},
-    )
-    if "center_fine" not in params:  # a one-pass centre network
-        pcfg = pcfg.replace(center_fine=None)
+    pcfg = base.replace(compute_dtype=compute_dtype, gaussian_sigma=None, **methods_for(params), **sizes)
+    # a refining pass that does not ship is no pass (a one-pass centre network)
+    pcfg = pcfg.replace(**{n.key: None for st in STAGES for n in st.networks if n.refines and n.key not in params})
     pcfg = pcfg.replace(**(overrides or {}))
     manifest = {
         "format": "prenet-jax-weights",

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..models import count_params
+from ..stages import TASKS, task_metric
 from ._batches import batch_indices, cached_rotation_average, load_split
 from ._checkpoints import _abstract, _check_same_tree, _Checkpoints, _load_init, _put_replicated
 from ._steps import _eval_key, _fresh_variables, init_state, make_eval_step, make_mesh, make_optimizer, make_train_step
@@ -325,7 +326,7 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
     tr = [r for r in recs if r["split"] == "train"]
     va = [r for r in recs if r["split"] == "val"]
     task = json.loads((wd / "config.json").read_text())["task"] if (wd / "config.json").exists() else None
-    metric = {"denoiser": "psnr", "center": "center_err", "ellipse": "residual_ratio", "e2e": "image_rmse"}.get(task)
+    metric = task_metric(task) if task in TASKS else None
     if not tr or metric not in tr[0]:
         metric = None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -46,6 +46,7 @@ from ..pipeline import (
     normalize,
     warp_stage,
 )
+from ..stages import CENTER, DENOISE, ELLIPSE
 
 __all__ = [
     "LossConfig",
@@ -62,6 +63,9 @@ __all__ = [
     "e2e_forward",
     "e2e_loss",
 ]
+
+#: The centre stage's coarse and fine networks.
+_COARSE, _FINE = CENTER.keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +188,7 @@ def denoiser_loss(
         xn, t, target, noisy = (a.reshape(b, crop, crop) for a in (xn_c, t_c, tgt_c, noisy_c))
         scale = jnp.repeat(scale, crops_per_frame, axis=0)
         noise = jnp.repeat(noise, crops_per_frame, axis=0)
-    y = denoise_normalized(cfg, {"denoiser": variables}, xn)
+    y = denoise_normalized(cfg, {DENOISE.network: variables}, xn)
     err = jnp.mean(jnp.square(y - t), axis=(-2, -1))
     if lcfg.denoise_loss == "relative":
         loss = jnp.mean(err / jnp.maximum(noise, 1e-12))
@@ -252,8 +256,8 @@ def center_loss(
 ):
     """``frames (B, H, W)`` counts, true ``centers (B, 2)`` -> ``(loss, metrics)``.
 
-    ``variables``: ``{"center_net": ..., "center_fine": ...}`` (the fine network only
-    with ``cfg.center_fine``). The coarse network sees the frame resampled to
+    ``variables``: the centre stage's networks by key (``CENTER.keys``: coarse, fine;
+    the fine network only with ``cfg.center_fine``). The coarse network sees the frame resampled to
     ``image_size``; the fine one a ``fine_size`` native crop centred on the true centre
     plus a Gaussian error of ``lcfg.fine_offset`` px (from ``key``), as the coarse pass
     would leave it.
@@ -267,9 +271,7 @@ def center_loss(
     s = cfg.image_size
     shape = frames.shape[-2:]
     xn, _ = normalize(as_counts(frames)[0], cfg.transform)
-    logits = (
-        UNet(cfg.center_net, sigmoid=False, dtype=network_dtype(cfg)).apply(variables["center_net"], resize(xn, (s, s))).astype(jnp.float32)
-    )
+    logits = UNet(cfg.center_net, sigmoid=False, dtype=network_dtype(cfg)).apply(variables[_COARSE], resize(xn, (s, s))).astype(jnp.float32)
     c_net = resize_coordinates(centers, shape, (s, s))
     loss, bce, coord, found = _heatmap_loss(lcfg, cfg, logits, c_net)
     coarse = resize_coordinates(found, (s, s), shape)
@@ -281,9 +283,7 @@ def center_loss(
         guess = centers + lcfg.fine_offset * jax.random.normal(key, centers.shape, jnp.float32)
         origin = crop_origin(guess, f)
         crops = crop_frames(xn, origin, f)
-        fine_logits = (
-            UNet(cfg.center_fine, sigmoid=False, dtype=network_dtype(cfg)).apply(variables["center_fine"], crops).astype(jnp.float32)
-        )
+        fine_logits = UNet(cfg.center_fine, sigmoid=False, dtype=network_dtype(cfg)).apply(variables[_FINE], crops).astype(jnp.float32)
         f_loss, f_bce, f_coord, f_found = _heatmap_loss(lcfg, cfg, fine_logits, centers - origin)
         loss = loss + lcfg.fine_weight * f_loss
         err = jnp.linalg.norm(origin + f_found - centers, axis=-1)
@@ -387,7 +387,7 @@ def e2e_forward(cfg: PipelineConfig, variables: dict, noisy: jax.Array):
     centers = center_stage(cfg, variables, x)
     recentred = warp_stage(cfg, x, centers, jnp.eye(2, dtype=jnp.float32)).reshape(g, k, h, w)
     inputs = jax.vmap(lambda m: ellipse_network_input(cfg, m))(recentred.mean(1))
-    out = ResNet(cfg.ellipse_net, dtype=network_dtype(cfg)).apply(variables["ellipse_net"], inputs, train=False).astype(jnp.float32)
+    out = ResNet(cfg.ellipse_net, dtype=network_dtype(cfg)).apply(variables[ELLIPSE.network], inputs, train=False).astype(jnp.float32)
     d = matrix_from_output(out)
     xg, cg = x.reshape(g, k, h, w), centers.reshape(g, k, 2)
     corrected = jax.vmap(lambda xx, cc, dd: warp_stage(cfg, xx, cc, dd))(xg, cg, d)

@@ -19,6 +19,7 @@ import jax
 from .._util import call_from_file
 from ..config import PipelineConfig
 from ..corruption import AugmentConfig
+from ..stages import DENOISE, NETWORKS, TASKS, task_networks
 from ._batches import DataConfig
 from ._losses import LossConfig
 
@@ -36,22 +37,8 @@ __all__ = [
     "resolve_pipeline",
 ]
 
-TASKS = ("denoiser", "center", "ellipse", "e2e")
-
-
-ALL_NETWORKS = ("denoiser", "center_net", "center_fine", "ellipse_net")
-
-
-def task_networks(task: str, pipeline: PipelineConfig) -> tuple[str, ...]:
-    """The networks a task trains: its own, plus the fine centre network where the
-    pipeline finds centres coarse to fine."""
-    nets = {
-        "denoiser": ("denoiser",),
-        "center": ("center_net", "center_fine"),
-        "ellipse": ("ellipse_net",),
-        "e2e": ("denoiser", "center_net", "center_fine", "ellipse_net"),
-    }[task]
-    return tuple(n for n in nets if n != "center_fine" or pipeline.center_fine is not None)
+#: Every network a task may train or start from (``init_from``).
+ALL_NETWORKS = NETWORKS
 
 
 # Fields that may change when a run is resumed (they change no number of the run).
@@ -75,7 +62,8 @@ class TrainConfig:
     Attributes
     ----------
     name : the run's name (default work directory ``runs/<name>``).
-    task : ``"denoiser"``, ``"center"``, ``"ellipse"`` or ``"e2e"``.
+    task : one of :data:`prenet_jax.stages.TASKS`: a stage's task (its networks) or
+        ``"e2e"`` (every network through the whole pipeline).
     pipeline : network sizes, image size, transform, interpolation, heatmap settings:
         the :class:`PipelineConfig` the exported weights will run under.
     data, augment, loss : see :class:`DataConfig`, :class:`AugmentConfig`, :class:`LossConfig`.
@@ -117,7 +105,7 @@ class TrainConfig:
     """
 
     name: str = "run"
-    task: Literal["denoiser", "center", "ellipse", "e2e"] = "denoiser"
+    task: str = DENOISE.task
     pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig.tiny)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig(max_shift=3.0)
