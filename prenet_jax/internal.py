@@ -62,7 +62,7 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     "Data": (".training._loop", "_Data"),
     "abstract_state": (".training._checkpoints", "_abstract"),
     "batch_indices": (".training._batches", "batch_indices"),
-    "ellipse_targets": (".training._losses", "ellipse_targets"),
+    "ellipse_targets": (".training.tasks", "ellipse_targets"),
     "evaluate": (".training._loop", "evaluate"),
     "fresh_variables": (".training._steps", "_fresh_variables"),
     "init_state": (".training._steps", "init_state"),
@@ -70,9 +70,9 @@ _WHERE: dict[str, tuple[str, str | None]] = {
     "make_mesh": (".training._steps", "make_mesh"),
     "make_optimizer": (".training._steps", "make_optimizer"),
     "make_train_step": (".training._steps", "make_train_step"),
-    "matrix_from_output": (".training._losses", "matrix_from_output"),
+    "matrix_from_output": (".training.tasks", "matrix_from_output"),
     "put_replicated": (".training._checkpoints", "_put_replicated"),
-    "residual_ratio": (".training._losses", "residual_ratio"),
+    "residual_ratio": (".training.tasks", "residual_ratio"),
     "run_config": (".training._checkpoints", "_run_config"),
 }
 

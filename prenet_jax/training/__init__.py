@@ -10,7 +10,6 @@ from ._batches import load_split
 from ._checkpoints import load_run_variables
 from ._export import evaluate_e2e, export
 from ._loop import is_finished, plot_curves, train
-from ._losses import denoise_metrics
 from .config import (
     TASKS,
     AugmentConfig,
@@ -23,6 +22,7 @@ from .config import (
     resolve_pipeline,
     task_networks,
 )
+from .tasks import denoise_metrics
 
 __all__ = [
     "TASKS",

@@ -1,5 +1,5 @@
-"""Training data: clean patterns by structure split, the data order, and the on-device
-construction of every task's batch from clean patterns.
+"""Training data: clean patterns by structure split and the data order (each task's
+on-device batch is built in ``training/tasks/<stage>.py``).
 
 Host side
 ---------
@@ -22,7 +22,7 @@ Device side
 -----------
 The clean patterns travel to the device; everything random (shift, ellipse, rotation,
 dose, noise) is drawn there by :mod:`prenet_jax.corruption` from a key derived from
-``(seed, step)``, inside the jitted training step.
+``(seed, step)``, inside the jitted training step, by the task's batch function.
 """
 
 from __future__ import annotations
@@ -37,25 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._util import atomic_path
-from ..config import PipelineConfig
-from ..corruption import AugmentConfig, add_noise, augment, distort, sample_parameters
+from ..corruption import distort
 from ..data import disk_pattern
-from ..ops import frame_center
-from ..pipeline import as_counts, ellipse_network_input, warp_stage
 
-__all__ = [
-    "DataConfig",
-    "Split",
-    "load_split",
-    "batch_indices",
-    "rotation_average",
-    "cached_rotation_average",
-    "denoiser_batch",
-    "center_batch",
-    "ellipse_batch",
-    "e2e_batch",
-    "E2EBatch",
-]
+__all__ = ["DataConfig", "Split", "load_split", "batch_indices", "rotation_average", "cached_rotation_average"]
 
 SPLITS = ("train", "val", "test")
 
@@ -267,91 +252,3 @@ def cached_rotation_average(cfg: DataConfig, split: str, clean: np.ndarray, zero
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the name
         np.save(f, out)
     return out
-
-
-# ----------------------------------------------------------------------------- device side
-# Pure functions of (key, clean batch): traced inside the jitted steps.
-
-
-def denoiser_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig):
-    """``(noisy, target)``, both ``(B, H, W)`` detector counts."""
-    a = augment(key, clean, zero, aug)
-    return a.noisy, a.target
-
-
-def center_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, use_clean: bool | str = False):
-    """``(frames (B, H, W), centres (B, 2))``: the centre network's input and label.
-
-    ``use_clean``: ``"noisy"`` (or False) the detector frames, ``"clean"`` (or True)
-    their noise-free expectation, ``"mixed"`` each one or the other by a coin flip.
-    """
-    a = augment(key, clean, zero, aug)
-    mode = {False: "noisy", True: "clean"}.get(use_clean, use_clean)
-    if mode == "noisy":
-        return a.noisy, a.center
-    if mode == "clean":
-        return a.target, a.center
-    coin = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (a.noisy.shape[0], 1, 1))
-    return jnp.where(coin, a.target, a.noisy), a.center
-
-
-def ellipse_batch(key: jax.Array, rings: jax.Array, zero: jax.Array, aug: AugmentConfig, pcfg: PipelineConfig, center_error: float):
-    """``(inputs (B, S, S), ratio (B,), angle (B,))`` for the ellipse network.
-
-    Mimics pass 0 of the pipeline: the averaged pattern is distorted and shifted
-    (``aug``, at the high dose of thousands of frames), recentred with the pipeline's own
-    warp at the true centre plus a Gaussian error of ``center_error`` px (what the centre
-    network leaves), and made into the network input by ``ellipse_network_input``.
-    """
-    k_aug, k_err = jax.random.split(key)
-    a = augment(k_aug, rings, zero, aug)
-    found = a.center + center_error * jax.random.normal(k_err, a.center.shape, jnp.float32)
-    frames = as_counts(a.noisy)[0]  # the pipeline's input conditioning (read noise can go negative)
-    recentred = warp_stage(pcfg, frames, found, jnp.eye(2, dtype=jnp.float32))
-    inputs = jax.vmap(lambda m: ellipse_network_input(pcfg, m))(recentred)
-    return inputs, a.ellipse[0], a.ellipse[1]
-
-
-class E2EBatch(NamedTuple):
-    """Groups of frames sharing one ellipse (one "data set" each).
-
-    noisy : (G, K, H, W) detector counts
-    ideal : (G, K, H, W) what the pipeline should return: the noise-free pattern in the
-        same units, zero angle on ((H-1)/2, (W-1)/2), no ellipse
-    center : (G, K, 2) true centres in ``noisy``
-    ratio, angle : (G,) the group's ellipse
-    """
-
-    noisy: jax.Array
-    ideal: jax.Array
-    center: jax.Array
-    ratio: jax.Array
-    angle: jax.Array
-
-
-def e2e_batch(key: jax.Array, clean: jax.Array, zero: jax.Array, aug: AugmentConfig, group_size: int) -> E2EBatch:
-    """Frames for end-to-end fine-tuning from ``G`` clean patterns, ``K = group_size`` each.
-
-    Built from the pieces of :mod:`prenet_jax.corruption` (so the geometry and noise are the
-    same as in :func:`augment`), with the ellipse, gain and dose drawn once per group (they
-    belong to the microscope and the data set) and shift, in-plane rotation and noise
-    per frame (descan and grain orientation vary across a scan).
-    """
-    g, h, w = clean.shape
-    k = group_size
-    k_par, k_noise = jax.random.split(key)
-    p = sample_parameters(k_par, g * k, aug)
-    per_group = lambda v: jnp.repeat(v.reshape(g, k)[:, 0], k)  # noqa: E731
-    ratio, angle, scale, dose = (per_group(p[n]) for n in ("ratio", "angle", "scale", "dose"))
-    src = jnp.repeat(clean, k, axis=0)
-    z = jnp.repeat(jnp.broadcast_to(zero, (g, 2)), k, axis=0)
-    distorted, center = distort(src, z, p["shift"], ratio, angle, p["rotation"], aug.method)
-    c0 = jnp.asarray(frame_center((h, w)), jnp.float32)
-    ideal, _ = distort(src, z, c0 - z, jnp.ones_like(ratio), jnp.zeros_like(angle), p["rotation"], aug.method)
-    shot = aug.dose_range is not None
-    units = scale * (dose if shot else 1.0)
-    electrons = jnp.maximum(distorted, 0.0) * (dose if shot else 1.0)[:, None, None]
-    noisy = add_noise(k_noise, electrons, scale, p["read_noise"], aug, shot_noise=shot)
-    ideal = jnp.maximum(ideal, 0.0) * units[:, None, None]
-    shape = (g, k, h, w)
-    return E2EBatch(noisy.reshape(shape), ideal.reshape(shape), center.reshape(g, k, 2), ratio[::k], angle[::k])

@@ -22,10 +22,8 @@ from jax.sharding import PartitionSpec as P
 
 from ..config import PipelineConfig
 from ..pipeline import init_network_params
-from ..stages import CENTER, DENOISE, ELLIPSE
-from ._batches import center_batch, denoiser_batch, e2e_batch, ellipse_batch
-from ._losses import center_loss, denoiser_loss, e2e_loss, ellipse_loss
 from .config import TrainConfig, resolve_pipeline
+from .tasks import task_module
 
 __all__ = ["make_mesh", "make_optimizer", "split_variables", "init_state", "make_train_step", "make_eval_step"]
 
@@ -84,25 +82,7 @@ def _task_loss(cfg: TrainConfig, pcfg: PipelineConfig, params, extra, clean, zer
     """``(loss, (metrics, new_extra))`` of one batch of clean patterns."""
     variables = _merge(params, extra)
     k_extra = jax.random.fold_in(key, 1)  # crops, fine-crop offsets: apart from the augmentation's key
-    if cfg.task == DENOISE.task:
-        noisy, target = denoiser_batch(key, clean, zero, cfg.augment)
-        loss, m = denoiser_loss(pcfg, cfg.loss, variables[DENOISE.network], noisy, target, k_extra, cfg.crop_size, cfg.crops_per_frame)
-        return loss, (m, extra)
-    if cfg.task == CENTER.task:
-        frames, centers = center_batch(key, clean, zero, cfg.augment, use_clean=cfg.center_input)
-        nets = {k: variables[k] for k in cfg.networks}
-        loss, m = center_loss(pcfg, cfg.loss, nets, frames, centers, k_extra, full=not train)
-        return loss, (m, extra)
-    if cfg.task == ELLIPSE.task:
-        net = ELLIPSE.network
-        inputs, ratio, angle = ellipse_batch(key, clean, zero, cfg.augment, pcfg, cfg.ellipse_center_error)
-        loss, (m, stats) = ellipse_loss(pcfg, cfg.loss, variables[net], inputs, ratio, angle, train=train)
-        if train:
-            extra = {**extra, net: {**extra[net], "batch_stats": stats}}
-        return loss, (m, extra)
-    batch = e2e_batch(key, clean, zero, cfg.augment, cfg.group_size)
-    loss, m = e2e_loss(pcfg, cfg.loss, variables, batch)
-    return loss, (m, extra)
+    return task_module(cfg.task).task_loss(cfg, pcfg, variables, extra, clean, zero, key, k_extra, train)
 
 
 def _train_key(seed: int, step: jax.Array) -> jax.Array:
