@@ -22,10 +22,14 @@
 """
 
 import dataclasses
+import runpy
 from pathlib import Path
 
-from prenet_jax.config import PipelineConfig
-from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConfig, cache_dir
+from prenet_jax.training import AugmentConfig, LossConfig, TrainConfig
+
+#: The shared schedule of every size (train/configs/base.py).
+_BASE = runpy.run_path(str(Path(__file__).with_name("base.py")))
+base, simulated = _BASE["base"], _BASE["simulated"]
 
 #: The bundled weights (``prenet_jax/weights/release``), where ``real`` starts.
 WEIGHTS = Path(__file__).resolve().parents[2] / "prenet_jax" / "weights" / "release"
@@ -43,47 +47,20 @@ REAL_DETECTOR = dict(
 
 def get_config(size: str = "release") -> TrainConfig:
     if size == "tiny":
-        return TrainConfig(
-            name="center_tiny",
-            task="center",
-            pipeline=PipelineConfig.tiny(),
-            data=DataConfig(source="synthetic", size=32, n_structures=64, patterns_per_structure=4),
-            augment=AugmentConfig(max_shift=6.0, ratio_range=(1.0, 1.15), dose_range=(1e2, 1e5), read_noise_range=(0.0, 0.5)),
-            loss=LossConfig(heatmap_sigma=1.5),
-            batch_size=16,
-            steps=400,
-            lr=3e-3,
-            warmup_steps=40,
-            log_every=20,
-            eval_every=100,
-            eval_batches=4,
-            checkpoint_every=200,
-            patience=4,
-            center_input="noisy",
-            seed=0,
-        )
-    sim = DataConfig(source="simulated", root=str(cache_dir() / "release" / "sim"), dataset="patterns")
+        augment = AugmentConfig(max_shift=6.0, ratio_range=(1.0, 1.15), dose_range=(1e2, 1e5), read_noise_range=(0.0, 0.5))
+        return base("center", "tiny", augment=augment, loss=LossConfig(heatmap_sigma=1.5), center_input="noisy")
     augment = AugmentConfig(max_shift=16.0, ratio_range=(1.0, 1.2), dose_range=(1e2, 1e6), read_noise_range=(0.0, 0.5))
     if size == "release":
-        return TrainConfig(
-            name="center_release",
-            task="center",
-            pipeline=PipelineConfig.release(),
-            data=sim,
+        return base(
+            "center",
+            "release",
+            data=simulated(),
             # Linear warps: half the cost of cubic, and a centre label does not depend on edge sharpness.
             augment=dataclasses.replace(augment, method="linear"),
             loss=LossConfig(heatmap_sigma=1.5, coord_weight=0.1, fine_offset=2.0),
             batch_size=16,
             steps=4000,
-            lr=2e-3,
-            warmup_steps=100,
-            end_lr_fraction=0.02,
-            log_every=50,
-            eval_every=250,
-            eval_batches=8,
-            checkpoint_every=250,
             center_input="mixed",
-            seed=0,
             best_metric="center_err",
         )
     if size == "real":
@@ -99,24 +76,14 @@ def get_config(size: str = "release") -> TrainConfig:
             warmup_steps=50,
         )
     if size == "paper":
-        return TrainConfig(
-            name="center_paper",
-            task="center",
-            pipeline=PipelineConfig.paper(),
-            data=sim,
+        return base(
+            "center",
+            "paper",
+            data=simulated(),
             augment=augment,
             loss=LossConfig(heatmap_sigma=2.0),
-            batch_size=32,
             steps=20_000,
-            lr=1e-3,
-            warmup_steps=500,
-            compute_dtype="auto",
-            log_every=100,
-            eval_every=1000,
-            eval_batches=16,
-            checkpoint_every=1000,
             patience=5,
             center_input="mixed",
-            seed=0,
         )
     raise ValueError(f"unknown size {size!r}: use tiny, release, real or paper")

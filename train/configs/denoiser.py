@@ -14,8 +14,14 @@
     prenet-jax train run --config train/configs/denoiser.py:release --time-limit 7200
 """
 
-from prenet_jax.config import PipelineConfig
-from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConfig, cache_dir
+import runpy
+from pathlib import Path
+
+from prenet_jax.training import AugmentConfig, LossConfig, TrainConfig
+
+#: The shared schedule of every size (train/configs/base.py).
+_BASE = runpy.run_path(str(Path(__file__).with_name("base.py")))
+base, simulated = _BASE["base"], _BASE["simulated"]
 
 # A few hot and dead pixels, which the denoiser learns to remove.
 DETECTOR = dict(hot_pixel_fraction=2e-5, dead_pixel_fraction=2e-5)
@@ -23,65 +29,23 @@ DETECTOR = dict(hot_pixel_fraction=2e-5, dead_pixel_fraction=2e-5)
 
 def get_config(size: str = "release") -> TrainConfig:
     if size == "tiny":
-        return TrainConfig(
-            name="denoiser_tiny",
-            task="denoiser",
-            pipeline=PipelineConfig.tiny(),
-            data=DataConfig(source="synthetic", size=32, n_structures=64, patterns_per_structure=4),
-            augment=AugmentConfig(max_shift=3.0, ratio_range=(1.0, 1.15), dose_range=(1e2, 1e5), read_noise_range=(0.0, 0.5)),
-            batch_size=16,
-            steps=400,
-            lr=3e-3,
-            warmup_steps=40,
-            log_every=20,
-            eval_every=100,
-            eval_batches=4,
-            checkpoint_every=200,
-            patience=4,
-            seed=0,
-        )
-    sim = DataConfig(source="simulated", root=str(cache_dir() / "release" / "sim"), dataset="patterns")
+        augment = AugmentConfig(max_shift=3.0, ratio_range=(1.0, 1.15), dose_range=(1e2, 1e5), read_noise_range=(0.0, 0.5))
+        return base("denoiser", "tiny", augment=augment)
     augment = AugmentConfig(max_shift=16.0, ratio_range=(1.0, 1.2), dose_range=(1e2, 1e6), read_noise_range=(0.0, 0.5), **DETECTOR)
+    loss = LossConfig(denoise_loss="relative")
     if size == "release":
-        return TrainConfig(
-            name="denoiser_release",
-            task="denoiser",
-            pipeline=PipelineConfig.release(),
-            data=sim,
+        return base(
+            "denoiser",
+            "release",
+            data=simulated(),
             augment=augment,
-            loss=LossConfig(denoise_loss="relative"),
+            loss=loss,
             batch_size=8,
             crop_size=64,
             crops_per_frame=4,
             steps=3500,
-            lr=2e-3,
-            warmup_steps=100,
-            end_lr_fraction=0.02,
-            log_every=50,
-            eval_every=250,
-            eval_batches=8,
             eval_batch_size=8,
-            checkpoint_every=250,
-            seed=0,
         )
     if size == "paper":
-        return TrainConfig(
-            name="denoiser_paper",
-            task="denoiser",
-            pipeline=PipelineConfig.paper(),
-            data=sim,
-            augment=augment,
-            loss=LossConfig(denoise_loss="relative"),
-            batch_size=32,
-            steps=20_000,
-            lr=1e-3,
-            warmup_steps=500,
-            compute_dtype="auto",
-            log_every=100,
-            eval_every=1000,
-            eval_batches=16,
-            checkpoint_every=1000,
-            patience=5,
-            seed=0,
-        )
+        return base("denoiser", "paper", data=simulated(), augment=augment, loss=loss, steps=20_000, patience=5)
     raise ValueError(f"unknown size {size!r}: use tiny, release or paper")

@@ -16,8 +16,14 @@ into every network. A batch is groups of frames sharing one ellipse, gain and do
     Whole 256 px frames for a GPU.
 """
 
-from prenet_jax.config import PipelineConfig
-from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConfig, cache_dir
+import runpy
+from pathlib import Path
+
+from prenet_jax.training import AugmentConfig, LossConfig, TrainConfig, cache_dir
+
+#: The shared schedule of every size (train/configs/base.py).
+_BASE = runpy.run_path(str(Path(__file__).with_name("base.py")))
+base, simulated = _BASE["base"], _BASE["simulated"]
 
 
 def _runs(root, suffix: str) -> dict:
@@ -34,47 +40,37 @@ def get_config(size: str = "release") -> TrainConfig:
     if size == "tiny":
         init = _runs("runs", "tiny")
         del init["center_fine"]  # the tiny pipeline has one centre pass
-        return TrainConfig(
-            name="e2e_tiny",
-            task="e2e",
-            pipeline=PipelineConfig.tiny(),
-            data=DataConfig(source="synthetic", size=32, n_structures=64, patterns_per_structure=4),
+        return base(
+            "e2e",
+            "tiny",
             augment=AugmentConfig(max_shift=3.0, ratio_range=(1.0, 1.15), dose_range=(1e3, 1e5), read_noise_range=(0.0, 0.5)),
             loss=loss,
-            batch_size=16,
             group_size=8,
             steps=200,
             lr=3e-4,
             warmup_steps=20,
-            log_every=20,
             eval_every=50,
-            eval_batches=4,
             checkpoint_every=100,
-            patience=4,
             init_from=init,
-            seed=0,
         )
-    root = cache_dir() / "release"
+    runs = cache_dir() / "release" / "runs"
     augment = AugmentConfig(max_shift=16.0, ratio_range=(1.0, 1.2), dose_range=(1e2, 1e6), read_noise_range=(0.0, 0.5))
+    # A short fine-tune from trained networks: its own schedule, no decay floor.
+    schedule = dict(loss=loss, augment=augment, group_size=8, lr=1e-4, end_lr_fraction=TrainConfig.end_lr_fraction)
     if size == "release":
-        return TrainConfig(
-            name="e2e_release",
-            task="e2e",
-            pipeline=PipelineConfig.release(),
-            data=DataConfig(source="simulated", root=str(root / "sim"), dataset="patterns", crop=128),
-            augment=augment,
-            loss=loss,
+        return base(
+            "e2e",
+            "release",
+            **schedule,
+            data=simulated(crop=128),
             batch_size=16,
-            group_size=8,
             steps=300,
-            lr=1e-4,
             warmup_steps=30,
             log_every=10,
             eval_every=50,
             eval_batches=4,
             checkpoint_every=50,
-            init_from=_runs(root / "runs", "release"),
-            seed=0,
+            init_from=_runs(runs, "release"),
             # The networks that see native pixels: on 128 px crops the coarse centre network
             # would see disks at twice its trained scale, and the ellipse network a mean
             # pattern cut at radius 64 px, neither of which it meets on whole frames.
@@ -82,25 +78,17 @@ def get_config(size: str = "release") -> TrainConfig:
             best_metric="image_rmse",
         )
     if size == "paper":
-        return TrainConfig(
-            name="e2e_paper",
-            task="e2e",
-            pipeline=PipelineConfig.paper(),
-            data=DataConfig(source="simulated", root=str(root / "sim"), dataset="patterns"),
-            augment=augment,
-            loss=loss,
-            batch_size=32,
-            group_size=8,
+        return base(
+            "e2e",
+            "paper",
+            **schedule,
+            data=simulated(),
             steps=3000,
-            lr=1e-4,
             warmup_steps=200,
-            compute_dtype="auto",
             log_every=50,
             eval_every=250,
-            eval_batches=16,
             checkpoint_every=500,
             patience=4,
-            init_from=_runs(root / "runs", "paper"),
-            seed=0,
+            init_from=_runs(runs, "paper"),
         )
     raise ValueError(f"unknown size {size!r}: use tiny, release or paper")
