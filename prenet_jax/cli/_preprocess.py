@@ -29,12 +29,17 @@ from ..config import PipelineConfig
 from ..conventions import Ellipse
 from ..io import InputError, OutputError, check_output_path, open_input
 from ..preprocess import DESCAN_MODES, Cancel, Interrupted, catch_signals, ellipse_from_py4dstem
-from ..stages import classical_methods, stage_of
+from ..stages import CENTER, DENOISE, ELLIPSE, classical_methods, stage_of
 
 __all__ = ["add_preprocess_parser", "run_preprocess"]
 
 #: The classical method of each stage, used while no trained weights are available.
 _CLASSICAL = classical_methods()
+
+
+def _switchable(stage) -> tuple[str, ...]:
+    """A stage's ``--*-method`` choices: its methods but ``"none"`` (``--no-*`` says that)."""
+    return tuple(m for m in stage.methods if m != "none")
 
 
 def _numbers(text: str, kind=float) -> tuple:
@@ -283,18 +288,18 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("stages and methods")
     g.add_argument(
         "--denoise-method",
-        choices=("network", "gaussian"),
+        choices=_switchable(DENOISE),
         help="default: what the weights ship with (the bundled ones: gaussian, the denoiser network does not ship yet)",
     )
     g.add_argument(
         "--center-method",
-        choices=("network", "com", "friedel"),
+        choices=_switchable(CENTER),
         help="default: what the weights ship with (the bundled ones: network, with Friedel symmetry where the two agree); "
         "without weights com (centre of mass masked to the direct disk, iterated)",
     )
     g.add_argument(
         "--ellipse-method",
-        choices=("network", "fit"),
+        choices=_switchable(ELLIPSE),
         help="how pass 0 estimates the ellipse; default: what the weights ship with (the bundled ones: fit)",
     )
     g.add_argument(
