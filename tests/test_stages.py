@@ -43,7 +43,8 @@ def test_the_networks_a_config_runs_and_the_methods_that_run_given_networks():
 
 
 def test_tasks_train_their_stages_networks_and_are_judged_by_their_metric():
-    cfg = pj.PipelineConfig()
+    cfg = pj.PipelineConfig.release()  # coarse to fine
+    assert cfg.center_fine is not None
     assert stages.task_networks("center", cfg) == CENTER.keys
     assert stages.task_networks("center", cfg.replace(center_fine=None)) == ("center_net",)
     assert stages.task_networks("e2e", cfg) == NETWORKS

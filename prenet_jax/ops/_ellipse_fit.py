@@ -128,7 +128,6 @@ def _harmonic_radius(p: jax.Array, phi: jax.Array) -> jax.Array:
     return jax.lax.rsqrt(jnp.maximum(v, 1e-12))
 
 
-@functools.partial(jax.jit, static_argnames=("r_min", "r_max", "n_angles", "smooth", "iterations", "robust_steps"))
 def fit_ellipse_edge(
     mean_pattern: jax.Array,
     center: jax.Array | None = None,
@@ -179,17 +178,25 @@ def fit_ellipse_edge(
     centres, fits ``1/r^2`` with a vanishing or negative ``1/a^2``: a ratio of 100 or
     1e5, which would tear the frames apart if applied).
     """
-    img = gaussian_filter(jnp.asarray(mean_pattern, jnp.float32), smooth)
+    img = jnp.asarray(mean_pattern, jnp.float32)
     h, w = img.shape
+    r_max = float(min(h, w) / 2.0 - 2.0 if r_max is None else r_max)
     c = jnp.asarray(frame_center(img.shape) if center is None else center, jnp.float32)
-    if r_max is None:
-        r_max = min(h, w) / 2.0 - 2.0
+    band = jnp.asarray([r_min, r_max] if band is None else band, jnp.float32)
+    cov = None if coverage is None else jnp.asarray(coverage, jnp.float32)
+    return _fit_edge(img, c, jnp.float32(r_min), r_max, n_angles, float(smooth), iterations, cov, band, robust_steps)
+
+
+# One compilation per frame shape, radial reach, mask or none and static setting,
+# whichever arguments the caller spelled out: r_min, the centre and the band are traced
+# (the small-disk fallback's 1 px search and every ring's band reuse one program).
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 9))
+def _fit_edge(img, c, r_min, r_max: float, n_angles: int, smooth: float, iterations: int, coverage, band, robust_steps: int):
+    img = gaussian_filter(img, smooth)
     n_radii = 4 * int(round(r_max)) + 1  # quarter-pixel radial steps
     rad = jnp.linspace(0.0, r_max, n_radii)
     phi = 2 * jnp.pi * jnp.arange(n_angles) / n_angles
-    if band is None:
-        band = jnp.asarray([r_min, r_max], jnp.float32)
-    band = jnp.clip(jnp.asarray(band, jnp.float32), float(r_min), float(r_max))
+    band = jnp.clip(band, r_min, r_max)
     band_lo = jnp.full((n_angles,), band[0])
     band_hi = jnp.full((n_angles,), band[1])
 

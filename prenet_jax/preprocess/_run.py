@@ -890,7 +890,6 @@ def _fit_mean(mean: np.ndarray, coverage: np.ndarray | None = None) -> tuple[flo
     """(a/b, sqrt(a b), a-axis angle in rad) of the ellipse of the steepest edge of a
     centred mean pattern (the classical estimate, :func:`prenet_jax.ops.fit_ellipse_edge`,
     off the azimuths a mask hid: ``coverage``); NaN if none."""
-    import jax
     import jax.numpy as jnp
 
     from ..ops import fit_ellipse_edge
@@ -898,7 +897,7 @@ def _fit_mean(mean: np.ndarray, coverage: np.ndarray | None = None) -> tuple[flo
     nan = float("nan")
     try:
         cov = None if coverage is None else jnp.asarray(coverage, jnp.float32)
-        fit = jax.jit(fit_ellipse_edge)(jnp.asarray(mean, jnp.float32), coverage=cov)  # one compile, not one per op
+        fit = fit_ellipse_edge(jnp.asarray(mean, jnp.float32), coverage=cov)  # jitted: the estimate's own compilation
         a, b, angle = float(fit["a"]), float(fit["b"]), float(fit["angle"])
     except Exception:
         return nan, nan, nan

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from prenet_jax.training import AugmentConfig, LossConfig, TrainConfig
 
-#: The shared schedule of every size (train/configs/base.py).
-_BASE = runpy.run_path(str(Path(__file__).with_name("base.py")))
+#: The shared schedule of every size (train/configs/_base.py).
+_BASE = runpy.run_path(str(Path(__file__).with_name("_base.py")))
 base, simulated = _BASE["base"], _BASE["simulated"]
 
 #: The bundled weights (``prenet_jax/weights/release``), where ``real`` starts.

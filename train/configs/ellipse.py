@@ -20,8 +20,8 @@ from pathlib import Path
 
 from prenet_jax.training import AugmentConfig, DataConfig, LossConfig, TrainConfig
 
-#: The shared schedule of every size (train/configs/base.py).
-_BASE = runpy.run_path(str(Path(__file__).with_name("base.py")))
+#: The shared schedule of every size (train/configs/_base.py).
+_BASE = runpy.run_path(str(Path(__file__).with_name("_base.py")))
 base, simulated = _BASE["base"], _BASE["simulated"]
 
 

@@ -78,7 +78,7 @@ def residual_ratio(d_pred: jax.Array, d_true: jax.Array) -> jax.Array:
 
 
 def _ellipse_metrics(out: jax.Array, ratio: jax.Array, angle: jax.Array) -> dict:
-    from ..conventions import ellipse_matrix
+    from ...conventions import ellipse_matrix
 
     pred_angle = 0.5 * jnp.arctan2(out[:, 1], out[:, 0])
     dtheta = jnp.abs(jnp.angle(jnp.exp(2j * (pred_angle - angle)))) / 2
