@@ -162,13 +162,7 @@ def networks_in(config) -> tuple[str, ...]:
     """The network keys a :class:`prenet_jax.PipelineConfig` runs: those of every stage
     whose method is ``"network"``, a refining network only where the configuration has
     its pass (its field is not None)."""
-    return tuple(
-        n.key
-        for s in STAGES
-        if getattr(config, s.method_field) == "network"
-        for n in s.networks
-        if n.refines is None or getattr(config, n.key) is not None
-    )
+    return _with_passes([s for s in STAGES if getattr(config, s.method_field) == "network"], config)
 
 
 def task_networks(task: str, config) -> tuple[str, ...]:
@@ -177,7 +171,12 @@ def task_networks(task: str, config) -> tuple[str, ...]:
     its pass."""
     if task not in TASKS:
         raise KeyError(f"task {task!r}: use one of {TASKS}")
-    stages = STAGES if task == E2E_TASK else (stage_of(task),)
+    return _with_passes(STAGES if task == E2E_TASK else (stage_of(task),), config)
+
+
+def _with_passes(stages, config) -> tuple[str, ...]:
+    """The network keys of ``stages``, a refining network only where ``config`` has its
+    pass (its field is not None)."""
     return tuple(n.key for s in stages for n in s.networks if n.refines is None or getattr(config, n.key) is not None)
 
 
