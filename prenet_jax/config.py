@@ -44,7 +44,9 @@ class PipelineConfig:
     compute_dtype : ``"float32"`` or ``"bfloat16"`` (parameters stay float32; losses,
         centroids and warps always run in float32).
     denoise_method : ``"network"`` (CBAM U-Net), ``"gaussian"`` (Gaussian filter,
-        see ``gaussian_sigma``) or ``"none"``.
+        see ``gaussian_sigma``), ``"scan"`` (each frame with its aligned scan neighbours,
+        :meth:`prenet_jax.Pipeline.denoise_scan`: it needs the scan, so it runs before
+        the per-batch step, which then leaves the frames as they are) or ``"none"``.
     center_method : ``"network"`` (heatmap U-Net + weighted centre of mass),
         ``"com"`` (thresholded centre of mass), ``"friedel"`` (autoconvolution) or
         ``"none"`` (no recentring).

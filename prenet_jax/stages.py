@@ -95,7 +95,7 @@ class Stage:
 DENOISE = Stage(
     name="denoise",
     method_field="denoise_method",
-    methods=("network", "gaussian", "none"),
+    methods=("network", "gaussian", "scan", "none"),
     classical="gaussian",
     networks=(Network("denoiser", ("denoise_residual",)),),
     task="denoiser",

@@ -289,7 +289,9 @@ def add_preprocess_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--denoise-method",
         choices=_switchable(DENOISE),
-        help="default: what the weights ship with (the bundled ones: gaussian, the denoiser network does not ship yet)",
+        help="default: what the weights ship with (the bundled ones: gaussian, the denoiser network does not ship yet); "
+        "scan: each frame with its aligned scan neighbours, window and blur chosen per frame by its estimated risk "
+        "(1-6 dB above gaussian on held-out simulated scans, benchmarks/EVAL.md; about 3x slower)",
     )
     g.add_argument(
         "--center-method",

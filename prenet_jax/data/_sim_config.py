@@ -86,6 +86,11 @@ class SimulationConfig:
         RMS thermal displacement per direction for frozen phonons.
     position_jitter_a : float
         Probe positions lie within this half-width of the cell centre.
+    scan_grid : int
+        0: the ``positions_per_task`` probe positions are random. ``n > 1``: they are an
+        ``n x n`` raster (row-major, a 4D-STEM scan) spanning the square of half-width
+        ``position_jitter_a`` (capped at a quarter of the cell); ``positions_per_task``
+        must then be ``n * n``.
     split_fractions : (train, val, test)
         Split by structure id hash (:func:`prenet_jax.data._structures.split_of`).
     tasks_per_shard : int
@@ -123,6 +128,7 @@ class SimulationConfig:
     frozen_phonons: int = 0
     phonon_sigma_a: float = 0.08
     position_jitter_a: float = 3.0
+    scan_grid: int = 0
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     tasks_per_shard: int = 16
     ellipse_samples: int = 0
@@ -170,6 +176,11 @@ class SimulationConfig:
             raise ValueError(f"zone_axis_fraction must be in [0, 1], got {self.zone_axis_fraction}")
         if not 1 <= int(self.mantissa_bits) <= 23:
             raise ValueError(f"mantissa_bits must be in 1..23 (23 is lossless float32), got {self.mantissa_bits}")
+        if self.scan_grid and (int(self.scan_grid) < 2 or int(self.scan_grid) ** 2 != int(self.positions_per_task)):
+            raise ValueError(
+                f"scan_grid {self.scan_grid} needs positions_per_task = scan_grid**2 = {int(self.scan_grid) ** 2} "
+                f"(and scan_grid >= 2), got positions_per_task {self.positions_per_task}"
+            )
         if self.slice_thickness_a <= 0:
             raise ValueError(f"slice_thickness_a must be positive, got {self.slice_thickness_a}")
 

@@ -86,7 +86,11 @@ def draw_task(
     azimuth = float(rng.uniform(0, 2 * math.pi))
     n_pos = config.positions_per_task
     j = min(config.position_jitter_a, extent / 4)
-    pos = tuple((extent / 2 + float(a), extent / 2 + float(b)) for a, b in rng.uniform(-j, j, size=(n_pos, 2)))
+    jitter = rng.uniform(-j, j, size=(n_pos, 2))  # drawn for a raster too: the draws after it stay the same
+    if config.scan_grid:
+        line = np.linspace(-j, j, config.scan_grid)
+        jitter = np.stack(np.meshgrid(line, line, indexing="ij"), -1).reshape(-1, 2)
+    pos = tuple((extent / 2 + float(a), extent / 2 + float(b)) for a, b in jitter)
     return TaskSpec(
         dataset=dataset,
         index=index,

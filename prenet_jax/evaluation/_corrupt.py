@@ -30,9 +30,11 @@ from ._evalset import EvalSet
 __all__ = [
     "DETECTOR_CASES",
     "batches",
+    "corrupt_grid",
     "corrupt_scans",
     "corrupt_single",
     "disk_radii",
+    "grid_geometry",
     "distort",
     "e2e_cube",
     "ellipse_samples",
@@ -160,6 +162,40 @@ def corrupt_scans(es: EvalSet, dose: float, cfg: EvalConfig) -> dict[str, np.nda
         target[i] = np.asarray(expected)
         noisy[i] = np.asarray(poisson(jax.random.fold_in(key, i), expected))
     return {"noisy": noisy, "target": target}
+
+
+def grid_geometry(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
+    """``(G, n, n, 2)`` the shift of every frame of every raster scan: the descan plane of
+    the end-to-end cubes (``e2e_descan`` px per scan step, about the scan's centre) plus a
+    Gaussian jitter of ``scan_jitter`` px per frame."""
+    g, n = es.grids.shape[:2]
+    rng = np.random.default_rng([cfg.seed, 0x6A1D])
+    ix, iy = np.meshgrid(np.arange(n) - (n - 1) / 2, np.arange(n) - (n - 1) / 2, indexing="ij")
+    dr = cfg.e2e_descan
+    plane = np.stack([dr[0] * ix + dr[1] * iy, dr[2] * ix + dr[3] * iy], -1)
+    return (plane[None] + cfg.scan_jitter * rng.standard_normal((g, n, n, 2))).astype(np.float32)
+
+
+def corrupt_grid(es: EvalSet, index: int, dose: float, cfg: EvalConfig) -> dict[str, np.ndarray]:
+    """Raster scan ``index`` of the set as a recorded scan: every frame moved by its
+    descan (:func:`grid_geometry`), Poisson noise at ``dose`` electrons per frame.
+    Returns ``noisy, target (n, n, S, S)`` (the target: the expected counts) and
+    ``centers (n, n, 2)``, the zero angle in each frame."""
+    clean = es.grids[index]
+    n, s = clean.shape[0], clean.shape[-2:]
+    shift = grid_geometry(es, cfg)[index].reshape(-1, 2)
+    ones = jnp.ones((n * n,), jnp.float32)
+    d, c = distort(
+        jnp.asarray(clean.reshape(-1, *s)), jnp.asarray(es.grids_zero[index]), jnp.asarray(shift), ones, ones * 0, ones * 0, "cubic"
+    )
+    expected = jnp.maximum(d, 0.0) * dose
+    key = jax.random.fold_in(_dose_key(jax.random.key(cfg.seed + 3), dose), index)
+    noisy = poisson(key, expected)
+    return {
+        "noisy": np.asarray(noisy).reshape(n, n, *s),
+        "target": np.asarray(expected).reshape(n, n, *s),
+        "centers": np.asarray(c).reshape(n, n, 2),
+    }
 
 
 # ----------------------------------------------------------------------------- table 3: mean patterns

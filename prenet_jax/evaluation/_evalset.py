@@ -6,6 +6,10 @@ incident electrons per pixel with a known zero angle (the label):
 ``single``
     Independent patterns, one structure per task (several exit thicknesses and probe
     positions per task). The centre and ellipse tables use them.
+``grids``
+    4D-STEM scans: ``grid_size x grid_size`` probe positions on a raster spanning
+    +-``grid_halfwidth_a`` of one structure at one thickness, in scan order. The scan
+    denoising rows use them (a frame's scan neighbours are the neighbouring positions).
 ``scans``
     Small scan patches: ``scan_frames`` probe positions within +-``scan_halfwidth_a`` of
     one point of one structure at one thickness, i.e. the neighbouring frames of a 4D
@@ -54,6 +58,9 @@ class EvalSetConfig:
     pattern_size, gpts : abTEM frame size and multislice grid (see ``SimulationConfig``)
     thicknesses_per_task, positions_per_task : patterns per ``single`` task
     scan_halfwidth_a : scan frames lie within this half-width (Angstrom) of the patch centre
+    n_grids, grid_size, grid_halfwidth_a, grid_amorphous_fraction : raster scans
+        (``grids``): how many, positions per side, the half-width they span (Angstrom)
+        and the share of amorphous structures
     seed : seeds the tasks (the structures are fixed by the split)
     train_structures, train_seed : the training set's ``select_structures`` arguments,
         whose test-split members are the held-out crystals
@@ -69,6 +76,10 @@ class EvalSetConfig:
     thicknesses_per_task: int = 2
     positions_per_task: int = 4
     scan_halfwidth_a: float = 2.0
+    n_grids: int = 8
+    grid_size: int = 16
+    grid_halfwidth_a: float = 2.0
+    grid_amorphous_fraction: float = 0.5
     seed: int = 0
     train_structures: int = 1024
     train_seed: int = 0
@@ -91,6 +102,9 @@ class EvalSet:
     scans : (M, F, S, S) float32 scan patches
     scans_zero : (M, 2) float32
     scans_kind, scans_id : (M,) str
+    grids : (G, n, n, S, S) float32 raster scans (``(0, 0, 0, S, S)`` where the set has none)
+    grids_zero : (G, 2) float32
+    grids_kind, grids_id : (G,) str
     source : "abtem" or "synthetic"
     info : provenance (settings, paths)
     """
@@ -106,6 +120,10 @@ class EvalSet:
     scans_id: np.ndarray
     source: str
     info: dict
+    grids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0, 0, 0, 0), np.float32))
+    grids_zero: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    grids_kind: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, str))
+    grids_id: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, str))
 
 
 # ----------------------------------------------------------------------------- abTEM
@@ -172,7 +190,25 @@ def _sim_configs(cfg: EvalSetConfig):
         position_jitter_a=cfg.scan_halfwidth_a,
         tasks_per_shard=1,
     )
-    return single, scans
+    if not cfg.n_grids:
+        return single, scans, None
+    grids = SimulationConfig(
+        structure_ids=tuple(
+            held_out_structures(
+                cfg.n_grids, cfg.grid_amorphous_fraction, cfg.train_structures, cfg.train_seed, offset=n_tasks + cfg.n_scans
+            )
+        ),
+        n_patterns=cfg.n_grids * cfg.grid_size**2,
+        seed=cfg.seed + 2,
+        pattern_size=cfg.pattern_size,
+        gpts=cfg.gpts,
+        thicknesses_per_task=1,
+        positions_per_task=cfg.grid_size**2,
+        position_jitter_a=cfg.grid_halfwidth_a,
+        scan_grid=cfg.grid_size,
+        tasks_per_shard=1,
+    )
+    return single, scans, grids
 
 
 def generate_abtem(
@@ -180,7 +216,7 @@ def generate_abtem(
 ) -> Path:
     """Simulate the held-out set with abTEM into ``root`` (resumable: rerun to continue).
 
-    Writes ``<root>/single`` and ``<root>/scans`` (each a ``prenet-jax simulate`` run)
+    Writes ``<root>/single``, ``<root>/scans`` and ``<root>/grids`` (each a ``prenet-jax simulate`` run)
     and ``<root>/evalset.json``. With ``time_limit`` (seconds) it stops in time and
     raises ``TimeoutError`` when the set is not complete yet.
     """
@@ -190,12 +226,13 @@ def generate_abtem(
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    single, scans = _sim_configs(cfg)
+    single, scans, grids = _sim_configs(cfg)
+    parts = [("single", single), ("scans", scans)] + ([("grids", grids)] if grids is not None else [])
     (root / "evalset.json").write_text(json.dumps({"format": "prenet-jax-evalset", "config": cfg.to_dict()}, indent=1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         t0 = time.perf_counter()
-        for name, sc in (("single", single), ("scans", scans)):
+        for name, sc in parts:
             left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
             if left is not None and left <= 0:
                 raise TimeoutError(f"out of time before simulating {root / name}: rerun to resume")
@@ -246,6 +283,7 @@ def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = No
     cfg_file = root / "evalset.json"
     if cfg_file.exists():
         info["config"] = json.loads(cfg_file.read_text()).get("config")
+    grids = _read_grids(root / "grids") if (root / "grids").exists() else {}
     return EvalSet(
         single=clean[keep],
         single_zero=zero[keep],
@@ -258,7 +296,24 @@ def load_abtem(root, max_patterns: int | None = None, max_scans: int | None = No
         scans_id=np.asarray(pid),
         source="abtem",
         info=info,
+        **grids,
     )
+
+
+def _read_grids(path: Path) -> dict:
+    """The raster scans of ``path`` as :class:`EvalSet` fields (``grids`` ...), one per task."""
+    gc, gz, grows = _read_run(path)
+    cube, zero, kind, sid = [], [], [], []
+    for t in sorted({int(r["task"]) for r in grows}):
+        idx = [i for i, r in enumerate(grows) if int(r["task"]) == t]
+        n = math.isqrt(len(idx))
+        if n * n != len(idx):
+            raise ValueError(f"{path}: task {t} holds {len(idx)} frames, not a square raster scan")
+        cube.append(gc[idx].reshape(n, n, *gc.shape[-2:]))
+        zero.append(gz[idx[0]])
+        kind.append(grows[idx[0]]["kind"])
+        sid.append(grows[idx[0]]["structure_id"])
+    return {"grids": np.stack(cube), "grids_zero": np.stack(zero), "grids_kind": np.asarray(kind), "grids_id": np.asarray(sid)}
 
 
 # ----------------------------------------------------------------------------- analytic

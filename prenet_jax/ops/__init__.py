@@ -6,7 +6,7 @@ read as 0. The ellipse convention is that of :class:`prenet_jax.Ellipse`.
 """
 
 from ..conventions import axes_to_ratio_angle, ellipse_from_matrix, ellipse_matrix, normalize_angle, ratio_angle_to_axes
-from ._centers import BEAM_CONTRAST, PLATEAU_PIXELS, com_center, direct_beam_found, friedel_center, heatmap_center
+from ._centers import BEAM_CONTRAST, PLATEAU_PIXELS, com_center, direct_beam_found, friedel_center, heatmap_center, shift_between
 from ._ellipse_estimate import EllipseEstimate, estimate_ellipse, harmonic_ellipse, ring_radii
 from ._ellipse_fit import fit_ellipse_edge, polar_transform
 from ._filters import gaussian_filter, gaussian_matrix
@@ -56,6 +56,7 @@ __all__ = [
     "ring_radii",
     "frame_center",
     "friedel_center",
+    "shift_between",
     "friedel_mismatch",
     "gaussian_filter",
     "gaussian_matrix",

@@ -13,7 +13,7 @@ from ._filters import gaussian_filter
 from ._masks import mirrored_valid
 from ._warp import frame_center
 
-__all__ = ["heatmap_center", "com_center", "friedel_center", "direct_beam_found", "BEAM_CONTRAST"]
+__all__ = ["heatmap_center", "com_center", "friedel_center", "direct_beam_found", "shift_between", "BEAM_CONTRAST"]
 
 #: The peak of a 5x5 local mean over the frame's mean above which a frame shows a
 #: direct beam (:func:`direct_beam_found`).
@@ -261,6 +261,33 @@ def friedel_center(frame: jax.Array, upsample: int = 16, valid: jax.Array | None
     dc = _parabolic(fine[jr, jc - 1], fine[jr, jc], fine[jr, jc + 1])
     off = jnp.stack([jr + dr, jc + dc]).astype(jnp.float32) - (n - 1) / 2
     return (peak + step * off) / 2.0
+
+
+def shift_between(frame: jax.Array, template: jax.Array, upsample: int = 8) -> jax.Array:
+    """The shift ``(d_row, d_col)`` that moves ``template`` onto ``frame``: the peak of
+    their cross-correlation ``sum_p frame(p) template(p - s)`` (zero-padded by half a
+    frame, so shifts up to a quarter of the frame do not wrap), refined like
+    :func:`friedel_center`: on an ``upsample``-times finer grid by an exact DFT, then by
+    a parabola. For a noisy frame and a clean template this is the matched filter."""
+    x = jnp.asarray(frame, jnp.float32)
+    t = jnp.asarray(template, jnp.float32)
+    h, w = x.shape
+    shape = (h + h // 2, w + w // 2)
+    spec = jnp.fft.fft2(x, s=shape) * jnp.conj(jnp.fft.fft2(t, s=shape))
+    corr = jnp.real(jnp.fft.ifft2(spec))
+    idx = jnp.argmax(corr)
+    peak = jnp.stack([idx // shape[1], idx % shape[1]]).astype(jnp.float32)
+    step = 1.0 / upsample
+    n = 2 * upsample + 3
+    fine = _upsampled_dft(spec, shape, peak, n, step)
+    j = jnp.argmax(fine)
+    jr = jnp.clip(j // n, 1, n - 2)
+    jc = jnp.clip(j % n, 1, n - 2)
+    dr = _parabolic(fine[jr - 1, jc], fine[jr, jc], fine[jr + 1, jc])
+    dc = _parabolic(fine[jr, jc - 1], fine[jr, jc], fine[jr, jc + 1])
+    lag = peak + step * (jnp.stack([jr + dr, jc + dc]).astype(jnp.float32) - (n - 1) / 2)
+    size = jnp.asarray(shape, jnp.float32)
+    return jnp.where(lag > size / 2, lag - size, lag)  # lags past half the padded frame are negative
 
 
 def direct_beam_found(frame: jax.Array) -> jax.Array:

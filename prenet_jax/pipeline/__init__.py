@@ -1,7 +1,9 @@
 """The in-memory pipeline: normalise -> denoise -> centre -> one composed warp.
 
 :class:`Pipeline` compiles the stages into one ``jax.jit`` step per batch of frames;
-:func:`denoise_risk` estimates any denoiser's MSE from the noisy frames alone; the
+:func:`denoise_risk` estimates any denoiser's MSE from the noisy frames alone;
+:func:`scan_gaussian` denoises a scan with each frame's aligned scan neighbours
+(``denoise_method="scan"``, :meth:`Pipeline.denoise_scan`); the
 weights it runs are read by :func:`load_pretrained` (bundled) or
 :func:`load_weights` (exported by training). The stage functions (``*_stage``,
 :func:`normalize`, :func:`crop_frames`, ...) and the classical denoiser's per-frame
@@ -10,9 +12,10 @@ path, which run the same stages outside the ``Pipeline`` class.
 """
 
 from ._gaussian import SIGMA_GRID, dose_adaptive_gaussian, frame_sigma, gaussian_per_frame, grid_risks, rule_gaussian
-from ._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, THINNING_FRAMES, Pipeline
+from ._pipeline import FLAG_EMPTY, FLAG_NEGATIVE, FLAG_NONFINITE, FLAG_REFINE, THINNING_FRAMES, Pipeline, scan_input
 from ._result import PreprocessResult
 from ._risk import RiskEstimate, denoise_risk, estimate_noise, gaussian_centre_weight
+from ._scan import SCAN_RADIUS, SCAN_WIDTHS, ScanDenoised, ScanDenoiser, noise_check, scan_centers, scan_gaussian, scan_template
 from ._stages import (
     as_counts,
     center_fine_stage,
@@ -56,10 +59,15 @@ __all__ = [
     "grid_risks",
     "init_network_params",
     "network_dtype",
+    "noise_check",
     "normalize",
     "refine_stage",
     "refine_targets",
     "rule_gaussian",
+    "scan_centers",
+    "scan_gaussian",
+    "scan_input",
+    "scan_template",
     "warp_stage",
     "FLAG_EMPTY",
     "FLAG_NEGATIVE",
@@ -69,6 +77,10 @@ __all__ = [
     "Pipeline",
     "PreprocessResult",
     "RiskEstimate",
+    "SCAN_RADIUS",
+    "SCAN_WIDTHS",
+    "ScanDenoised",
+    "ScanDenoiser",
     "SIGMA_GRID",
     "THINNING_FRAMES",
     "WEIGHTS_DIR",

@@ -55,6 +55,7 @@ __all__ = [
     "rule_sigma",
     "rule_gaussian",
     "grid_risks",
+    "noise_model",
     "noise_variance",
     "read_noise_variance",
     "risk_gaussian",
@@ -236,6 +237,13 @@ def noise_variance(x: jax.Array) -> jax.Array:
     but the frame has read noise (``c > 0``), ``g`` comes from the whole frame instead:
     ``(mean r^2 / 1.25 - c) / mean x`` (``r``: the residual to the 4-neighbour mean),
     capped at 1; and with read noise, ``g`` is measured net of it."""
+    g, c = noise_model(x)
+    return g[:, None, None] * jnp.asarray(x, jnp.float32) + c[:, None, None]
+
+
+def noise_model(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(B, H, W)`` frames -> ``(g, c)``, each ``(B,)``: the noise variance of a pixel
+    is ``g * x + c`` (:func:`noise_variance`, which documents how both are measured)."""
     x = jnp.asarray(x, jnp.float32)
     g = electron_size(x)
     c = read_noise_variance(x, g)
@@ -244,8 +252,7 @@ def noise_variance(x: jax.Array) -> jax.Array:
     mean_r2 = jnp.mean(((x - nb) ** 2)[:, 1:-1, 1:-1], axis=(-2, -1)) / 1.25
     mean_x = jnp.maximum(jnp.mean(x, axis=(-2, -1)), 1e-30)
     g_frame = jnp.clip((mean_r2 - c) / mean_x, 0.0, 1.0)
-    g = jnp.where((c > 0) & (g < 1e-6), g_frame, g)
-    return g[:, None, None] * x + c[:, None, None]
+    return jnp.where((c > 0) & (g < 1e-6), g_frame, g), c
 
 
 def grid_risks(x: jax.Array, sigmas=SIGMA_GRID) -> jax.Array:

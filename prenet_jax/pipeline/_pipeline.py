@@ -55,6 +55,23 @@ CALIBRATION_MIN_FRAMES = 256
 THINNING_FRAMES = 256
 
 
+def scan_input(cube: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``(Rx, Ry, H, W)`` float32 counts for the scan denoiser: NaN/Inf and negatives set
+    to 0 (as :func:`prenet_jax.pipeline.as_counts` does per batch), masked pixels
+    (``mask`` True = bad) filled from their neighbours (:func:`prenet_jax.ops.fill_masked`)."""
+    from ..ops import fill_masked
+
+    x = np.nan_to_num(np.asarray(cube, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    np.maximum(x, 0.0, out=x)
+    if mask is not None:
+        valid = jnp.asarray(~np.asarray(mask), jnp.float32)
+        rx, ry = x.shape[:2]
+        flat = x.reshape(rx * ry, *x.shape[2:])
+        for i in range(0, flat.shape[0], 64):
+            flat[i : i + 64] = np.asarray(fill_masked(jnp.asarray(flat[i : i + 64]), valid))
+    return x
+
+
 class Pipeline:
     """4D-PreNet preprocessing: denoise, recentre and undo the elliptical distortion.
 
@@ -346,11 +363,51 @@ class Pipeline:
         -------
         (N, H, W) float32 in the same intensity units as the input
         """
+        if self.config.denoise_method == "scan":
+            raise ValueError(
+                "denoise_method 'scan' denoises a frame with its scan neighbours: use denoise_scan(cube) with the "
+                "(Rx, Ry, H, W) scan, or denoise_method 'gaussian' for frames without a scan"
+            )
         frames = check_frames(frames, 3, "frames", negative=self.config.negative, check_values=False)
         out = np.empty(frames.shape, np.float32)
         flags = np.empty(frames.shape[0], np.uint8)
         self._map(self._denoise, frames, (out, flags))
         return out
+
+    def denoise_scan(self, cube, progress: bool = False, details: bool = False):
+        """Denoise a scan with each frame's aligned scan neighbours
+        (:func:`prenet_jax.pipeline.scan_gaussian`: the window and the blur chosen per
+        frame by its Poisson risk, the frame-by-frame Gaussian and the raw frame among
+        the choices).
+
+        Parameters
+        ----------
+        cube : (Rx, Ry, H, W) counts, any real dtype (not modified); NaN/Inf and
+            negative values count as 0 (as in :meth:`denoise`), masked pixels
+            (:meth:`with_mask`) are filled from their neighbours first
+        progress : show a progress bar over the scan rows
+        details : also return the :class:`prenet_jax.pipeline.ScanDenoised` (each
+            frame's window, blur, estimated risk and alignment)
+
+        Returns
+        -------
+        (Rx, Ry, H, W) float32 in the input's units; with ``details``, ``(array, ScanDenoised)``
+        """
+        from ._scan import scan_gaussian
+
+        cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
+        x = scan_input(cube, self.mask)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=x.shape[0], unit="row", desc="denoise (scan)")
+        try:
+            res = scan_gaussian(x, progress=(lambda done, total: bar.update(done - bar.n)) if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        return (res.frames, res) if details else res.frames
 
     def find_centers(self, frames) -> np.ndarray:
         """Beam centre of every frame.
@@ -597,6 +654,9 @@ class Pipeline:
             return self.with_refinement().preprocess(cube, ellipse, progress, refine=refine, descan=descan)
         cube = check_frames(cube, 4, "cube", negative=self.config.negative, check_values=False)
         rx, ry, h, w = cube.shape
+        scan_denoised = None
+        if self.config.denoise_method == "scan":  # the step leaves the frames as they are
+            cube, scan_denoised = self.denoise_scan(cube, progress=progress, details=True)
         frames = cube.reshape(rx * ry, h, w)
         mean, refinement = None, None
         if ellipse is None:
@@ -639,6 +699,7 @@ class Pipeline:
             mean_pattern=mean,
             refinement=refinement,
             descan=fit,
+            scan_denoised=scan_denoised,
         )
 
     def _descan_passes(self, frames, data, centers, flags, matrix, mode: str, scan: tuple[int, int], progress):

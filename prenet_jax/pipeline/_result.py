@@ -28,6 +28,9 @@ class PreprocessResult:
     refinement : with ``refine=True``: the ellipse before and after its refinement and
         the azimuthal variance of the corrected mean before and after
         (:class:`prenet_jax.ops.RefinedEllipse`), and how many centre refinements failed
+    scan_denoised : with ``denoise_method="scan"``: the
+        :class:`prenet_jax.pipeline.ScanDenoised` record (each frame's window, blur,
+        estimated risk; its ``frames`` are the denoised input before recentring)
     descan : with ``descan=``: the :class:`prenet_jax.ops.Descan` fit; ``centers`` are then
         its chosen centres (the measured ones are ``descan.model + descan.residuals``);
         its ``outliers`` are flagged ``FLAG_DESCAN``
@@ -40,3 +43,4 @@ class PreprocessResult:
     mean_pattern: np.ndarray | None = None
     refinement: dict | None = None
     descan: Descan | None = None
+    scan_denoised: object = None

@@ -124,7 +124,7 @@ def denoise_stage(cfg: PipelineConfig, params, x: jax.Array, valid: jax.Array | 
     denoiser never sees a dead 0 or a hot spike, and neither does the output."""
     if valid is not None:
         x = fill_masked(x, valid)
-    if cfg.denoise_method == "none":
+    if cfg.denoise_method in ("none", "scan"):  # "scan": denoised before the step, with the scan
         return x
     if cfg.denoise_method == "gaussian":
         if cfg.gaussian_sigma is None:  # per frame from its counts; no filter where none helps

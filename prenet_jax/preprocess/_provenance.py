@@ -166,6 +166,14 @@ def preprocessing_record(
         rec.update(_refine_items(refinement))
     if denoise.get("sigma") is not None:
         rec["denoise_sigma"] = np.asarray(denoise["sigma"], np.float32)
+    if denoise.get("scan_window") is not None:  # denoise_method "scan": each frame's choice and estimated MSE
+        rec["denoise_scan_window"] = np.asarray(denoise["scan_window"], np.float32)
+        rec["denoise_scan_window_description"] = (
+            "scan window each frame chose (scan steps): 0 the frame alone, lambda > 0 a Gaussian of width lambda, "
+            "-r a uniform box of radius r, inf the weights solved for least risk; denoise_sigma: the blur after it (px)"
+        )
+        rec["denoise_estimated_mse"] = np.asarray(denoise["estimated_mse"], np.float32)
+        rec["denoise_estimated_gain_db"] = float(denoise["estimated_gain_db"])
     if st.counts is not None:
         rec["frame_counts"] = st.counts.astype(np.float64)
     rec.update(versions(devices))

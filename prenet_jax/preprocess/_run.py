@@ -124,6 +124,7 @@ class _Job:
     mask: np.ndarray | None = None  # given: the file's and the pipeline's, True = bad
     bad_pixels: str = "auto"
     checks: CenterCheck | None = None  # what the checks before pass 0 measured and decided
+    scan_source: Any = None  # denoise_method "scan": the input through the scan denoiser (_frames_source)
 
     @property
     def config(self) -> PipelineConfig:
@@ -280,6 +281,7 @@ def _preprocess(input: Path, output: Path, *, cancel: Cancel, ellipse, checksum,
         cancel.check()
         checks = _Checksum(input, cancel) if checksum else None
         masks = _mask(job, log)
+        _scan_fallback(job, log)
         cancel.check()
         _check(job, log)
         cancel.check()
@@ -847,12 +849,44 @@ def _ellipse_refinement_text(r: dict) -> str:
 # ----------------------------------------------------------------------------- 4. descan (the centres pass)
 
 
+def _scan_fallback(job: _Job, log) -> None:
+    """``denoise_method "scan"`` on frames the risk cannot judge: the frame-by-frame
+    Gaussian instead, with a warning that says why."""
+    from ..pipeline import Pipeline
+    from ._scan_source import scan_noise_problem
+
+    if job.config.denoise_method != "scan":
+        return
+    reason = scan_noise_problem(job.source, job.pipeline.mask)
+    if not reason:
+        return
+    log(
+        f"warning: --denoise-method scan needs counted electrons (Poisson, independent pixels), and here {reason}; "
+        "the frames are denoised one by one with the risk-chosen Gaussian instead (--no-denoise to leave them as they are)"
+    )
+    pipe = job.pipeline
+    job.pipeline = Pipeline(pipe.config.replace(denoise_method="gaussian"), pipe.params, devices=pipe.devices, mask=pipe.mask)
+
+
+def _frames_source(job: _Job):
+    """What the centres and streaming passes read: the input, or with ``denoise_method
+    "scan"`` the input through the scan denoiser (the step then leaves the frames as
+    they are; the checks and pass 0 read the raw counts)."""
+    if job.config.denoise_method != "scan":
+        return job.source
+    if job.scan_source is None:
+        from ._scan_source import ScanDenoisedSource
+
+        job.scan_source = ScanDenoisedSource(job.source, job.pipeline.mask)
+    return job.scan_source
+
+
 def _descan(job: _Job, progress: bool, cancel: Cancel, log) -> DescanPass:
     cancel.phase = "centers"
     bar = _bar(progress, job.source.n_frames, "centres (descan)")
     try:
         dp = descan_pass(
-            job.source, job.pipeline, job.descan, negative=job.negative, block_bytes=job.block_bytes,
+            _frames_source(job), job.pipeline, job.descan, negative=job.negative, block_bytes=job.block_bytes,
             progress=bar.update if bar else None, cancel=cancel,
         )  # fmt: skip
     finally:
@@ -873,7 +907,7 @@ def _stream_pass(
     bar = _bar(progress, job.source.n_frames, "preprocess")
     try:
         return stream(
-            job.source, job.pipeline, cal.ellipse.matrix(), writer,
+            _frames_source(job), job.pipeline, cal.ellipse.matrix(), writer,
             out_dtype=job.out_dtype, saturation=job.saturation, negative=job.negative, block_bytes=job.block_bytes,
             progress=bar.update if bar else None, cancel=cancel, pad=job.pad,
             centers=None if dp is None else dp.fit.centers, flags=None if dp is None else dp.flags,
@@ -960,7 +994,7 @@ def _finish(
         radius = 1.0  # no edge to measure: a, b are then the axes of a unit circle
     cfg = job.config
     src = job.source
-    denoise = denoise_report(cfg, st.sigmas)
+    denoise = job.scan_source.record() if job.scan_source is not None else denoise_report(cfg, st.sigmas)
     refinement = None
     if job.refine or cfg.center_refine != "none":
         refinement = dict(cal.refinement)
