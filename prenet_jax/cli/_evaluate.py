@@ -18,6 +18,7 @@ from ..evaluation import (
     CENTER_METHODS,
     DENOISE_METHODS,
     ELLIPSE_METHODS,
+    SCAN_METHODS,
     TABLES,
     EvalConfig,
     EvalSetConfig,
@@ -72,7 +73,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         metavar="M",
-        help=f"methods to run (default all available): {', '.join(sorted(set(DENOISE_METHODS + CENTER_METHODS + ELLIPSE_METHODS)))}",
+        help=f"methods to run (default all available): {', '.join(sorted(set(DENOISE_METHODS + SCAN_METHODS + CENTER_METHODS + ELLIPSE_METHODS)))}",
     )
     g.add_argument(
         "--weights",

@@ -44,7 +44,7 @@ plus the applied shift (never a centre of mass: dynamical scattering makes the d
 disk asymmetric), see :mod:`prenet_jax.corruption`.
 """
 
-from ._config import CENTER_METHODS, DENOISE_METHODS, ELLIPSE_METHODS, TABLES, EvalConfig, Methods
+from ._config import CENTER_METHODS, DENOISE_METHODS, ELLIPSE_METHODS, SCAN_METHODS, TABLES, EvalConfig, Methods
 from ._evalset import EvalSet, EvalSetConfig, generate_abtem, load_abtem, load_or_make
 from ._metrics import psnr
 from ._pipelines import load_network
@@ -55,6 +55,7 @@ from ._tables import evaluate_weights, open_stash, run_evaluation
 __all__ = [
     "CENTER_METHODS",
     "DENOISE_METHODS",
+    "SCAN_METHODS",
     "ELLIPSE_METHODS",
     "TABLES",
     "EvalConfig",

@@ -21,6 +21,7 @@ __all__ = [
     "CENTER_PEERS",
     "DEFAULT_DOSES",
     "DENOISE_METHODS",
+    "SCAN_METHODS",
     "ELLIPSE_METHODS",
     "ELLIPSE_PEERS",
     "LABELS",
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 DEFAULT_DOSES = (1e2, 1e3, 1e4, 1e5, 1e6)
-TABLES = ("denoise", "centers", "ellipse", "e2e", "detector")
+TABLES = ("denoise", "scans", "centers", "ellipse", "e2e", "detector")
 DENOISE_METHODS = ("network", "gaussian", "pca")
+SCAN_METHODS = ("gaussian", "default", "neighbours", "pca", "scan")  # table 1b (_scan_table)
 CENTER_METHODS = ("network", "com", "friedel", "py4dstem_origin", "py4dstem_friedel", "pyxem_com")
 ELLIPSE_METHODS = ("network", "fit", "py4dstem_ring")  # (+ "fit_subset": the fit on the peer's patterns)
 #: The peer tool behind each peer method, as the report names it.
@@ -54,6 +56,9 @@ LABELS = {
     "fit_subset": "edge fit, on the py4DSTEM subset",
     "py4dstem_ring": "py4DSTEM fit_ellipse_amorphous_ring",
     "none": "no processing",
+    "default": "risk-chosen Gaussian, frame by frame (the shipped default)",
+    "neighbours": "3x3 scan-neighbour mean, then the best Gaussian",
+    "scan": "scan denoiser (ours): aligned neighbours, risk-chosen",
     "classical": "classical (Gaussian + CoM + fit)",
     "classical_friedel": "classical (Gaussian + Friedel + fit)",
     "true": "true ellipse (floor)",

@@ -379,11 +379,14 @@ def make_synthetic(
     amorphous_fraction: float = 0.5,
     per_group: int = 4,
     seed: int = 0,
+    n_grids: int = 0,
+    grid_size: int = 6,
 ) -> EvalSet:
     """An analytic held-out set (no abTEM): for CI and quick checks.
 
     A scan patch is one pattern whose Bragg-disk intensities vary smoothly over the
-    frames (as they do with the probe position in a crystal).
+    frames (as they do with the probe position in a crystal); a raster scan
+    (``n_grids`` of ``grid_size x grid_size``) the same, along both scan axes.
     """
     zero = (size / 2.0, size / 2.0)  # the abTEM convention: half a pixel off the geometric centre
     n_groups = -(-n_patterns // per_group)
@@ -416,7 +419,30 @@ def make_synthetic(
         scans_id=np.asarray([f"synthetic-scan:{m}" for m in range(n_scans)]),
         source="synthetic",
         info={"size": size, "seed": seed},
+        **_synthetic_grids(n_grids, grid_size, size, zero, amorphous_fraction, seed),
     )
+
+
+def _synthetic_grids(n: int, side: int, size: int, zero, amorphous_fraction: float, seed: int) -> dict:
+    """:class:`EvalSet` ``grids`` fields of ``n`` analytic raster scans (two patterns
+    mixed smoothly over the scan)."""
+    if not n:
+        return {}
+    cubes, kinds = [], []
+    u, v = np.meshgrid(np.linspace(0, 2 * np.pi, side, endpoint=False), np.linspace(0, 2 * np.pi, side, endpoint=False), indexing="ij")
+    t = (0.5 + 0.25 * (np.sin(u) + np.cos(v)))[..., None, None]
+    for m in range(n):
+        k = _kind_at(m, amorphous_fraction)
+        p0 = _synthetic_pattern(k, size, zero, np.random.default_rng([seed, 3000 + m]))
+        p1 = _synthetic_pattern(k, size, zero, np.random.default_rng([seed, 4000 + m]))
+        cubes.append(((1 - 0.3 * t) * p0 + 0.3 * t * p1).astype(np.float32))
+        kinds.append(k)
+    return {
+        "grids": np.stack(cubes),
+        "grids_zero": np.broadcast_to(np.float32(zero), (n, 2)).copy(),
+        "grids_kind": np.asarray(kinds),
+        "grids_id": np.asarray([f"synthetic-grid:{m}" for m in range(n)]),
+    }
 
 
 def load_or_make(
@@ -432,7 +458,7 @@ def load_or_make(
     """The set an evaluation runs on: read ``data``, or simulate ``generate`` patterns into
     ``data`` with abTEM first, or make an analytic one (``synthetic``)."""
     if synthetic:
-        return make_synthetic(n_patterns=max_patterns or 16, n_scans=max_scans or 2)
+        return make_synthetic(n_patterns=max_patterns or 16, n_scans=max_scans or 2, n_grids=2)
     if data is None:
         raise ValueError("give a test-set directory (--data), or --synthetic")
     root = Path(data)

@@ -595,6 +595,8 @@ def _set_summary(es: EvalSet) -> dict:
         "scans_by_kind": {k: int((es.scans_kind == k).sum()) for k in ("crystal", "amorphous")},
         "structures": sorted(set(es.single_id.tolist())),
         "scan_structures": es.scans_id.tolist(),
+        "n_grids": int(es.grids.shape[0]),
+        "grid_structures": es.grids_id.tolist(),
     }
     out.update({k: v for k, v in es.info.items() if k in ("root", "config")})
     return out
@@ -635,6 +637,10 @@ def run_evaluation(
         log(f"{t} ...")
         if t == "denoise":
             res["denoise"] = evaluate_denoising(es, methods, cfg, log, stash=stash)
+        elif t == "scans":
+            from ._scan_table import evaluate_scan_denoising
+
+            res["scans"] = evaluate_scan_denoising(es, methods, cfg, log, stash=stash)
         elif t == "centers":
             res["centers"] = evaluate_centers(es, methods, cfg, log, stash=stash)
         elif t == "ellipse":
