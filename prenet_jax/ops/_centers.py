@@ -253,14 +253,19 @@ def friedel_center(frame: jax.Array, upsample: int = 16, valid: jax.Array | None
     fine = _upsampled_dft(spec, shape, peak, n, step)
     if valid is not None:
         fine = fine / jnp.maximum(_upsampled_dft(spec_v, shape, peak, n, step), 1e-3 * jnp.max(energy))
+    return (peak + step * _fine_offset(fine)) / 2.0
+
+
+def _fine_offset(fine: jax.Array) -> jax.Array:
+    """``(2,)`` position of the maximum of the ``n x n`` fine grid about its centre, in grid
+    steps: the largest sample refined by a parabola along each axis."""
+    n = fine.shape[0]
     j = jnp.argmax(fine)
-    jr, jc = j // n, j % n
-    jr = jnp.clip(jr, 1, n - 2)
-    jc = jnp.clip(jc, 1, n - 2)
+    jr = jnp.clip(j // n, 1, n - 2)
+    jc = jnp.clip(j % n, 1, n - 2)
     dr = _parabolic(fine[jr - 1, jc], fine[jr, jc], fine[jr + 1, jc])
     dc = _parabolic(fine[jr, jc - 1], fine[jr, jc], fine[jr, jc + 1])
-    off = jnp.stack([jr + dr, jc + dc]).astype(jnp.float32) - (n - 1) / 2
-    return (peak + step * off) / 2.0
+    return jnp.stack([jr + dr, jc + dc]).astype(jnp.float32) - (n - 1) / 2
 
 
 def shift_between(frame: jax.Array, template: jax.Array, upsample: int = 8) -> jax.Array:
@@ -278,14 +283,7 @@ def shift_between(frame: jax.Array, template: jax.Array, upsample: int = 8) -> j
     idx = jnp.argmax(corr)
     peak = jnp.stack([idx // shape[1], idx % shape[1]]).astype(jnp.float32)
     step = 1.0 / upsample
-    n = 2 * upsample + 3
-    fine = _upsampled_dft(spec, shape, peak, n, step)
-    j = jnp.argmax(fine)
-    jr = jnp.clip(j // n, 1, n - 2)
-    jc = jnp.clip(j % n, 1, n - 2)
-    dr = _parabolic(fine[jr - 1, jc], fine[jr, jc], fine[jr + 1, jc])
-    dc = _parabolic(fine[jr, jc - 1], fine[jr, jc], fine[jr, jc + 1])
-    lag = peak + step * (jnp.stack([jr + dr, jc + dc]).astype(jnp.float32) - (n - 1) / 2)
+    lag = peak + step * _fine_offset(_upsampled_dft(spec, shape, peak, 2 * upsample + 3, step))
     size = jnp.asarray(shape, jnp.float32)
     return jnp.where(lag > size / 2, lag - size, lag)  # lags past half the padded frame are negative
 
