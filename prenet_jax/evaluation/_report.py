@@ -139,9 +139,12 @@ def _scans_md(d: dict, res: dict) -> list[str]:
             ptxt = f"σ = {par['sigma']:g} px" if "sigma" in par else f"ranks {par['ranks']}" if "ranks" in par else ""
             if r["method"] == "scan":
                 rk = d["risk"][str(r["dose"])]
-                ratios = [x for x, k in zip(rk["ratio"], rk["kind"]) if k == kind]
+                ratios = [x for x, k in zip(rk["ratio"], rk["kind"]) if k == kind and np.isfinite(x)]
                 if ratios:
                     ptxt = f"risk/true {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                n_ref = sum(1 for x, k in zip(rk["ratio"], rk["kind"]) if k == kind and not np.isfinite(x))
+                if n_ref:
+                    ptxt += f"; {n_ref} scan(s) refused (not counts): frame by frame there"
             dp = "–" if r["method"] == "input" else _mean_std(b["dpsnr"], 3)
             lines.append(f"| {r['dose']:.0e} | {LABELS[r['method']]} | {_mean_std(b['psnr'], 4)} | {dp} | {ptxt} | {_count(b['psnr'])} |")
         lines.append("")

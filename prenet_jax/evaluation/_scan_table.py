@@ -90,10 +90,17 @@ def _scan_dose(es: EvalSet, methods: Methods, cfg: EvalConfig, dose: float, log:
     if methods.wants("pca"):
         found = [_pca_best(s, t) for s, t in zip(noisy, target)]
         est["pca"], params["pca"] = np.stack([f[0] for f in found]), {"ranks": [f[1] for f in found]}
+    refused: list[str] = []
     if methods.wants("scan"):
         out = []
-        for s, t in zip(noisy, target):
-            r = scan_gaussian(s)
+        for g, (s, t) in enumerate(zip(noisy, target)):
+            try:
+                r = scan_gaussian(s)
+            except ValueError as err:  # what the file path does: frame by frame instead, said
+                refused.append(f"{es.grids_id[g]}: {err}")
+                out.append(per_frame.denoise(s.reshape(-1, *shape)).reshape(s.shape))
+                risk.append(float("nan"))
+                continue
             out.append(r.frames)
             risk.append(float(np.mean(r.risk) / np.mean((r.frames.astype(np.float64) - t) ** 2)))
         est["scan"] = np.stack(out)
@@ -110,7 +117,7 @@ def _scan_dose(es: EvalSet, methods: Methods, cfg: EvalConfig, dose: float, log:
         + ", ".join(f"{k} PSNR {np.mean(metrics.psnr(v.reshape(flat_n.shape), flat_t)):.2f} dB" for k, v in est.items())
         + f" ({time.perf_counter() - t0:.0f} s)"
     )
-    return {"rows": rows, "params": params, "risk": {"ratio": risk, "kind": [str(k) for k in es.grids_kind]}}
+    return {"rows": rows, "params": params, "risk": {"ratio": risk, "kind": [str(k) for k in es.grids_kind], "refused": refused}}
 
 
 def evaluate_scan_denoising(es: EvalSet, methods: Methods, cfg: EvalConfig, log: Callable = print, stash: Stash | None = None) -> dict:
