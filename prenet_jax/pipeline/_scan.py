@@ -7,11 +7,14 @@ the same pattern, moved by the descan. So each frame ``y_i`` is estimated as::
     f_i = G_sigma ( sum_k w_k T_ik y_k ),   w_k = exp(-|k - i|^2 / 2 lambda^2) / sum (k in the window)
 
 over the ``(2 radius + 1)^2`` scan positions ``k`` around ``i`` (those inside the scan),
-``T_ik`` the bilinear translation that moves frame ``k``'s direct beam onto frame ``i``'s
-(the descan between them, from the beam centres smoothed over the scan), and ``G_sigma``
-the normalised Gaussian of the frame-by-frame denoiser (:mod:`._gaussian`). ``lambda = 0``
-is the frame alone, and ``sigma = 0`` no blur: the frame-by-frame risk-chosen Gaussian and
-the raw frame are members of the family.
+``T_ik`` the bilinear translation that moves frame ``k``'s pattern onto frame ``i``'s
+(the descan between them, from each frame's registration against the scan's mean
+pattern, :func:`scan_centers`), and ``G_sigma`` the normalised Gaussian of the
+frame-by-frame denoiser (:mod:`._gaussian`). ``lambda = 0`` is the frame alone, and
+``sigma = 0`` no blur: the frame-by-frame risk-chosen Gaussian and the raw frame are
+members of the family. Uniform boxes (3 x 3, 5 x 5) are windows too (:data:`SCAN_WIDTHS`),
+and with ``solve`` so is the combination of the window whose weights minimise the risk
+(:func:`_solved_combination`).
 
 The pair ``(lambda, sigma)`` is chosen per frame, from :data:`SCAN_WIDTHS` x
 :data:`prenet_jax.pipeline.SIGMA_GRID`, as the one whose estimated mean squared error
@@ -33,7 +36,7 @@ assumption about how similar neighbours are.
 
 Assumptions: those of the risk (counted electrons or a measured gain, independent pixels;
 ``denoise_risk`` checks them), and that the scan axes are the cube's leading axes in scan
-order. Cost on 2 CPU cores: about 30 frames/s at 256 x 256 (``benchmarks/RESULTS.md``).
+order. ``benchmarks/denoise_scan.py`` measures its speed and memory.
 """
 
 from __future__ import annotations
@@ -74,11 +77,13 @@ class ScanDenoised:
     Attributes
     ----------
     frames : (Rx, Ry, H, W) float32, the denoised counts
-    width : (Rx, Ry) the scan-window width lambda each frame chose (scan steps; 0 = alone)
+    width : (Rx, Ry) the window each frame chose (:data:`SCAN_WIDTHS`: 0 alone, lambda > 0
+        a Gaussian, -r a box of radius r; inf the solved weights)
     sigma : (Rx, Ry) the blur each frame chose (px; 0 = none)
     risk : (Rx, Ry) the estimated MSE per pixel of the chosen estimate (counts^2)
     noisy_risk : (Rx, Ry) the estimated MSE of the raw frame (its mean noise variance)
-    centers : (Rx, Ry, 2) the smoothed beam centres the alignment used (row, col)
+    centers : (Rx, Ry, 2) the positions the alignment used (row, col; relative to the
+        scan's mean pattern; NaN: the frame's window was not aligned)
     """
 
     frames: np.ndarray
@@ -99,6 +104,12 @@ def _register(frames, template):
     from ..ops import shift_between
 
     return jax.vmap(shift_between, in_axes=(0, None))(frames, template)
+
+
+@jax.jit
+def _moved_back(frames, shifts):
+    """``(B, H, W)`` frames moved by ``-shifts``: onto the template they were registered to."""
+    return jax.vmap(lambda f, s: translate(f, -s))(frames, shifts)
 
 
 def _registered(flat: np.ndarray, template: np.ndarray, batch: int) -> np.ndarray:
@@ -126,9 +137,8 @@ def scan_template(frames, batch: int = 64) -> np.ndarray:
     flat = np.asarray(frames)
     template = flat.astype(np.float64).mean(0)
     first = _registered(flat, template, batch)
-    moved = jax.jit(jax.vmap(lambda f, s: translate(f, -s)))
     parts = [
-        np.asarray(moved(jnp.asarray(flat[i : i + batch], jnp.float32), jnp.asarray(first[i : i + batch])))
+        np.asarray(_moved_back(jnp.asarray(flat[i : i + batch], jnp.float32), jnp.asarray(first[i : i + batch])))
         for i in range(0, len(flat), batch)
     ]
     return np.concatenate(parts).astype(np.float64).mean(0)
@@ -277,8 +287,8 @@ def _denoise_rows(block, valid, centers, *, radius: int, widths: tuple, sigmas: 
     """One block of scan rows. ``block`` ``(Rb + 2r, Ry + 2r, H, W)`` frames zero-padded by
     ``r = radius`` scan steps on every side, ``valid`` ``(Rb + 2r, Ry + 2r)`` which are
     inside the scan, ``centers`` ``(Rb + 2r, Ry + 2r, 2)``. Returns for the ``Rb x Ry``
-    inner frames, flat: (denoised frames, the window width chosen (-1: the solved
-    weights), sigma, risk, noisy risk)."""
+    inner frames, flat: (denoised frames, the window chosen (:class:`ScanDenoised`'s
+    ``width``), sigma, risk, noisy risk)."""
     n, m, dist = _aligned_window(block, valid, centers, radius)
     own = n[:, 0]
     g, c0 = noise_model(own)
