@@ -328,6 +328,12 @@ def _distributed(
 
     t_all = time.perf_counter()
     job = _validated(input, output, log, ellipse is not None, **opts)
+    if job.config.denoise_method == "scan":  # a frame's window crosses the processes' rows
+        job.source.close()
+        raise InputError(
+            "--denoise-method scan does not run with --distributed yet (a frame's scan neighbours lie in other processes' rows): "
+            "run it in one process, or use --denoise-method gaussian"
+        )
     if n > job.source.shape[0]:
         job.source.close()
         raise InputError(f"--distributed: {n} processes for {job.source.shape[0]} scan rows; use at most one process per row")
